@@ -1,0 +1,3 @@
+"""wattscale: energy-aware language-model training-scale experiments."""
+
+__version__ = "0.1.0"
