@@ -1,0 +1,206 @@
+"""The `wattscale` command. Each sub-command parses, calls one typed function, prints.
+
+Exit codes: 0 success; 2 bad input (one-line message naming the field); 3 the run diverged
+(recorded in the store as `diverged`); 130 interrupted (resume by re-running the same command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from wattscale.errors import WattscaleError
+
+DEFAULT_STORE = "./wattscale.db"
+EXIT_DIVERGED = 3
+
+
+def store_url(args: argparse.Namespace) -> str:
+    """--store beats $WATTSCALE_STORE beats ./wattscale.db."""
+    return getattr(args, "store", None) or os.environ.get("WATTSCALE_STORE") or DEFAULT_STORE
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """CLI flags as config tables; None means 'not given' and leaves the file's value alone."""
+    return {
+        "model": {"preset": args.preset, "vocab_size": args.vocab_size},
+        "train": {k: getattr(args, k) for k in (
+            "tokens", "seed", "batch_size", "micro_batch_size", "seq_len", "lr", "schedule",
+            "warmup_fraction", "eval_interval_tokens", "eval_tokens", "checkpoint_interval_tokens",
+            "device", "precision", "run_root", "name", "threads")} | {"compile": args.compile or None},
+        "data": {"source": args.data, "tokenizer": args.tokenizer, "synthetic_mb": args.synthetic_mb,
+                 "val_source": args.val_data, "text_field": args.text_field},
+    }
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or resume) one run and print its outcome."""
+    from wattscale.config import build_run_config, load_toml
+    from wattscale.train import train
+
+    tables = load_toml(Path(args.config)) if args.config else None
+    config = build_run_config(tables, _train_overrides(args))
+    result = train(config, store_url(args), show_progress=not args.no_progress,
+                   cache_dir=Path(args.cache_dir))
+    if args.json:
+        print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}))
+    elif result.already_done:
+        print(f"run {result.run_id} already {result.status}: final val_loss {_fmt(result.final_val_loss)}")
+    else:
+        print(f"run {result.run_id} {result.status}: {result.tokens_seen:,} tokens in {result.steps} steps, "
+              f"{result.wall_seconds:.1f} s, final val_loss {_fmt(result.final_val_loss)}, "
+              f"val_ppl {_fmt(result.final_val_ppl)}")
+        print(f"  store: {store_url(args)}   run dir: {result.run_dir}")
+    return EXIT_DIVERGED if result.status == "diverged" else 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List runs as a table or JSON."""
+    from wattscale.store import open_store
+
+    with open_store(store_url(args)) as store:
+        runs = store.list_runs()
+    if args.json:
+        print(json.dumps(runs, default=str))
+        return 0
+    from wattscale.tables import print_runs_table
+
+    print_runs_table(runs)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a store table as CSV or Parquet."""
+    from wattscale.store import open_store
+
+    with open_store(store_url(args)) as store:
+        n = store.export(Path(args.path), table=args.table, fmt=args.format)
+    print(f"wrote {n} {args.table} rows to {args.path}")
+    return 0
+
+
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    """Write a finished run's weights as a Hugging Face LlamaForCausalLM checkpoint."""
+    from wattscale.export import export_run_to_hf
+
+    out = export_run_to_hf(store_url(args), args.run_id, Path(args.output))
+    print(f"wrote Hugging Face checkpoint to {out} (load with LlamaForCausalLM.from_pretrained)")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    """List model presets with their parameter counts."""
+    from wattscale.tables import print_presets_table
+
+    print_presets_table(as_json=args.json)
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Train small models on the built-in corpus and show where the results are."""
+    from wattscale.quickstart import run_quickstart
+
+    run_quickstart(Path(args.out), show_progress=not args.no_progress)
+    return 0
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML file with [model], [train] and [data] tables; flags override it")
+    p.add_argument("--preset", help="model preset (see `wattscale presets`)")
+    p.add_argument("--tokens", type=int, help="exact training-token budget")
+    p.add_argument("--seed", type=int, help="seed for initialisation and data order (default 0)")
+    p.add_argument("--data", help="'synthetic' (default), a .txt/.jsonl/.parquet file or folder, or hf:NAME")
+    p.add_argument("--val-data", help="separate validation file (default: a held-out split of --data)")
+    p.add_argument("--text-field", help="text column for jsonl/parquet/hf sources (default 'text')")
+    p.add_argument("--tokenizer", help="tokenizer.json to use (default: train byte-level BPE on the data)")
+    p.add_argument("--vocab-size", type=int, help="override the preset's vocabulary size")
+    p.add_argument("--synthetic-mb", type=float, help="size of the generated corpus in MB (default 4)")
+    p.add_argument("--batch-size", type=int, help="sequences per optimiser step (default 16)")
+    p.add_argument("--micro-batch-size", type=int, help="sequences per forward pass (gradient accumulation)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's context length)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
+    p.add_argument("--schedule", help="cosine (default), wsd or constant")
+    p.add_argument("--warmup-fraction", type=float, help="fraction of steps spent warming up (default 0.05)")
+    p.add_argument("--eval-interval-tokens", type=int, help="evaluate every N tokens (default budget/10)")
+    p.add_argument("--eval-tokens", type=int, help="validation tokens per evaluation (default 65536)")
+    p.add_argument("--checkpoint-interval-tokens", type=int, help="checkpoint every N tokens (default: eval)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--precision", help="auto (fp32 on CPU, bf16 autocast on CUDA), fp32 or bf16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--run-root", help="folder for checkpoints and final weights (default wattscale_runs)")
+    p.add_argument("--name", help="a free-text name stored with the run")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--cache-dir", default=".wattscale_cache", help="token-shard cache (default .wattscale_cache)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every sub-command."""
+    store_help = f"results database: a path (SQLite) or SQLAlchemy URL; env WATTSCALE_STORE; default {DEFAULT_STORE}"
+    parser = argparse.ArgumentParser(prog="wattscale", description=__doc__.splitlines()[0])
+    parser.add_argument("--store", help=store_help)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", parents=[common], help="train one model to an exact token budget")
+    _add_train_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", parents=[common], help="list runs in the store")
+    p.add_argument("--json", action="store_true", help="print a JSON array of run records")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("export", parents=[common], help="write a store table as CSV or Parquet")
+    p.add_argument("path", help="output file (.csv or .parquet)")
+    p.add_argument("--table", default="runs", help="runs (default), evaluations, train_steps, power_samples")
+    p.add_argument("--format", help="csv or parquet (default: from the file suffix)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("export-hf", parents=[common], help="write a run as a Hugging Face Llama checkpoint")
+    p.add_argument("run_id", help="a finished run's id (see `wattscale runs`)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.set_defaults(func=cmd_export_hf)
+
+    p = sub.add_parser("presets", help="list model presets and their parameter counts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("quickstart", help="train small models on the built-in corpus, end to end")
+    p.add_argument("--out", default="quickstart", help="folder for the store, runs and cache (default quickstart)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_quickstart)
+    return parser
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `wattscale` console script."""
+    args = build_parser().parse_args(argv)
+    # SIGTERM (e.g. a cluster scheduler) is handled like Ctrl-C: the run is marked interrupted.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        return args.func(args)
+    except WattscaleError as exc:
+        print(f"wattscale: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("wattscale: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

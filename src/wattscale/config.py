@@ -1,0 +1,250 @@
+"""Typed training configuration: one dataclass per concern, loaded from TOML and/or CLI flags.
+
+A training run is described by three tables, each mapped to one frozen dataclass:
+
+```toml
+[model]            # ModelConfig: a preset plus optional field overrides
+preset = "llama-4m"
+
+[train]            # TrainConfig: budget, optimiser, schedule, evaluation, checkpoints
+tokens = 1_000_000
+batch_size = 16
+
+[data]             # DataConfig: where the text comes from and how it is tokenized
+source = "synthetic"
+```
+
+Every problem in a file is collected and raised as one `ConfigError` that names each bad key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import tomllib
+
+from wattscale.data import DataConfig
+from wattscale.errors import ConfigError
+from wattscale.model import ModelConfig
+
+SCHEDULES = ("cosine", "wsd", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: the exact token budget, optimiser, schedule, evaluation and checkpoints.
+
+    Token budget: `tokens` input tokens contribute to the loss, exactly. A step consumes
+    `batch_size` sequences of `seq_len` tokens; when `tokens` is not a multiple of that, the last
+    step uses only ceil(remainder / seq_len) sequences and masks the targets past the remainder,
+    so tokens_seen == tokens always.
+    """
+
+    tokens: int
+    seed: int = 0
+    batch_size: int = 16
+    micro_batch_size: int | None = None
+    seq_len: int | None = None
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    schedule: str = "cosine"
+    warmup_fraction: float = 0.05
+    decay_fraction: float = 0.2
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_interval_tokens: int | None = None
+    eval_tokens: int = 65_536
+    eval_at_start: bool = False
+    checkpoint_interval_tokens: int | None = None
+    divergence_factor: float = 2.0
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    run_root: str = "wattscale_runs"
+    name: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = _train_problems(self)
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+def _train_problems(c: TrainConfig) -> list[str]:
+    """Every invalid value in `c`, as messages that name the field and the fix."""
+    p: list[str] = []
+    if not isinstance(c.tokens, int) or c.tokens <= 0:
+        p.append(f"train.tokens: {c.tokens!r} must be a positive integer number of tokens")
+    for name in ("batch_size", "eval_tokens"):
+        if getattr(c, name) <= 0:
+            p.append(f"train.{name}: {getattr(c, name)!r} must be positive")
+    for name in ("micro_batch_size", "seq_len", "eval_interval_tokens", "checkpoint_interval_tokens",
+                 "threads"):
+        value = getattr(c, name)
+        if value is not None and value <= 0:
+            p.append(f"train.{name}: {value!r} must be positive (or omitted for the default)")
+    if c.micro_batch_size is not None and c.micro_batch_size > c.batch_size:
+        p.append(f"train.micro_batch_size: {c.micro_batch_size} exceeds batch_size {c.batch_size}")
+    if c.lr <= 0:
+        p.append(f"train.lr: {c.lr!r} must be positive")
+    for name in ("min_lr_ratio", "warmup_fraction", "decay_fraction"):
+        if not 0.0 <= getattr(c, name) <= 1.0:
+            p.append(f"train.{name}: {getattr(c, name)!r} must lie in [0, 1]")
+    if c.schedule not in SCHEDULES:
+        p.append(f"train.schedule: unknown schedule {c.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if c.precision not in PRECISIONS:
+        p.append(f"train.precision: unknown precision {c.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if c.grad_clip < 0:
+        p.append(f"train.grad_clip: {c.grad_clip!r} must be >= 0 (0 disables clipping)")
+    if c.divergence_factor <= 1.0:
+        p.append(f"train.divergence_factor: {c.divergence_factor!r} must be > 1")
+    if not (c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")):
+        p.append(f"train.device: {c.device!r} must be auto, cpu, cuda or cuda:N")
+    return p
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run: model, training and data settings."""
+
+    model: ModelConfig
+    train: TrainConfig
+    data: DataConfig = field(default_factory=DataConfig)
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per training sequence (defaults to the model's context length)."""
+        return self.train.seq_len or self.model.context_length
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Input tokens consumed by one full optimiser step."""
+        return self.train.batch_size * self.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain JSON-ready data."""
+        return {
+            "model": self.model.to_dict(),
+            "train": dataclasses.asdict(self.train),
+            "data": dataclasses.asdict(self.data),
+        }
+
+
+# Settings that change how a run is executed or stored but not what it computes; they are left
+# out of the run id so that re-running with, e.g., another checkpoint interval resumes the run.
+_NON_IDENTITY_TRAIN_KEYS = ("checkpoint_interval_tokens", "run_root", "name", "threads")
+
+
+def run_id_for(config: RunConfig, data_fingerprint: str) -> str:
+    """A stable 16-hex-digit id: a hash of the resolved settings, the seed and the data content."""
+    resolved = config.to_dict()
+    for key in _NON_IDENTITY_TRAIN_KEYS:
+        resolved["train"].pop(key)
+    resolved["data_fingerprint"] = data_fingerprint
+    blob = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def validate_run(config: RunConfig) -> None:
+    """Cross-field checks that need both the model and the training settings."""
+    problems = []
+    if config.seq_len > config.model.context_length:
+        problems.append(f"train.seq_len: {config.seq_len} exceeds the model's context_length "
+                        f"{config.model.context_length}; lower --seq-len")
+    if config.train.tokens < config.tokens_per_step and config.train.tokens > 0:
+        problems.append(
+            f"train.tokens: {config.train.tokens:,} is smaller than one batch "
+            f"({config.train.batch_size} x {config.seq_len} = {config.tokens_per_step:,} tokens); "
+            "raise --tokens or lower --batch-size/--seq-len")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _build(cls: type, table: dict[str, Any], section: str) -> Any:
+    """Instantiate dataclass `cls` from a TOML table, rejecting unknown keys and wrong types."""
+    _check_table(cls, table, section)
+    return cls(**table)
+
+
+def _check_table(cls: type, table: dict[str, Any], section: str, allowed_extra: tuple[str, ...] = ()) -> None:
+    """Raise ConfigError for the first key of `table` that `cls` lacks or whose value has the wrong type."""
+    known = {f.name for f in fields(cls) if f.name != "name" or section != "model"}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        keys = ", ".join(sorted(known | set(allowed_extra)))
+        raise ConfigError(f"{section}.{unknown[0]}: unknown key; known keys: {keys}")
+    hints = get_type_hints(cls)
+    for key, value in table.items():
+        _check_type(f"{section}.{key}", value, hints[key])
+
+
+def _check_type(where: str, value: Any, hint: Any) -> None:
+    """Raise ConfigError when a TOML value does not fit the field's declared type."""
+    allowed = getattr(hint, "__args__", None) or (hint,)
+    ok = False
+    for t in allowed:
+        if t is type(None) and value is None:
+            ok = True
+        elif t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            ok = True
+        elif t is int and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        elif t in (str, bool) and isinstance(value, t):
+            ok = True
+    if not ok:
+        names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+        raise ConfigError(f"{where}: {value!r} is not a {names}")
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file; a missing or malformed file is a ConfigError naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"--config: file {str(path)!r} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config: cannot read {str(path)!r}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {str(path)!r} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"model", "train", "data"})
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown table in {str(path)!r}; use [model], [train] and [data]")
+    return data
+
+
+def build_run_config(file_tables: dict[str, Any] | None = None,
+                     overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """Merge TOML tables with CLI overrides (overrides win) and validate the result.
+
+    `overrides` maps "model"/"train"/"data" to {key: value}; None values are ignored.
+    The model table takes `preset` plus any ModelConfig field to override.
+    """
+    tables: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (file_tables or {}).items()}
+    for section, values in (overrides or {}).items():
+        tables.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    model_table = tables.get("model", {})
+    preset = model_table.pop("preset", None)
+    if preset is None:
+        raise ConfigError("model.preset: missing; pass --preset NAME (see `wattscale presets`)")
+    if "name" in model_table:
+        raise ConfigError("model.name: set the preset with model.preset, not model.name")
+    _check_table(ModelConfig, model_table, "model", allowed_extra=("preset",))
+    model = ModelConfig.from_name(preset, **model_table)
+    train_table = tables.get("train", {})
+    if "tokens" not in train_table:
+        raise ConfigError("train.tokens: missing; pass --tokens N (the exact training-token budget)")
+    train = _build(TrainConfig, train_table, "train")
+    data = _build(DataConfig, tables.get("data", {}), "data")
+    config = RunConfig(model=model, train=train, data=data)
+    validate_run(config)
+    return config

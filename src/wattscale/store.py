@@ -1,0 +1,522 @@
+"""The results database: every run, its training steps, evaluations and energy, in SQL.
+
+``open_store("./wattscale.db")`` opens (and creates) a SQLite file; ``open_store(
+"postgresql://user@host:5432/wattscale")`` a PostgreSQL database. Each ``Store`` method is one short
+transaction, so several training processes can write one store at the same time: SQLite runs in
+WAL mode with a 30 s busy timeout and takes the write lock at the start of every writing
+transaction (``BEGIN IMMEDIATE``), which is what keeps concurrent writers from failing with
+"database is locked". The tables and their units are in ``store_schema.py``.
+
+Values read back are plain Python: datetimes as ISO-8601 UTC strings, NaN losses as None.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Row, make_url
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
+
+from wattscale import __version__
+from wattscale.errors import StoreError
+from wattscale.store_schema import (
+    END_STATUSES,
+    EXPORT_TABLES,
+    FINAL_FIELDS,
+    FINAL_STATUSES,
+    OPEN_STATUSES,
+    RUN_RECREATE_FIELDS,
+    RUN_REQUIRED,
+    SCHEMA_VERSION,
+    arrow_schema,
+    coerce_row,
+    coerce_value,
+    columns_of,
+    evaluations,
+    metadata,
+    runs,
+    schema_version,
+    train_steps,
+)
+
+STORE_OPTION = "--store / WATTSCALE_STORE"
+_URL_FORMS = "give a file path such as ./wattscale.db or a URL such as postgresql://user@host:5432/wattscale"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+POSTGRES_CONNECT_TIMEOUT_S = 10
+_SCHEMA_LOCK_KEY = 0x7761747473  # pg advisory lock id ("watts"): serialises concurrent create_all
+_EXPORT_CHUNK_ROWS = 10_000
+
+_RUN_COLUMNS = columns_of(runs)
+_STEP_COLUMNS = columns_of(train_steps, without=("run_id",))
+_EVAL_COLUMNS = columns_of(evaluations, without=("id", "run_id"))
+
+
+def open_store(url: str | os.PathLike[str], create: bool = True) -> Store:
+    """Open the results database at a file path (SQLite) or SQLAlchemy URL; create its tables.
+
+    ``postgresql://`` URLs use the psycopg 3 driver. With ``create=False`` a missing database or
+    missing tables raise StoreError instead of being created.
+    """
+    sa_url = _resolve_url(url, create)
+    display = sa_url.render_as_string(hide_password=True)
+    try:
+        engine = _make_engine(sa_url)
+    except (ImportError, NoSuchModuleError) as exc:
+        raise StoreError(
+            f"{STORE_OPTION}: no database driver for {display} ({_first_line(exc)}); for PostgreSQL "
+            "install psycopg 3 with: pip install 'wattscale[postgres]'"
+        ) from None
+    store = Store(engine, sa_url.render_as_string(hide_password=False), display)
+    try:
+        _prepare_schema(store, create)
+    except DBAPIError as exc:
+        store.close()
+        fix = (
+            "check that the server is running and the URL's user, host, port and database are right"
+            if engine.dialect.name == "postgresql"
+            else "check that the path is a wattscale SQLite database, in a writable directory, not kept locked"
+        )
+        raise StoreError(f"{STORE_OPTION}: cannot open {display}: {_first_line(exc.orig)}; {fix}") from None
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _resolve_url(target: str | os.PathLike[str], create: bool) -> URL:
+    text = os.fspath(target).strip()
+    if not text:
+        raise StoreError(f"{STORE_OPTION}: empty; {_URL_FORMS}")
+    if "://" not in text:
+        return _sqlite_file_url(URL.create("sqlite"), Path(text), create)
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError):
+        shown = re.sub(r"://[^/@]*@", "://***@", text)  # never echo a password
+        raise StoreError(f"{STORE_OPTION}: cannot parse {shown!r} as a database URL; {_URL_FORMS}") from None
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        driver = "psycopg" if "+" not in url.drivername else url.get_driver_name()
+        return url.set(drivername=f"postgresql+{driver}")
+    if backend == "sqlite":
+        if url.get_driver_name() != "pysqlite":
+            raise StoreError(f"{STORE_OPTION}: unsupported SQLite driver in {text!r}; use sqlite:///path/to.db")
+        if url.database in (None, "", ":memory:"):
+            return url  # an in-memory database, for tests and throwaway use
+        return _sqlite_file_url(url, Path(url.database), create)
+    raise StoreError(
+        f"{STORE_OPTION}: unsupported database {backend!r} in {url.render_as_string(hide_password=True)}; "
+        "wattscale stores results in SQLite (a file path) or PostgreSQL (postgresql://user@host:5432/db)"
+    )
+
+
+def _sqlite_file_url(url: URL, path: Path, create: bool) -> URL:
+    path = path.expanduser().absolute()
+    if path.is_dir():
+        raise StoreError(f"{STORE_OPTION}: {path} is a directory; give a database file such as {path}/wattscale.db")
+    if not path.exists():
+        if not create:
+            raise StoreError(
+                f"{STORE_OPTION}: no results database at {path}; check the path (runs create it when they start)"
+            )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"{STORE_OPTION}: cannot create directory {path.parent} ({exc.strerror}); choose a writable path"
+            ) from None
+    return url.set(database=str(path))
+
+
+def _make_engine(url: URL) -> Engine:
+    if url.get_backend_name() == "postgresql":
+        connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
+        # pre_ping: a training run may leave its pooled connection idle for longer than a server keeps it.
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    engine = create_engine(url)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take BEGIN away from the sqlite3 module (it never begins before SELECT or DDL) so that
+    # _sqlite_on_begin decides what kind of transaction each method gets.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY when another
+    # process committed in between (the busy timeout does not apply); writers take the lock up front.
+    write = connection.get_execution_options().get("wattscale_write", False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _prepare_schema(store: Store, create: bool) -> None:
+    missing = f"{STORE_OPTION}: {store.display_url} has no wattscale tables; check the URL"
+    engine = store.write_engine if create else store.engine
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+        existing = set(inspect(conn).get_table_names())
+        if "schema_version" not in existing:
+            foreign = sorted(existing & set(metadata.tables))
+            if foreign:
+                raise StoreError(
+                    f"{STORE_OPTION}: {store.display_url} already has tables ({', '.join(foreign)}) that "
+                    "wattscale did not create; use a separate database or file"
+                )
+            if not create:
+                raise StoreError(missing)
+            metadata.create_all(conn)
+            conn.execute(schema_version.insert().values(id=1, version=SCHEMA_VERSION, wattscale_version=__version__))
+            return
+        version = conn.execute(select(schema_version.c.version).where(schema_version.c.id == 1)).scalar()
+    if version is None:
+        raise StoreError(missing)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{STORE_OPTION}: {store.display_url} has schema version {version}, newer than this wattscale "
+            f"({__version__}, schema {SCHEMA_VERSION}); upgrade wattscale: pip install -U wattscale"
+        )
+    if version < SCHEMA_VERSION:
+        raise StoreError(
+            f"{STORE_OPTION}: {store.display_url} has schema version {version}, older than {SCHEMA_VERSION} "
+            "and wattscale has no migration for it; export it with the wattscale that wrote it"
+        )
+
+
+class Store:
+    """A results database. Each method runs in one short transaction of its own.
+
+    Not safe to share across ``fork``: open a store in each process instead.
+    """
+
+    def __init__(self, engine: Engine, url: str, display_url: str) -> None:
+        self.engine = engine
+        self.write_engine = engine.execution_options(wattscale_write=True)
+        self.url = url  # the full SQLAlchemy URL (password included), to reopen the store elsewhere
+        self.display_url = display_url  # the URL with the password masked, for messages
+        self.backend = engine.dialect.name  # "sqlite" | "postgresql"
+
+    def __repr__(self) -> str:
+        return f"Store({self.display_url!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool; the store cannot be used afterwards."""
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self, what: str, *, write: bool = True) -> Iterator[Connection]:
+        engine = self.write_engine if write else self.engine
+        try:
+            with engine.begin() as conn:
+                yield conn
+        except (OperationalError, IntegrityError, DataError) as exc:
+            raise StoreError(f"store {self.display_url}: {what} failed: {_first_line(exc.orig)}") from exc
+
+    def _insert(self, table: Table) -> Any:
+        return postgresql_insert(table) if self.backend == "postgresql" else sqlite_insert(table)
+
+    @staticmethod
+    def _run_row(conn: Connection, run_id: str, *columns: Any, lock: bool = False) -> Row[Any]:
+        stmt = select(runs.c.run_id, *columns).where(runs.c.run_id == run_id)
+        row = conn.execute(stmt.with_for_update() if lock else stmt).first()
+        if row is None:
+            raise StoreError(f"store: unknown run_id {run_id!r}; create_run first (or check the id)")
+        return row
+
+    def create_run(self, record: Mapping[str, Any] | Any) -> str | None:
+        """Insert a run (a mapping or dataclass of ``runs`` columns); return None, or the status it already had.
+
+        An existing run keeps its config and status; where and with what it runs (device,
+        versions, run_dir, ...) is refreshed unless it is finished. A different config_hash under
+        the same run_id raises StoreError. ``status`` defaults to 'running', ``created_at`` to now.
+        """
+        raw = dataclasses.asdict(record) if dataclasses.is_dataclass(record) else dict(record)
+        raw.setdefault("status", "running")
+        raw.setdefault("created_at", _now())
+        raw.setdefault("wattscale_version", __version__)
+        values = coerce_row(runs, raw, _RUN_COLUMNS, required=RUN_REQUIRED)
+        if values["status"] not in OPEN_STATUSES:
+            raise StoreError(
+                f"store: create_run status must be one of {', '.join(OPEN_STATUSES)}, got "
+                f"{values['status']!r}; runs end through finish_run"
+            )
+        run_id = values["run_id"]
+        with self._tx(f"create_run({run_id!r})") as conn:
+            insert = self._insert(runs).values(**values).on_conflict_do_nothing(index_elements=["run_id"])
+            # INSERT rowcounts are only kept on request (psycopg would report -1 otherwise).
+            if conn.execute(insert.execution_options(preserve_rowcount=True)).rowcount == 1:
+                return None
+            existing = self._run_row(conn, run_id, runs.c.status, runs.c.config_hash, lock=True)
+            if existing.config_hash != values["config_hash"]:
+                raise StoreError(
+                    f"store: run {run_id!r} already exists with config_hash {existing.config_hash}, not "
+                    f"{values['config_hash']}; use a new run id or delete the old run"
+                )
+            refresh = {name: values[name] for name in RUN_RECREATE_FIELDS if name in values}
+            if existing.status != "finished" and refresh:
+                conn.execute(update(runs).where(runs.c.run_id == run_id).values(refresh))
+            return str(existing.status)
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run's record (see ``list_runs``), or None if there is no such run."""
+        with self._tx("get_run", write=False) as conn:
+            row = conn.execute(select(runs).where(runs.c.run_id == run_id)).first()
+        return None if row is None else _run_dict(row)
+
+    def mark_running(self, run_id: str, started_at: datetime, resumed: bool) -> None:
+        """Set a run 'running'; keep its first started_at; count a resume. A finished run raises StoreError."""
+        started = coerce_value(runs, "started_at", started_at)
+        with self._tx(f"mark_running({run_id!r})") as conn:
+            current = self._run_row(conn, run_id, runs.c.status, runs.c.started_at, lock=True)
+            if current.status == "finished":
+                raise StoreError(
+                    f"store: run {run_id!r} already finished; delete it or use a new run id to train again"
+                )
+            values: dict[str, Any] = {"status": "running", "finished_at": None, "message": None}
+            if current.started_at is None:
+                values["started_at"] = started
+            if resumed:
+                values["resume_count"] = runs.c.resume_count + 1
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(values))
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set some ``runs`` columns; unknown names raise StoreError.
+
+        Statuses finished/diverged/failed are set only by finish_run, and a finished run keeps its status.
+        """
+        values = coerce_row(runs, fields, columns_of(runs, without=("run_id",)))
+        if not values:
+            return
+        status = values.get("status")
+        if status is not None and status not in OPEN_STATUSES:
+            raise StoreError(
+                f"store: update_run cannot set status {status!r}; runs end through finish_run, and "
+                f"update_run sets only {', '.join(OPEN_STATUSES)}"
+            )
+        with self._tx(f"update_run({run_id!r})") as conn:
+            current = self._run_row(conn, run_id, runs.c.status, lock=True)
+            if status is not None and current.status == "finished" and status != "finished":
+                raise StoreError(f"store: run {run_id!r} is finished; delete it or use a new run id to train again")
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(values))
+
+    def set_run_dir(self, run_id: str, run_dir: str | os.PathLike[str]) -> None:
+        """Record the directory that holds the run's checkpoints and resolved config."""
+        self.update_run(run_id, run_dir=os.fspath(run_dir))
+
+    def finish_run(self, run_id: str, status: str, final: Mapping[str, Any]) -> None:
+        """End a run: status and final fields in ONE transaction (a crash leaves the run as it was).
+
+        ``status`` is one of finished, diverged, failed, interrupted; ``final`` holds any of
+        FINAL_FIELDS (finished_at defaults to now). energy_j needs an energy_source.
+        """
+        if status not in END_STATUSES:
+            raise StoreError(f"store: finish_run status must be one of {', '.join(END_STATUSES)}, got {status!r}")
+        raw = dict(final)
+        raw.setdefault("finished_at", _now())
+        values = coerce_row(runs, raw, FINAL_FIELDS)
+        values["status"] = status
+        with self._tx(f"finish_run({run_id!r})") as conn:
+            current = self._run_row(conn, run_id, runs.c.status, lock=True)
+            if current.status in FINAL_STATUSES:
+                raise StoreError(
+                    f"store: run {run_id!r} already ended as {current.status!r}; mark_running it to train again"
+                )
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(values))
+
+    def delete_run(self, run_id: str) -> bool:
+        """Delete a run with its steps, evaluations, power samples and energy; True if it existed."""
+        with self._tx(f"delete_run({run_id!r})") as conn:
+            return conn.execute(delete(runs).where(runs.c.run_id == run_id)).rowcount > 0
+
+    def add_train_steps(self, run_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Write training steps (step, tokens_seen, loss, lr, grad_norm, step_seconds) in one batch.
+
+        A step that is already stored is replaced, so writing the same steps twice never duplicates.
+        """
+        by_step: dict[int, dict[str, Any]] = {}
+        for row in rows:
+            values = coerce_row(train_steps, row, _STEP_COLUMNS, required=("step", "tokens_seen"))
+            by_step[values["step"]] = {name: values.get(name) for name in _STEP_COLUMNS} | {"run_id": run_id}
+        if not by_step:
+            return
+        stmt = self._insert(train_steps)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["run_id", "step"], set_={name: stmt.excluded[name] for name in _STEP_COLUMNS}
+        )
+        with self._tx(f"add_train_steps({run_id!r})") as conn:
+            self._run_row(conn, run_id)
+            conn.execute(stmt, list(by_step.values()))
+
+    def add_evaluation(self, run_id: str, row: Mapping[str, Any]) -> None:
+        """Write one evaluation (step, tokens_seen, val_loss, val_ppl, wall_seconds); replaces the same tokens_seen."""
+        values = coerce_row(evaluations, row, _EVAL_COLUMNS, required=("step", "tokens_seen"))
+        values = {name: values.get(name) for name in _EVAL_COLUMNS} | {"run_id": run_id}
+        stmt = self._insert(evaluations).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["run_id", "tokens_seen"],
+            set_={name: stmt.excluded[name] for name in _EVAL_COLUMNS if name != "tokens_seen"},
+        )
+        with self._tx(f"add_evaluation({run_id!r})") as conn:
+            self._run_row(conn, run_id)
+            conn.execute(stmt)
+
+    def truncate_after(self, run_id: str, step: int) -> None:
+        """Delete the run's train steps and evaluations after ``step`` (a resume from its checkpoint)."""
+        last = coerce_value(train_steps, "step", step)
+        with self._tx(f"truncate_after({run_id!r}, {last})") as conn:
+            self._run_row(conn, run_id, lock=True)
+            conn.execute(delete(train_steps).where(train_steps.c.run_id == run_id, train_steps.c.step > last))
+            conn.execute(delete(evaluations).where(evaluations.c.run_id == run_id, evaluations.c.step > last))
+
+    def list_runs(self, experiment: str | None = None) -> list[dict[str, Any]]:
+        """All runs (or one experiment's), oldest first, as JSON-ready dicts.
+
+        Each has every ``runs`` column plus ``params`` (= params_total) and ``joules`` (= energy_j).
+        """
+        stmt = select(runs).order_by(runs.c.created_at, runs.c.run_id)
+        if experiment is not None:
+            stmt = stmt.where(runs.c.experiment == experiment)
+        with self._tx("list_runs", write=False) as conn:
+            return [_run_dict(row) for row in conn.execute(stmt)]
+
+    def evaluations(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's evaluations ordered by tokens_seen (empty for an unknown run)."""
+        stmt = select(evaluations).where(evaluations.c.run_id == run_id).order_by(evaluations.c.tokens_seen)
+        with self._tx("evaluations", write=False) as conn:
+            return [_jsonable(row) for row in conn.execute(stmt)]
+
+    def train_steps(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's training steps ordered by step (empty for an unknown run)."""
+        stmt = select(train_steps).where(train_steps.c.run_id == run_id).order_by(train_steps.c.step)
+        with self._tx("train_steps", write=False) as conn:
+            return [_jsonable(row) for row in conn.execute(stmt)]
+
+    def export(self, path: str | os.PathLike[str], table: str = "runs", fmt: str | None = None) -> int:
+        """Write a whole table to CSV or Parquet (format from the suffix or ``fmt``); return the row count.
+
+        Tables: runs, evaluations, train_steps, power_samples, energy_measurements. CSV datetimes
+        are ISO-8601 UTC, empty cells are NULL; Parquet keeps column types (timestamps in UTC).
+        """
+        if table not in EXPORT_TABLES:
+            raise StoreError(f"export table: unknown table {table!r}; choose one of: {', '.join(EXPORT_TABLES)}")
+        target = Path(path)
+        fmt = _export_format(target, fmt)
+        source, order = EXPORT_TABLES[table]
+        stmt = (
+            select(source).order_by(*(source.c[name] for name in order)).execution_options(yield_per=_EXPORT_CHUNK_ROWS)
+        )
+        partial = target.with_name(target.name + ".partial")  # a failed export leaves no half file
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self._tx(f"export {table}", write=False) as conn:
+                chunks = conn.execute(stmt).partitions()
+                count = _write_csv(partial, source, chunks) if fmt == "csv" else _write_parquet(partial, source, chunks)
+            os.replace(partial, target)
+        except OSError as exc:
+            raise StoreError(f"export path: cannot write {target} ({exc.strerror}); choose a writable path") from None
+        finally:
+            with suppress(OSError):
+                partial.unlink(missing_ok=True)
+        return count
+
+
+def _export_format(path: Path, fmt: str | None) -> str:
+    chosen = (fmt or path.suffix.lstrip(".")).lower()
+    if chosen not in ("csv", "parquet"):
+        shown = f"{fmt!r}" if fmt else f"the suffix of {path.name!r}"
+        raise StoreError(f"export format: cannot export as {shown}; use a .csv or .parquet file, or format csv|parquet")
+    return chosen
+
+
+def _write_csv(path: Path, table: Table, chunks: Iterable[Sequence[Row[Any]]]) -> int:
+    count = 0
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns_of(table))
+        for chunk in chunks:
+            for row in chunk:
+                writer.writerow(["" if value is None else _json_value(value) for value in row])
+            count += len(chunk)
+    return count
+
+
+def _write_parquet(path: Path, table: Table, chunks: Iterable[Sequence[Row[Any]]]) -> int:
+    # Imported here: pyarrow takes longer to import than the rest of the store, and only export needs it.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = arrow_schema(table)
+    count = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for chunk in chunks:
+            columns = list(zip(*chunk, strict=True)) if chunk else [[] for _ in schema]
+            arrays = [pa.array(values, type=field.type) for values, field in zip(columns, schema, strict=True)]
+            writer.write_batch(pa.record_batch(arrays, schema=schema))
+            count += len(chunk)
+        if count == 0:
+            writer.write_table(schema.empty_table())
+    return count
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _jsonable(row: Row[Any]) -> dict[str, Any]:
+    return {name: _json_value(value) for name, value in row._mapping.items()}
+
+
+def _run_dict(row: Row[Any]) -> dict[str, Any]:
+    record = _jsonable(row)
+    record["params"] = record["params_total"]
+    record["joules"] = record["energy_j"]
+    return record
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip() if exc is not None else ""
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,338 @@
+"""The results database schema: tables, column units, status values and value checks.
+
+Every column that holds a quantity carries its unit in its name (``wall_seconds``, ``energy_j``,
+``power_w``). Datetimes are stored in UTC. ``store.py`` holds the code that reads and writes these
+tables; this module only describes them, so that the schema can be read top to bottom.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeEngine
+
+from wattscale.errors import StoreError
+
+# Bump when a table or column changes; a database written by a newer wattscale is refused.
+SCHEMA_VERSION = 1
+
+RUN_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
+# Statuses a run can be created with or set to outside finish_run.
+OPEN_STATUSES = ("pending", "running", "interrupted")
+# Statuses finish_run may set; the first three are final (a finished run is never rewritten).
+END_STATUSES = ("finished", "diverged", "failed", "interrupted")
+FINAL_STATUSES = ("finished", "diverged", "failed")
+ENERGY_SOURCES = ("counter", "integrated", "estimated")
+ENERGY_SCOPES = ("run", "interval", "idle")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite stores naive UTC text)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC; a naive datetime is taken to be UTC already."""
+        if value is None:
+            return None
+        value = _as_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return an aware UTC datetime."""
+        return None if value is None else _as_utc(value)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+# SQLite wants INTEGER PRIMARY KEY for autoincrement; PostgreSQL gets 64-bit ids (power samples
+# at 1 kHz over many runs pass 2**31).
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1: a one-row table
+    Column("version", Integer, nullable=False),
+    Column("wattscale_version", String(32), nullable=True),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("experiment", String, nullable=True, index=True),
+    Column("name", String, nullable=True),
+    Column("preset", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("config_json", Text, nullable=False),
+    Column("config_hash", String(64), nullable=False),
+    Column("seed", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Column("wall_seconds", Double, nullable=False, default=0.0),
+    Column("tokens_budget", BigInteger, nullable=False),
+    Column("tokens_seen", BigInteger, nullable=False, default=0),
+    Column("steps", Integer, nullable=False, default=0),
+    Column("params_total", BigInteger, nullable=True),
+    Column("params_embedding", BigInteger, nullable=True),
+    Column("params_non_embedding", BigInteger, nullable=True),
+    Column("flops_per_token", Double, nullable=True),
+    Column("device", String(64), nullable=True),
+    Column("device_info_json", Text, nullable=True),
+    Column("git_revision", String, nullable=True),  # a commit id, maybe with "-dirty"
+    Column("wattscale_version", String(32), nullable=True),
+    Column("torch_version", String(64), nullable=True),
+    Column("final_val_loss", Double, nullable=True),
+    Column("final_val_ppl", Double, nullable=True),
+    Column("energy_j", Double, nullable=True),
+    Column("energy_source", String(16), nullable=True),
+    Column("run_dir", Text, nullable=True),
+    Column("message", Text, nullable=True),
+    Column("resume_count", Integer, nullable=False, default=0),
+    CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+    CheckConstraint(f"energy_source IS NULL OR {_in('energy_source', ENERGY_SOURCES)}", name="energy_source"),
+    # Every energy figure carries its source: never a bare number of unknown origin.
+    CheckConstraint("energy_j IS NULL OR energy_source IS NOT NULL", name="energy_has_source"),
+)
+Index("ix_runs_created_at", runs.c.created_at)
+
+
+def _run_fk(primary_key: bool = False) -> Column[Any]:
+    return Column(
+        "run_id",
+        String(32),
+        ForeignKey("runs.run_id", ondelete="CASCADE"),
+        nullable=False,
+        primary_key=primary_key,
+    )
+
+
+evaluations = Table(
+    "evaluations",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    _run_fk(),
+    Column("step", Integer, nullable=False),
+    Column("tokens_seen", BigInteger, nullable=False),
+    Column("val_loss", Double, nullable=True),  # NULL = not finite (NaN) after a divergence
+    Column("val_ppl", Double, nullable=True),
+    Column("wall_seconds", Double, nullable=True),
+    UniqueConstraint("run_id", "tokens_seen"),
+)
+
+train_steps = Table(
+    "train_steps",
+    metadata,
+    _run_fk(primary_key=True),
+    Column("step", Integer, primary_key=True, autoincrement=False),
+    Column("tokens_seen", BigInteger, nullable=False),
+    Column("loss", Double, nullable=True),  # NULL = NaN
+    Column("lr", Double, nullable=True),
+    Column("grad_norm", Double, nullable=True),
+    Column("step_seconds", Double, nullable=True),
+)
+
+power_samples = Table(
+    "power_samples",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    _run_fk(),
+    Column("device", String(64), nullable=False),
+    Column("t_seconds", Double, nullable=False),  # monotonic offset from the run's start
+    Column("power_w", Double, nullable=False),
+    Column("energy_j", Double, nullable=True),  # cumulative hardware counter, where there is one
+)
+Index("ix_power_samples_run_id_t_seconds", power_samples.c.run_id, power_samples.c.t_seconds)
+
+energy_measurements = Table(
+    "energy_measurements",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    _run_fk(),
+    Column("device", String(64), nullable=False),
+    Column("scope", String(16), nullable=False),
+    Column("start_tokens", BigInteger, nullable=True),
+    Column("end_tokens", BigInteger, nullable=True),
+    Column("start_seconds", Double, nullable=False),
+    Column("end_seconds", Double, nullable=False),
+    Column("energy_j", Double, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("complete", Boolean, nullable=False, default=True),
+    Column("details_json", Text, nullable=True),
+    CheckConstraint(_in("scope", ENERGY_SCOPES), name="scope"),
+    CheckConstraint(_in("source", ENERGY_SOURCES), name="source"),
+)
+Index("ix_energy_measurements_run_id", energy_measurements.c.run_id)
+
+# Columns a new run must have.
+RUN_REQUIRED = ("run_id", "preset", "config_json", "config_hash", "seed", "tokens_budget")
+# What create_run may refresh on an existing run: where and with what it runs, never what it trains.
+RUN_RECREATE_FIELDS = (
+    "experiment",
+    "name",
+    "device",
+    "device_info_json",
+    "git_revision",
+    "wattscale_version",
+    "torch_version",
+    "run_dir",
+)
+# What finish_run may set besides the status.
+FINAL_FIELDS = (
+    "finished_at",
+    "wall_seconds",
+    "tokens_seen",
+    "steps",
+    "final_val_loss",
+    "final_val_ppl",
+    "energy_j",
+    "energy_source",
+    "message",
+)
+
+# Tables `Store.export` writes, with the columns that order their rows.
+EXPORT_TABLES: dict[str, tuple[Table, tuple[str, ...]]] = {
+    "runs": (runs, ("created_at", "run_id")),
+    "evaluations": (evaluations, ("run_id", "tokens_seen")),
+    "train_steps": (train_steps, ("run_id", "step")),
+    "power_samples": (power_samples, ("run_id", "t_seconds", "id")),
+    "energy_measurements": (energy_measurements, ("run_id", "id")),
+}
+
+
+def coerce_value(table: Table, name: str, value: Any) -> Any:
+    """Check one value against its column and convert it to a plain Python value.
+
+    numpy scalars become int/float (drivers cannot adapt them), a NaN float becomes None (SQLite
+    cannot store NaN; PostgreSQL could, but both backends must read back the same), ISO-8601
+    strings become datetimes. Raises StoreError naming ``table.column`` for anything else.
+    """
+    column = table.c[name]
+    where = f"{table.name}.{name}"
+    if value is None:
+        if not column.nullable:
+            raise StoreError(f"store: {where} is required and cannot be None")
+        return None
+    coltype: TypeEngine[Any] = column.type
+    if isinstance(coltype, UTCDateTime):
+        return _coerce_datetime(where, value)
+    if isinstance(coltype, Boolean):
+        if isinstance(value, bool) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+            return bool(value)
+        raise StoreError(f"store: {where} must be true or false, got {value!r}")
+    if isinstance(coltype, Integer):  # BigInteger is an Integer
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise StoreError(f"store: {where} must be an integer, got {value!r} ({type(value).__name__})")
+    if isinstance(coltype, Double):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            number = float(value)
+            if math.isnan(number):
+                if not column.nullable:
+                    raise StoreError(f"store: {where} must be a finite number, got NaN")
+                return None
+            return number
+        raise StoreError(f"store: {where} must be a number, got {value!r} ({type(value).__name__})")
+    if isinstance(coltype, String):  # Text is a String
+        if not isinstance(value, str):
+            raise StoreError(f"store: {where} must be a string, got {value!r} ({type(value).__name__})")
+        if coltype.length is not None and len(value) > coltype.length:
+            raise StoreError(f"store: {where} is longer than {coltype.length} characters: {value[:40]!r}...")
+        return value
+    raise TypeError(f"no coercion for column type {coltype!r}")  # a schema bug, not a user error
+
+
+def _coerce_datetime(where: str, value: Any) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise StoreError(f"store: {where} must be an ISO-8601 datetime, got {value!r}") from None
+    if not isinstance(value, datetime):
+        raise StoreError(f"store: {where} must be a datetime, got {value!r} ({type(value).__name__})")
+    return _as_utc(value)
+
+
+def coerce_row(
+    table: Table, row: Mapping[str, Any], allowed: tuple[str, ...], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Check a row's keys (unknown and missing ones raise StoreError) and coerce its values."""
+    unknown = sorted(set(row) - set(allowed))
+    if unknown:
+        raise StoreError(f"store: unknown {table.name} column(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    missing = [name for name in required if row.get(name) is None]
+    if missing:
+        raise StoreError(f"store: {table.name} row is missing required column(s) {', '.join(missing)}")
+    return {name: coerce_value(table, name, value) for name, value in row.items()}
+
+
+def columns_of(table: Table, *, without: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The column names of a table in schema order, leaving out ``without``."""
+    return tuple(c.name for c in table.columns if c.name not in without)
+
+
+def arrow_schema(table: Table) -> Any:
+    """The pyarrow schema of a table's Parquet export (timestamps in UTC microseconds)."""
+    # Imported here: pyarrow takes longer to import than the rest of the store, and only export needs it.
+    import pyarrow as pa
+
+    def arrow_type(coltype: TypeEngine[Any]) -> Any:
+        if isinstance(coltype, UTCDateTime):
+            return pa.timestamp("us", tz="UTC")
+        if isinstance(coltype, Boolean):
+            return pa.bool_()
+        if isinstance(coltype, Integer):
+            return pa.int64()
+        if isinstance(coltype, Double):
+            return pa.float64()
+        if isinstance(coltype, String):
+            return pa.string()
+        raise TypeError(f"no Arrow type for {coltype!r}")  # a schema bug, not a user error
+
+    return pa.schema([pa.field(c.name, arrow_type(c.type), nullable=c.nullable) for c in table.columns])

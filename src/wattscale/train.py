@@ -1,0 +1,327 @@
+"""The token-budget trainer: exact budget, evaluations at token intervals, exact resume.
+
+`train(config, store_url)` validates everything (config, data, vocabulary) before it writes a
+byte to the store, then trains the run identified by the hash of its resolved settings. Calling
+it again with the same settings resumes that run from its last checkpoint, or returns at once if
+the run already ended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from wattscale import __version__
+from wattscale.budget import IGNORE_INDEX, StepPlan, mask_targets
+from wattscale.checkpoint import (
+    CheckpointMeta,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
+from wattscale.config import RunConfig, run_id_for
+from wattscale.data import PreparedData, prepare_data, sequence_batch
+from wattscale.evaluate import Evaluation, evaluate, validation_windows
+from wattscale.hardware import device_info, git_revision, resolve_device, resolve_precision
+from wattscale.locking import run_lock
+from wattscale.model import Llama, count_parameters, flops_per_token
+from wattscale.progress import TrainingProgress
+from wattscale.schedule import learning_rate
+from wattscale.store import Store, open_store
+
+DEFAULT_CACHE_DIR = Path(".wattscale_cache")
+EMA_ALPHA = 0.1
+DIVERGENCE_MIN_STEPS = 10
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a call to `train` achieved."""
+
+    run_id: str
+    status: str
+    tokens_seen: int
+    steps: int
+    wall_seconds: float
+    final_val_loss: float | None
+    final_val_ppl: float | None
+    run_dir: Path
+    resumed: bool
+    already_done: bool
+    message: str | None = None
+
+
+class Diverged(Exception):
+    """Raised inside the loop when the loss is non-finite or blew up."""
+
+    def __init__(self, reason: str, step: int = 0, tokens_seen: int = 0, wall_seconds: float = 0.0) -> None:
+        super().__init__(reason)
+        self.reason, self.step, self.tokens_seen, self.wall_seconds = reason, step, tokens_seen, wall_seconds
+
+
+def train(config: RunConfig, store_url: str, *, show_progress: bool = True,
+          cache_dir: Path = DEFAULT_CACHE_DIR, experiment: str | None = None) -> TrainResult:
+    """Train (or resume, or skip if finished) the run described by `config`."""
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    precision = resolve_precision(config.train.precision, device)
+    data = prepare_data(config.data, config.model.vocab_size, cache_dir)
+    val_windows = validation_windows(data.val, config.seq_len, config.train.eval_tokens)
+    run_id = run_id_for(config, data.cache_key)
+    run_dir = Path(config.train.run_root) / run_id
+    # Everything above validates; only now is the store opened and written.
+    store = open_store(store_url)
+    try:
+        existing = store.get_run(run_id)
+        if existing is not None and existing["status"] in ("finished", "diverged"):
+            return _result_from_record(existing, run_dir, already_done=True)
+        with run_lock(run_dir):
+            session = _Session(config, store, data, val_windows, device, precision, run_id, run_dir,
+                               experiment, show_progress)
+            return session.run(existing)
+    finally:
+        store.close()
+
+
+class _Session:
+    """One process's work on one run: set up, resume, loop, finish."""
+
+    def __init__(self, config: RunConfig, store: Store, data: PreparedData, val_windows: torch.Tensor,
+                 device: torch.device, precision: str, run_id: str, run_dir: Path,
+                 experiment: str | None, show_progress: bool) -> None:
+        self.config, self.store, self.data, self.val_windows = config, store, data, val_windows
+        self.device, self.run_id, self.run_dir = device, run_id, run_dir
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        self.precision, self.experiment, self.show_progress = precision, experiment, show_progress
+        self.plan = StepPlan(config.train.tokens, config.train.batch_size, config.seq_len)
+        tc = config.train
+        self.eval_interval = tc.eval_interval_tokens or max(1, tc.tokens // 10)
+        self.checkpoint_interval = tc.checkpoint_interval_tokens or self.eval_interval
+        self.micro_batch = tc.micro_batch_size or tc.batch_size
+        self.warmup_steps = round(tc.warmup_fraction * self.plan.total_steps)
+        self.resumed = False
+        self._last_eval: Evaluation | None = None
+
+    def run(self, existing: dict | None) -> TrainResult:
+        """Build model and optimiser, restore the newest checkpoint, train to the budget."""
+        torch.manual_seed(self.config.train.seed)
+        model = Llama(self.config.model).to(self.device)
+        optimizer = _make_optimizer(model, self.config, self.device)
+        checkpoints = list_checkpoints(self.run_dir)
+        meta = load_checkpoint(checkpoints[-1], model, optimizer) if checkpoints else None
+        self.resumed = meta is not None
+        self._record_start(existing, resumed=self.resumed)
+        if meta is not None:
+            self.store.truncate_after(self.run_id, meta.step)
+        forward = torch.compile(model) if self.config.train.compile else model
+        progress = TrainingProgress(self.run_id, self.config.train.tokens,
+                                    meta.tokens_seen if meta else 0, enabled=self.show_progress)
+        if meta:
+            progress.log(f"resuming at step {meta.step}, {meta.tokens_seen:,} tokens")
+        try:
+            return self._loop(model, forward, optimizer, meta, progress)
+        except Diverged as exc:
+            return self._finish_diverged(exc, progress)
+        except KeyboardInterrupt:
+            self.store.finish_run(self.run_id, "interrupted", {"message": "interrupted; re-run to resume"})
+            raise
+        except Exception as exc:
+            self.store.finish_run(self.run_id, "failed", {"message": f"{type(exc).__name__}: {exc}"})
+            raise
+        finally:
+            progress.close()
+
+    def _record_start(self, existing: dict | None, resumed: bool) -> None:
+        counts = count_parameters(self.config.model)
+        now = datetime.now(timezone.utc)
+        resolved = self.config.to_dict()
+        resolved["data_fingerprint"] = self.data.cache_key
+        resolved["resolved"] = {"device": str(self.device), "precision": self.precision,
+                                "eval_interval_tokens": self.eval_interval,
+                                "checkpoint_interval_tokens": self.checkpoint_interval,
+                                "total_steps": self.plan.total_steps, "warmup_steps": self.warmup_steps}
+        config_json = json.dumps(resolved, sort_keys=True)
+        record = {
+            "run_id": self.run_id, "experiment": self.experiment, "name": self.config.train.name,
+            "preset": self.config.model.name, "status": "running", "config_json": config_json,
+            "config_hash": _sha(config_json), "seed": self.config.train.seed,
+            "created_at": now, "started_at": now, "tokens_budget": self.config.train.tokens,
+            "tokens_seen": 0, "steps": 0, "params_total": counts.total,
+            "params_embedding": counts.embedding, "params_non_embedding": counts.non_embedding,
+            "flops_per_token": flops_per_token(self.config.model, self.config.seq_len),
+            "device": str(self.device), "device_info_json": json.dumps(device_info(self.device)),
+            "git_revision": git_revision(), "wattscale_version": __version__,
+            "torch_version": torch.__version__, "run_dir": str(self.run_dir.resolve()),
+            "resume_count": 0, "wall_seconds": 0.0,
+        }
+        if existing is None:
+            self.store.create_run(record)
+        else:
+            self.store.mark_running(self.run_id, now, resumed=resumed)
+        # The tokenizer travels with the run so that export-hf needs nothing else.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "tokenizer.json").write_bytes(Path(self.data.tokenizer_path).read_bytes())
+        (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+
+    def _loop(self, model: Llama, forward: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              meta: CheckpointMeta | None, progress: TrainingProgress) -> TrainResult:
+        tc, plan = self.config.train, self.plan
+        step = meta.step if meta else 0
+        tokens_seen = meta.tokens_seen if meta else 0
+        sequences = meta.sequences_consumed if meta else 0
+        wall_before = meta.wall_seconds if meta else 0.0
+        ema = meta.loss_ema if meta else None
+        best_ema = meta.best_loss_ema if meta else None
+        next_eval = (tokens_seen // self.eval_interval + 1) * self.eval_interval
+        next_ckpt = (tokens_seen // self.checkpoint_interval + 1) * self.checkpoint_interval
+        pending_rows: list[dict] = []
+        start = time.perf_counter()
+        if tc.eval_at_start and step == 0:
+            self._record_eval(model, 0, 0, 0.0, progress)
+        last_eval_tokens = -1
+        while step < plan.total_steps:
+            step_start = time.perf_counter()
+            lr = learning_rate(step, plan.total_steps, tc.lr, tc.schedule, self.warmup_steps,
+                               tc.min_lr_ratio, tc.decay_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            n_seq, n_tok = plan.sequences_in_step(step), plan.tokens_in_step(step)
+            loss, grad_norm = self._optimizer_step(forward, model, optimizer, sequences, n_seq, n_tok)
+            step += 1
+            tokens_seen += n_tok
+            sequences += n_seq
+            ema = loss if ema is None else (1 - EMA_ALPHA) * ema + EMA_ALPHA * loss
+            best_ema = ema if best_ema is None else min(best_ema, ema)
+            step_seconds = time.perf_counter() - step_start
+            pending_rows.append({"step": step, "tokens_seen": tokens_seen, "loss": loss, "lr": lr,
+                                 "grad_norm": grad_norm, "step_seconds": step_seconds})
+            wall = wall_before + time.perf_counter() - start
+            try:
+                _check_divergence(step, loss, grad_norm, ema, best_ema, tc.divergence_factor)
+            except Diverged as exc:
+                self._flush(pending_rows)
+                raise Diverged(exc.reason, step, tokens_seen, wall) from None
+            progress.update(tokens_seen, loss, (tokens_seen - (meta.tokens_seen if meta else 0))
+                            / max(1e-9, time.perf_counter() - start))
+            if tokens_seen >= next_eval or step == plan.total_steps:
+                self._flush(pending_rows)
+                self._record_eval(model, step, tokens_seen, wall, progress)
+                last_eval_tokens = tokens_seen
+                next_eval = (tokens_seen // self.eval_interval + 1) * self.eval_interval
+            if tokens_seen >= next_ckpt and step < plan.total_steps:
+                self._flush(pending_rows)
+                save_checkpoint(self.run_dir, model, optimizer, CheckpointMeta(
+                    step, tokens_seen, sequences, wall, best_ema, ema))
+                self.store.update_run(self.run_id, tokens_seen=tokens_seen, steps=step, wall_seconds=wall)
+                next_ckpt = (tokens_seen // self.checkpoint_interval + 1) * self.checkpoint_interval
+        assert last_eval_tokens == tokens_seen == tc.tokens, "the loop must end on the exact budget"
+        self._flush(pending_rows)
+        return self._finish(model, step, tokens_seen, wall_before + time.perf_counter() - start)
+
+    def _optimizer_step(self, forward: torch.nn.Module, model: Llama, optimizer: torch.optim.Optimizer,
+                        first_sequence: int, n_seq: int, n_tok: int) -> tuple[float, float]:
+        """Forward/backward over micro-batches of one step; returns (mean token loss, grad norm)."""
+        inputs, targets = sequence_batch(self.data.train, self.config.seq_len, self.config.train.seed,
+                                         first_sequence, n_seq)  # [n_seq, T] each
+        targets = mask_targets(targets, n_tok)
+        loss_sum = torch.zeros((), device=self.device)
+        for mb in range(0, n_seq, self.micro_batch):
+            x = inputs[mb:mb + self.micro_batch].to(self.device, non_blocking=True)
+            y = targets[mb:mb + self.micro_batch].to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                logits = forward(x)  # [b, T, vocab]
+            # Sum over tokens and divide by the step's token count: every counted token weighs the
+            # same whatever the micro-batch split, so accumulation equals one big batch.
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
+                                   reduction="sum") / n_tok
+            loss.backward()
+            loss_sum += loss.detach()
+        clip = self.config.train.grad_clip
+        if clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
+                                                       if p.grad is not None]).item()
+        if math.isfinite(grad_norm):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_sum.item(), grad_norm
+
+    def _record_eval(self, model: Llama, step: int, tokens_seen: int, wall: float,
+                     progress: TrainingProgress) -> Evaluation:
+        result = evaluate(model, self.val_windows, self.micro_batch, self.device, self.autocast_dtype)
+        self.store.add_evaluation(self.run_id, {"step": step, "tokens_seen": tokens_seen,
+                                                "val_loss": result.val_loss, "val_ppl": result.val_ppl,
+                                                "wall_seconds": wall})
+        progress.log(f"eval at {tokens_seen:,} tokens: val_loss {result.val_loss:.4f}  "
+                     f"val_ppl {result.val_ppl:.2f}")
+        self._last_eval = result
+        return result
+
+    def _flush(self, rows: list[dict]) -> None:
+        if rows:
+            self.store.add_train_steps(self.run_id, list(rows))
+            rows.clear()
+
+    def _finish(self, model: Llama, step: int, tokens_seen: int, wall: float) -> TrainResult:
+        save_weights(self.run_dir / "final" / "model.safetensors", model)
+        (self.run_dir / "final" / "model_config.json").write_text(json.dumps(self.config.model.to_dict()))
+        last = self._last_eval
+        assert last is not None
+        self.store.finish_run(self.run_id, "finished", {
+            "tokens_seen": tokens_seen, "steps": step, "wall_seconds": wall,
+            "finished_at": datetime.now(timezone.utc), "final_val_loss": last.val_loss,
+            "final_val_ppl": last.val_ppl})
+        return TrainResult(self.run_id, "finished", tokens_seen, step, wall, last.val_loss, last.val_ppl,
+                           self.run_dir, resumed=self.resumed, already_done=False)
+
+    def _finish_diverged(self, exc: Diverged, progress: TrainingProgress) -> TrainResult:
+        progress.log(f"diverged: {exc.reason}")
+        self.store.finish_run(self.run_id, "diverged", {
+            "finished_at": datetime.now(timezone.utc), "message": exc.reason, "tokens_seen": exc.tokens_seen,
+            "steps": exc.step, "wall_seconds": exc.wall_seconds})
+        record = self.store.get_run(self.run_id)
+        return _result_from_record(record, self.run_dir, already_done=False)
+
+
+def _check_divergence(step: int, loss: float, grad_norm: float, ema: float, best_ema: float,
+                      factor: float) -> None:
+    """Raise Diverged on a non-finite loss or gradient, or a smoothed loss above factor x its best."""
+    if not math.isfinite(loss):
+        raise Diverged(f"non-finite training loss ({loss}) at step {step}")
+    if not math.isfinite(grad_norm):
+        raise Diverged(f"non-finite gradient norm ({grad_norm}) at step {step}")
+    if step >= DIVERGENCE_MIN_STEPS and ema > factor * best_ema:
+        raise Diverged(f"loss blow-up at step {step}: smoothed loss {ema:.3f} > {factor} x best {best_ema:.3f}")
+
+
+def _make_optimizer(model: Llama, config: RunConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only; the fused kernel where the device has one."""
+    tc = config.train
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # torch >= 2.4 ships fused AdamW for CPU and CUDA; it is deterministic, so exact resume holds.
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, fused=True)
+
+
+def _result_from_record(record: dict, run_dir: Path, already_done: bool) -> TrainResult:
+    return TrainResult(record["run_id"], record["status"], record["tokens_seen"] or 0, record["steps"] or 0,
+                       record["wall_seconds"] or 0.0, record["final_val_loss"], record["final_val_ppl"],
+                       run_dir, resumed=(record.get("resume_count") or 0) > 0, already_done=already_done,
+                       message=record.get("message"))
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,45 @@
+"""Shared fixtures: a session-wide token cache and a CLI runner that uses real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("WATTSCALE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One token-shard cache for the whole session, so each corpus is tokenized once."""
+    return tmp_path_factory.mktemp("token_cache")
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path):
+    """Run `python -m wattscale ...` in tmp_path with a fresh environment; returns a CliResult."""
+
+    def _run(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> CliResult:
+        full_env = {k: v for k, v in os.environ.items() if k != "WATTSCALE_STORE"}
+        full_env.update(env or {})
+        proc = subprocess.run([sys.executable, "-m", "wattscale", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=timeout, env=full_env)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return _run
+
+
+# Small but real settings shared by trainer tests: the llama-tiny preset on a 0.3 MB generated corpus.
+TINY_DATA = ["--data", "synthetic", "--synthetic-mb", "0.3", "--eval-tokens", "2048"]

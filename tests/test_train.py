@@ -1,0 +1,153 @@
+"""The trainer through its public API and the CLI: exact budget, evals, resume, divergence, store."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_DATA
+from safetensors.torch import load_file
+
+from wattscale.config import build_run_config
+from wattscale.store import open_store
+from wattscale.train import train
+
+TINY = ["--preset", "llama-tiny", "--batch-size", "4", "--seq-len", "32", *TINY_DATA, "--no-progress"]
+
+
+def _api_config(tmp_path: Path, **train_overrides):
+    train_table = {"tokens": 1000, "batch_size": 4, "seq_len": 32, "eval_interval_tokens": 256,
+                   "run_root": str(tmp_path / "runs"), "eval_tokens": 2048, **train_overrides}
+    return build_run_config(overrides={"model": {"preset": "llama-tiny"}, "train": train_table,
+                                       "data": {"source": "synthetic", "synthetic_mb": 0.3}})
+
+
+def test_exact_budget_not_a_multiple_of_the_batch(tmp_path: Path, cache_dir: Path) -> None:
+    config = _api_config(tmp_path)  # 1000 tokens, 128 per step: 7 full steps + 104
+    store_url = str(tmp_path / "w.db")
+    result = train(config, store_url, show_progress=False, cache_dir=cache_dir)
+    assert (result.status, result.tokens_seen, result.steps) == ("finished", 1000, 8)
+    with open_store(store_url) as store:
+        steps = store.train_steps(result.run_id)
+        evals = store.evaluations(result.run_id)
+        record = store.get_run(result.run_id)
+    assert [s["tokens_seen"] for s in steps] == [128 * i for i in range(1, 8)] + [1000]
+    # evaluations at each crossing of a 256-token multiple, plus the end of the budget
+    assert [e["tokens_seen"] for e in evals] == [256, 512, 768, 1000]
+    assert record["tokens_seen"] == 1000 and record["tokens_budget"] == 1000
+    assert record["final_val_loss"] == pytest.approx(evals[-1]["val_loss"])
+    assert math.isclose(evals[-1]["val_ppl"], math.exp(evals[-1]["val_loss"]), rel_tol=1e-9)
+    resolved = json.loads(record["config_json"])
+    assert resolved["train"]["tokens"] == 1000 and resolved["model"]["name"] == "llama-tiny"
+    assert record["params_total"] == sum(p.numel() for p in _tiny_model().parameters())
+
+
+def _tiny_model():
+    from wattscale.model import Llama, ModelConfig
+
+    return Llama(ModelConfig.from_name("llama-tiny"))
+
+
+def test_rerun_of_finished_run_does_nothing(tmp_path: Path, cache_dir: Path) -> None:
+    config = _api_config(tmp_path)
+    store_url = str(tmp_path / "w.db")
+    first = train(config, store_url, show_progress=False, cache_dir=cache_dir)
+    second = train(config, store_url, show_progress=False, cache_dir=cache_dir)
+    assert second.already_done and second.run_id == first.run_id
+    with open_store(store_url) as store:
+        assert len(store.list_runs()) == 1
+        assert len(store.train_steps(first.run_id)) == 8
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path: Path, cache_dir: Path) -> None:
+    full = train(_api_config(tmp_path / "a"), str(tmp_path / "a.db"), show_progress=False, cache_dir=cache_dir)
+    accum = train(_api_config(tmp_path / "b", micro_batch_size=1), str(tmp_path / "b.db"),
+                  show_progress=False, cache_dir=cache_dir)
+    w_full = load_file(str(full.run_dir / "final" / "model.safetensors"))
+    w_accum = load_file(str(accum.run_dir / "final" / "model.safetensors"))
+    for name in w_full:
+        torch.testing.assert_close(w_accum[name], w_full[name], rtol=1e-4, atol=1e-5)
+
+
+def test_loss_falls_well_below_unigram_entropy(tmp_path: Path, cache_dir: Path) -> None:
+    """On the generated stories a tiny model beats the best context-free predictor by a wide margin."""
+    config = _api_config(tmp_path, tokens=120_000, batch_size=8, seq_len=64, eval_interval_tokens=60_000,
+                         lr=1e-2)
+    result = train(config, str(tmp_path / "w.db"), show_progress=False, cache_dir=cache_dir)
+    from wattscale.data import prepare_data
+
+    data = prepare_data(config.data, config.model.vocab_size, cache_dir)
+    counts = torch.bincount(torch.from_numpy(data.train.tokens.astype("int64")), minlength=512).double() + 1
+    p_train = counts / counts.sum()
+    val = torch.from_numpy(data.val.tokens.astype("int64"))
+    unigram_cross_entropy = float(-(p_train.log()[val]).mean())
+    assert result.final_val_loss < 0.75 * unigram_cross_entropy, (result.final_val_loss, unigram_cross_entropy)
+
+
+def test_divergence_is_recorded_not_a_crash(run_cli, tmp_path: Path) -> None:
+    res = run_cli("--store", "w.db", "train", *TINY, "--tokens", "20000", "--lr", "50", "--json")
+    assert res.returncode == 3, res.stderr
+    out = json.loads(res.stdout)
+    assert out["status"] == "diverged" and out["message"]
+    with open_store(str(tmp_path / "w.db")) as store:
+        (run,) = store.list_runs()
+        assert run["status"] == "diverged" and run["tokens_seen"] < 20000
+
+
+def test_sigkill_then_resume_is_bit_identical(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+    """A run killed with SIGKILL and resumed ends with exactly the weights of an uninterrupted run."""
+    args = [*TINY, "--tokens", "40000", "--eval-interval-tokens", "5000", "--checkpoint-interval-tokens", "2048",
+            "--cache-dir", str(cache_dir)]
+    ref = run_cli("--store", "ref.db", "train", *args, "--run-root", "ref_runs", "--json")
+    assert ref.returncode == 0, ref.stderr
+    ref_out = json.loads(ref.stdout)
+
+    cmd = [sys.executable, "-m", "wattscale", "--store", "killed.db", "train", *args, "--run-root", "killed_runs"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_root = tmp_path / "killed_runs" / ref_out["run_id"] / "checkpoints"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(ckpt_root.glob("step-*/meta.json"))) >= 1 and _first_ckpt_step(ckpt_root) >= 32:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with open_store(str(tmp_path / "killed.db")) as store:
+        assert store.get_run(ref_out["run_id"])["status"] == "running", "the kill must land mid-run"
+
+    resumed = run_cli("--store", "killed.db", "train", *args, "--run-root", "killed_runs", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    out = json.loads(resumed.stdout)
+    assert out["resumed"] and out["tokens_seen"] == 40000
+    ref_w = load_file(str(tmp_path / "ref_runs" / ref_out["run_id"] / "final" / "model.safetensors"))
+    new_w = load_file(str(tmp_path / "killed_runs" / ref_out["run_id"] / "final" / "model.safetensors"))
+    assert ref_w.keys() == new_w.keys()
+    for name in ref_w:
+        assert torch.equal(ref_w[name], new_w[name]), name
+    assert out["final_val_loss"] == ref_out["final_val_loss"]
+    with open_store(str(tmp_path / "killed.db")) as store:
+        steps = store.train_steps(out["run_id"])
+        assert [s["step"] for s in steps] == list(range(1, out["steps"] + 1))  # no duplicates, no gaps
+        assert len(store.evaluations(out["run_id"])) == 8
+        assert store.get_run(out["run_id"])["resume_count"] == 1
+
+
+def _first_ckpt_step(root: Path) -> int:
+    steps = [int(p.parent.name.split("-")[1]) for p in root.glob("step-*/meta.json")]
+    return max(steps, default=0)
+
+
+def test_checkpoints_load_without_unpickling(tmp_path: Path, cache_dir: Path) -> None:
+    config = _api_config(tmp_path, tokens=4000, checkpoint_interval_tokens=1024)
+    result = train(config, str(tmp_path / "w.db"), show_progress=False, cache_dir=cache_dir)
+    (ckpt,) = sorted((result.run_dir / "checkpoints").glob("step-*"))
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    assert "optimizer" in state and "rng" in state
+    assert load_file(str(ckpt / "model.safetensors"))
