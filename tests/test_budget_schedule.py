@@ -46,14 +46,14 @@ def test_warmup_then_cosine_to_min() -> None:
     mid = 10 + (99 - 10) / 2
     assert learning_rate(round(mid), 100, 1.0, "cosine", 10) == pytest.approx(
         0.1 + 0.45 * (1 + math.cos(math.pi * (round(mid) - 10) / 89)))
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
 
 
 def test_wsd_is_flat_then_linear_decay() -> None:
     lrs = [learning_rate(s, 100, 2.0, "wsd", 5, min_lr_ratio=0.0, decay_fraction=0.2) for s in range(100)]
     assert all(v == 2.0 for v in lrs[5:80])
     assert lrs[-1] == pytest.approx(0.0)
-    diffs = [a - b for a, b in zip(lrs[80:], lrs[81:])]
+    diffs = [a - b for a, b in zip(lrs[80:], lrs[81:], strict=False)]
     assert all(d == pytest.approx(diffs[0]) for d in diffs)
 
 

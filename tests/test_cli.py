@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from conftest import SHARED_DATA, TINY_DATA
 
 TINY = ["--preset", "llama-tiny", "--batch-size", "4", "--seq-len", "32", *TINY_DATA, "--no-progress"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_DATA
 from safetensors.torch import load_file
 
+from conftest import TINY_DATA
 from wattscale.config import build_run_config
 from wattscale.store import open_store
 from wattscale.train import train

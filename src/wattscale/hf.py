@@ -42,12 +42,12 @@ def to_hf_state_dict(
         raise ConfigError("config: to_hf_state_dict needs the ModelConfig when given a state dict")
     else:
         state = model_or_state
-    H, K, D, F = config.n_heads, config.n_kv_heads, config.head_dim, config.ffn_hidden
+    H, K, D, ffn = config.n_heads, config.n_kv_heads, config.head_dim, config.ffn_hidden
     out: dict[str, torch.Tensor] = {"model.embed_tokens.weight": state["embed.weight"].detach()}
     for i in range(config.n_layers):
         ours, hf = f"layers.{i}.", f"model.layers.{i}."
         q, k, v = state[ours + "attn.qkv.weight"].detach().split([H * D, K * D, K * D], dim=0)
-        gate, up = state[ours + "mlp.gate_up.weight"].detach().split([F, F], dim=0)
+        gate, up = state[ours + "mlp.gate_up.weight"].detach().split([ffn, ffn], dim=0)
         out[hf + "self_attn.q_proj.weight"] = q.clone(memory_format=torch.contiguous_format)
         out[hf + "self_attn.k_proj.weight"] = k.clone(memory_format=torch.contiguous_format)
         out[hf + "self_attn.v_proj.weight"] = v.clone(memory_format=torch.contiguous_format)
@@ -65,7 +65,7 @@ def to_hf_state_dict(
 
 def _expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """HF parameter name -> shape for ``config`` (``lm_head`` only when untied)."""
-    d, H, K, D, F = config.d_model, config.n_heads, config.n_kv_heads, config.head_dim, config.ffn_hidden
+    d, H, K, D, ffn = config.d_model, config.n_heads, config.n_kv_heads, config.head_dim, config.ffn_hidden
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (config.vocab_size, d)}
     for i in range(config.n_layers):
         hf = f"model.layers.{i}."
@@ -73,9 +73,9 @@ def _expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes[hf + "self_attn.k_proj.weight"] = (K * D, d)
         shapes[hf + "self_attn.v_proj.weight"] = (K * D, d)
         shapes[hf + "self_attn.o_proj.weight"] = (d, H * D)
-        shapes[hf + "mlp.gate_proj.weight"] = (F, d)
-        shapes[hf + "mlp.up_proj.weight"] = (F, d)
-        shapes[hf + "mlp.down_proj.weight"] = (d, F)
+        shapes[hf + "mlp.gate_proj.weight"] = (ffn, d)
+        shapes[hf + "mlp.up_proj.weight"] = (ffn, d)
+        shapes[hf + "mlp.down_proj.weight"] = (d, ffn)
         shapes[hf + "input_layernorm.weight"] = (d,)
         shapes[hf + "post_attention_layernorm.weight"] = (d,)
     shapes["model.norm.weight"] = (d,)
@@ -122,8 +122,11 @@ def from_hf_state_dict(hf_sd: Mapping[str, torch.Tensor], config: ModelConfig) -
     return out
 
 
-def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
-    """A ``config.json`` dict that ``transformers.LlamaConfig`` (4.x and 5.x) reads as this model."""
+def hf_config_dict(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
+    """A ``config.json`` dict that ``transformers.LlamaConfig`` (4.x and 5.x) reads as this model.
+
+    ``dtype`` names the dtype the weights are stored in ("float32", "bfloat16", ...).
+    """
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -145,8 +148,9 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
         "attention_dropout": 0.0,
         "mlp_bias": False,
         "initializer_range": config.init_std,
-        # "dtype" is the transformers 5 key ("torch_dtype" is deprecated there and warns); 4.56+ reads it too.
-        "dtype": "float32",
+        # "dtype" is the key since transformers 4.56 ("torch_dtype" warns in 5.x); older versions load
+        # float32 by default.
+        "dtype": dtype,
         "bos_token_id": None,
         "eos_token_id": None,
         "use_cache": True,
@@ -193,7 +197,8 @@ def export_hf(model: Llama, out_dir: Path, tokenizer_json: Path | None = None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = {k: v.to("cpu").contiguous() for k, v in to_hf_state_dict(model).items()}
     save_file(weights, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
-    (out_dir / CONFIG_FILE).write_text(json.dumps(hf_config_dict(model.config), indent=2) + "\n")
+    dtype = str(model.embed.weight.dtype).removeprefix("torch.")
+    (out_dir / CONFIG_FILE).write_text(json.dumps(hf_config_dict(model.config, dtype), indent=2) + "\n")
     if tokenizer_json is not None:
         tokenizer_json = Path(tokenizer_json)
         if not tokenizer_json.is_file():

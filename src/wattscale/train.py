@@ -8,16 +8,17 @@ the run already ended.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from wattscale import __version__
 from wattscale.budget import IGNORE_INDEX, StepPlan, mask_targets
@@ -39,6 +40,7 @@ from wattscale.schedule import learning_rate
 from wattscale.store import Store, open_store
 
 DEFAULT_CACHE_DIR = Path(".wattscale_cache")
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 EMA_ALPHA = 0.1
 DIVERGENCE_MIN_STEPS = 10
 
@@ -116,20 +118,20 @@ class _Session:
         """Build model and optimiser, restore the newest checkpoint, train to the budget."""
         torch.manual_seed(self.config.train.seed)
         model = Llama(self.config.model).to(self.device)
-        optimizer = _make_optimizer(model, self.config, self.device)
+        optimizer = make_optimizer(model, self.config)
         checkpoints = list_checkpoints(self.run_dir)
         meta = load_checkpoint(checkpoints[-1], model, optimizer) if checkpoints else None
         self.resumed = meta is not None
         self._record_start(existing, resumed=self.resumed)
         if meta is not None:
             self.store.truncate_after(self.run_id, meta.step)
-        forward = torch.compile(model) if self.config.train.compile else model
+        loss_fn = summed_loss_fn(model, self.config.train.compile)
         progress = TrainingProgress(self.run_id, self.config.train.tokens,
                                     meta.tokens_seen if meta else 0, enabled=self.show_progress)
         if meta:
             progress.log(f"resuming at step {meta.step}, {meta.tokens_seen:,} tokens")
         try:
-            return self._loop(model, forward, optimizer, meta, progress)
+            return self._loop(model, loss_fn, optimizer, meta, progress)
         except Diverged as exc:
             return self._finish_diverged(exc, progress)
         except KeyboardInterrupt:
@@ -173,7 +175,7 @@ class _Session:
         (self.run_dir / "tokenizer.json").write_bytes(Path(self.data.tokenizer_path).read_bytes())
         (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
 
-    def _loop(self, model: Llama, forward: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    def _loop(self, model: Llama, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
               meta: CheckpointMeta | None, progress: TrainingProgress) -> TrainResult:
         tc, plan = self.config.train, self.plan
         step = meta.step if meta else 0
@@ -196,7 +198,7 @@ class _Session:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             n_seq, n_tok = plan.sequences_in_step(step), plan.tokens_in_step(step)
-            loss, grad_norm = self._optimizer_step(forward, model, optimizer, sequences, n_seq, n_tok)
+            loss, grad_norm = self._optimizer_step(loss_fn, model, optimizer, sequences, n_seq, n_tok)
             step += 1
             tokens_seen += n_tok
             sequences += n_seq
@@ -228,35 +230,13 @@ class _Session:
         self._flush(pending_rows)
         return self._finish(model, step, tokens_seen, wall_before + time.perf_counter() - start)
 
-    def _optimizer_step(self, forward: torch.nn.Module, model: Llama, optimizer: torch.optim.Optimizer,
+    def _optimizer_step(self, loss_fn: LossFn, model: Llama, optimizer: torch.optim.Optimizer,
                         first_sequence: int, n_seq: int, n_tok: int) -> tuple[float, float]:
-        """Forward/backward over micro-batches of one step; returns (mean token loss, grad norm)."""
+        """One optimiser step on the next `n_seq` sequences of the training stream."""
         inputs, targets = sequence_batch(self.data.train, self.config.seq_len, self.config.train.seed,
                                          first_sequence, n_seq)  # [n_seq, T] each
-        targets = mask_targets(targets, n_tok)
-        loss_sum = torch.zeros((), device=self.device)
-        for mb in range(0, n_seq, self.micro_batch):
-            x = inputs[mb:mb + self.micro_batch].to(self.device, non_blocking=True)
-            y = targets[mb:mb + self.micro_batch].to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
-                logits = forward(x)  # [b, T, vocab]
-            # Sum over tokens and divide by the step's token count: every counted token weighs the
-            # same whatever the micro-batch split, so accumulation equals one big batch.
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
-                                   reduction="sum") / n_tok
-            loss.backward()
-            loss_sum += loss.detach()
-        clip = self.config.train.grad_clip
-        if clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
-                                                       if p.grad is not None]).item()
-        if math.isfinite(grad_norm):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss_sum.item(), grad_norm
+        return training_step(loss_fn, model, optimizer, inputs, mask_targets(targets, n_tok), n_tok,
+                             self.micro_batch, self.device, self.autocast_dtype, self.config.train.grad_clip)
 
     def _record_eval(self, model: Llama, step: int, tokens_seen: int, wall: float,
                      progress: TrainingProgress) -> Evaluation:
@@ -295,6 +275,55 @@ class _Session:
         return _result_from_record(record, self.run_dir, already_done=False)
 
 
+def summed_loss_fn(model: Llama, compile_model: bool = False) -> LossFn:
+    """(inputs [b, T], targets [b, T]) -> summed token cross-entropy, via the model's chunked loss.
+
+    `Llama.loss` never materialises the [b*T, vocab] logits (about 20% of a llama-4m step on CPU is
+    that memory traffic in the plain logits + F.cross_entropy path); optionally torch.compile'd.
+    """
+    fn = functools.partial(model.loss, reduction="sum", ignore_index=IGNORE_INDEX)
+    return torch.compile(fn) if compile_model else fn
+
+
+def training_step(loss_fn: LossFn, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  inputs: torch.Tensor, targets: torch.Tensor, counted_tokens: int, micro_batch: int,
+                  device: torch.device, autocast_dtype: torch.dtype | None, grad_clip: float) -> tuple[float, float]:
+    """Forward/backward over micro-batches, clip, AdamW step; returns (mean token loss, grad norm).
+
+    `inputs`/`targets` are int64 [n_seq, T]; targets equal to IGNORE_INDEX do not count. The
+    summed loss is divided by `counted_tokens`, so every counted token weighs the same whatever
+    the micro-batch split and gradient accumulation equals one big batch. A non-finite gradient
+    norm skips the update (the caller records the run as diverged).
+    """
+    loss_sum = torch.zeros((), device=device)
+    for start in range(0, inputs.shape[0], micro_batch):
+        x = inputs[start:start + micro_batch].to(device, non_blocking=True)  # [b, T]
+        y = targets[start:start + micro_batch].to(device, non_blocking=True)  # [b, T]
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss = loss_fn(x, y) / counted_tokens
+        loss.backward()
+        loss_sum += loss.detach()
+    if grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).item()
+    if math.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum.item(), grad_norm
+
+
+def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only, using the fused kernel (CPU and CUDA, torch >= 2.4)."""
+    tc = config.train
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel is deterministic, so exact resume still holds; it is the fastest of the three
+    # AdamW implementations on CPU too (see benchmarks/train_throughput.py).
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, fused=True)
+
+
 def _check_divergence(step: int, loss: float, grad_norm: float, ema: float, best_ema: float,
                       factor: float) -> None:
     """Raise Diverged on a non-finite loss or gradient, or a smoothed loss above factor x its best."""
@@ -304,16 +333,6 @@ def _check_divergence(step: int, loss: float, grad_norm: float, ema: float, best
         raise Diverged(f"non-finite gradient norm ({grad_norm}) at step {step}")
     if step >= DIVERGENCE_MIN_STEPS and ema > factor * best_ema:
         raise Diverged(f"loss blow-up at step {step}: smoothed loss {ema:.3f} > {factor} x best {best_ema:.3f}")
-
-
-def _make_optimizer(model: Llama, config: RunConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only; the fused kernel where the device has one."""
-    tc = config.train
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # torch >= 2.4 ships fused AdamW for CPU and CUDA; it is deterministic, so exact resume holds.
-    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, fused=True)
 
 
 def _result_from_record(record: dict, run_dir: Path, already_done: bool) -> TrainResult:
