@@ -136,3 +136,35 @@ def test_trains_on_tinystories_through_the_path_option(run_cli, tmp_path: Path, 
                   "--data", str(source), "--no-progress", "--json", "--cache-dir", str(cache_dir))
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["tokens_seen"] == 2048
+
+
+def test_export_hf_command_loads_in_transformers(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from wattscale.hf import import_hf
+
+    res = run_cli("train", *TINY, "--tokens", "2048", "--json", "--cache-dir", str(cache_dir),
+                  env={"HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr
+    run_id = json.loads(res.stdout)["run_id"]
+    exported = run_cli("export-hf", run_id, "-o", "hf_out", env={"HF_HUB_OFFLINE": "1"})
+    assert exported.returncode == 0, exported.stderr
+    out = tmp_path / "hf_out"
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    hf_model, info = transformers.LlamaForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ours = import_hf(out)
+    ids = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model.float()(ids).logits, ours(ids), rtol=0, atol=1e-4)
+    missing = run_cli("export-hf", "0123456789abcdef", "-o", "x")
+    assert missing.returncode == 2 and "run_id" in missing.stderr
+
+
+def test_plain_progress_lines_when_not_a_terminal(run_cli, cache_dir: Path) -> None:
+    res = run_cli("train", *[a for a in TINY if a != "--no-progress"], "--tokens", "2048",
+                  "--cache-dir", str(cache_dir))
+    assert res.returncode == 0, res.stderr
+    assert "tok/s" in res.stderr and "ETA" in res.stderr and "loss" in res.stderr
+    assert "eval at 2,048 tokens" in res.stderr

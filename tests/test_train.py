@@ -151,3 +151,13 @@ def test_checkpoints_load_without_unpickling(tmp_path: Path, cache_dir: Path) ->
     state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
     assert "optimizer" in state and "rng" in state
     assert load_file(str(ckpt / "model.safetensors"))
+
+
+def test_torch_compile_trains_like_eager(tmp_path: Path, cache_dir: Path) -> None:
+    eager = train(_api_config(tmp_path / "e", tokens=2048), str(tmp_path / "e.db"), show_progress=False,
+                  cache_dir=cache_dir)
+    compiled = train(_api_config(tmp_path / "c", tokens=2048, compile=True), str(tmp_path / "c.db"),
+                     show_progress=False, cache_dir=cache_dir)
+    assert compiled.run_id != eager.run_id  # compile is part of what a run computes
+    assert compiled.status == "finished" and compiled.tokens_seen == 2048
+    assert compiled.final_val_loss == pytest.approx(eager.final_val_loss, rel=1e-3)

@@ -75,9 +75,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     tmp = root / f".tmp-step-{meta.step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    # Tied weights share storage; safetensors refuses shared tensors, so save each name's own copy.
-    weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    save_file(_cpu_weights(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
     torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / "trainer_state.pt")
     _write_json_durably(tmp / "meta.json", asdict(meta))
     shutil.rmtree(final, ignore_errors=True)
@@ -116,9 +114,13 @@ def save_weights(path: Path, model: torch.nn.Module) -> None:
     """Write final model weights as safetensors (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp), metadata={"format": "pt"})
+    save_file(_cpu_weights(model), str(tmp), metadata={"format": "pt"})
     os.replace(tmp, path)
+
+
+def _cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # Tied weights share storage and safetensors refuses shared tensors: give each name its own copy.
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
