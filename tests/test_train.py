@@ -161,3 +161,24 @@ def test_torch_compile_trains_like_eager(tmp_path: Path, cache_dir: Path) -> Non
     assert compiled.run_id != eager.run_id  # compile is part of what a run computes
     assert compiled.status == "finished" and compiled.tokens_seen == 2048
     assert compiled.final_val_loss == pytest.approx(eager.final_val_loss, rel=1e-3)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_is_recorded_and_resumable(tmp_path: Path, cache_dir: Path, sig: signal.Signals) -> None:
+    args = [*TINY, "--tokens", "40000", "--checkpoint-interval-tokens", "2048", "--cache-dir", str(cache_dir)]
+    cmd = [sys.executable, "-m", "wattscale", "--store", "w.db", "train", *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "wattscale_runs").glob("*/checkpoints/step-*")):
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "re-run the same command to resume" in stderr
+    with open_store(str(tmp_path / "w.db")) as store:
+        (run,) = store.list_runs()
+    assert run["status"] == "interrupted" and run["tokens_seen"] < 40000
+    resumed = subprocess.run([*cmd, "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    out = json.loads(resumed.stdout)
+    assert out["status"] == "finished" and out["resumed"] and out["tokens_seen"] == 40000
