@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from wattscale.data import TokenShard
 from wattscale.errors import DataError
+from wattscale.model import Llama
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def validation_windows(shard: TokenShard, seq_len: int, max_tokens: int) -> torc
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device,
+def evaluate(model: Llama, windows: torch.Tensor, batch_size: int, device: torch.device,
              autocast_dtype: torch.dtype | None) -> Evaluation:
     """Mean token loss of `model` over `windows` (as built by `validation_windows`)."""
     was_training = model.training
@@ -50,8 +50,8 @@ def evaluate(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, dev
         inputs, targets = batch[:, :-1], batch[:, 1:]  # [b, T] each
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
-            logits = model(inputs)  # [b, T, vocab]
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+            # The chunked loss never holds [b*T, vocab] logits: evaluation memory stays flat in vocab.
+            loss = model.loss(inputs, targets, reduction="sum")
         total_loss += loss.item()
         total_tokens += targets.numel()
     model.train(was_training)

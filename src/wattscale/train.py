@@ -80,14 +80,19 @@ def train(config: RunConfig, store_url: str, *, show_progress: bool = True,
     data = prepare_data(config.data, config.model.vocab_size, cache_dir)
     val_windows = validation_windows(data.val, config.seq_len, config.train.eval_tokens)
     run_id = run_id_for(config, data.cache_key)
-    run_dir = Path(config.train.run_root) / run_id
     # Everything above validates; only now is the store opened and written.
     store = open_store(store_url)
     try:
         existing = store.get_run(run_id)
+        # A run resumes from wherever its checkpoints were written, even if --run-root changed since.
+        run_dir = Path(existing["run_dir"]) if existing and existing.get("run_dir") else \
+            Path(config.train.run_root) / run_id
         if existing is not None and existing["status"] in ("finished", "diverged"):
             return _result_from_record(existing, run_dir, already_done=True)
         with run_lock(run_dir):
+            existing = store.get_run(run_id)  # re-read under the lock: another process may just have finished it
+            if existing is not None and existing["status"] in ("finished", "diverged"):
+                return _result_from_record(existing, run_dir, already_done=True)
             session = _Session(config, store, data, val_windows, device, precision, run_id, run_dir,
                                experiment, show_progress)
             return session.run(existing)
