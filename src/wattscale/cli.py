@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -48,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(config, store_url(args), show_progress=not args.no_progress,
                    cache_dir=Path(args.cache_dir))
     if args.json:
-        print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}))
+        print(_strict_json({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}))
     elif result.already_done:
         print(f"run {result.run_id} already {result.status}: final val_loss {_fmt(result.final_val_loss)}")
     else:
@@ -66,7 +67,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     with open_store(store_url(args)) as store:
         runs = store.list_runs()
     if args.json:
-        print(json.dumps(runs, default=str))
+        print(_strict_json(runs))
         return 0
     from wattscale.tables import print_runs_table
 
@@ -177,6 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_quickstart)
     return parser
+
+
+def _strict_json(data: Any) -> str:
+    """JSON that any parser accepts: non-finite floats (an infinite perplexity) become null."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(data), default=str, allow_nan=False)
 
 
 def _fmt(value: float | None) -> str:
