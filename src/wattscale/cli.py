@@ -110,6 +110,29 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_meters(args: argparse.Namespace) -> int:
+    """List the power meters found on this machine, and why the others are not used."""
+    from wattscale.energy import MeterConfig, close_meters, discover_meters
+
+    config = MeterConfig(cpu_tdp_w_per_core=args.cpu_tdp_w_per_core, powercap_root=args.powercap_root)
+    meters, reasons = discover_meters(config)
+    try:
+        found = [{"name": m.name, "energy_source": m.energy_source, "devices": list(m.devices),
+                  "details": m.describe()} for m in meters]
+    finally:
+        close_meters(meters)
+    if args.json:
+        print(_strict_json({"meters": found, "not_used": reasons}))
+        return 0
+    for meter in found:
+        print(f"{meter['name']}: {', '.join(meter['devices'])} (energy source: {meter['energy_source']})")
+        for key, value in meter["details"].items():
+            print(f"    {key}: {value}")
+    for reason in reasons:
+        print(f"not used: {reason}")
+    return 0
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with [model], [train] and [data] tables; flags override it")
     p.add_argument("--preset", help="model preset (see `wattscale presets`)")
@@ -168,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", help="a finished run's id (see `wattscale runs`)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.set_defaults(func=cmd_export_hf)
+
+    p = sub.add_parser("meters", help="list the power meters found here and why others are not used")
+    p.add_argument("--cpu-tdp-w-per-core", type=float, default=10.0,
+                   help="watts per busy core for the CPU estimate when no meter is readable (default 10)")
+    p.add_argument("--powercap-root", default="/sys/class/powercap", help="where to look for RAPL zones")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_meters)
 
     p = sub.add_parser("presets", help="list model presets and their parameter counts")
     p.add_argument("--json", action="store_true")
