@@ -42,4 +42,4 @@ def run_cli(tmp_path: Path):
 
 
 # Small but real settings shared by trainer tests: the llama-tiny preset on a 0.3 MB generated corpus.
-TINY_DATA = ["--data", "synthetic", "--synthetic-mb", "0.3", "--eval-tokens", "2048"]
+TINY_DATA = ["--data", "synthetic", "--synthetic-mb", "0.3", "--eval-tokens", "2048", "--idle-seconds", "0"]

@@ -22,11 +22,12 @@ from wattscale.train import train
 TINY = ["--preset", "llama-tiny", "--batch-size", "4", "--seq-len", "32", *TINY_DATA, "--no-progress"]
 
 
-def _api_config(tmp_path: Path, **train_overrides):
+def _api_config(tmp_path: Path, meter: dict | None = None, **train_overrides):
     train_table = {"tokens": 1000, "batch_size": 4, "seq_len": 32, "eval_interval_tokens": 256,
                    "run_root": str(tmp_path / "runs"), "eval_tokens": 2048, **train_overrides}
     return build_run_config(overrides={"model": {"preset": "llama-tiny"}, "train": train_table,
-                                       "data": {"source": "synthetic", "synthetic_mb": 0.3}})
+                                       "data": {"source": "synthetic", "synthetic_mb": 0.3},
+                                       "meter": {"idle_seconds": 0.0, **(meter or {})}})
 
 
 def test_exact_budget_not_a_multiple_of_the_batch(tmp_path: Path, cache_dir: Path) -> None:
@@ -182,3 +183,15 @@ def test_interrupt_is_recorded_and_resumable(tmp_path: Path, cache_dir: Path, si
     assert resumed.returncode == 0, resumed.stderr
     out = json.loads(resumed.stdout)
     assert out["status"] == "finished" and out["resumed"] and out["tokens_seen"] == 40000
+    # Energy continues across the resume: one run row, evaluation intervals that tile the budget, a trace
+    # without overlapping times, and the run's energy equal to what its intervals add up to.
+    with open_store(str(tmp_path / "w.db")) as store:
+        rows = store.energy_measurements(out["run_id"])
+        samples = store.power_samples(out["run_id"])
+    (run_row,) = [r for r in rows if r["scope"] == "run"]
+    intervals = sorted((r for r in rows if r["scope"] == "interval"), key=lambda r: r["start_tokens"])
+    assert [r["start_tokens"] for r in intervals] == [0] + [r["end_tokens"] for r in intervals[:-1]]
+    assert intervals[-1]["end_tokens"] == 40000 and run_row["energy_j"] == out["energy_j"]
+    assert sum(r["energy_j"] for r in intervals) == pytest.approx(run_row["energy_j"], rel=0.05, abs=0.5)
+    times = [s["t_seconds"] for s in samples]
+    assert len(times) == len(set(times))

@@ -39,6 +39,7 @@ class CheckpointMeta:
     wall_seconds: float
     best_loss_ema: float | None
     loss_ema: float | None
+    energy: dict | None = None  # EnergyRecorder.checkpoint(): run and open-interval energy so far, if metered
 
 
 def rng_state() -> dict[str, object]:

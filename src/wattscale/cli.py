@@ -36,6 +36,9 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "device", "precision", "run_root", "name", "threads")} | {"compile": args.compile or None},
         "data": {"source": args.data, "tokenizer": args.tokenizer, "synthetic_mb": args.synthetic_mb,
                  "val_source": args.val_data, "text_field": args.text_field},
+        "meter": {"sample_hz": args.sample_hz, "cpu_tdp_w_per_core": args.cpu_tdp_w_per_core,
+                  "idle_seconds": args.idle_seconds, "grid_gco2e_per_kwh": args.grid_gco2e_per_kwh,
+                  "kinds": tuple(k.strip() for k in args.meters.split(",")) if args.meters else None},
     }
 
 
@@ -133,6 +136,23 @@ def cmd_meters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_energy(args: argparse.Namespace) -> int:
+    """A run's energy per device with its source, CO2e, and the energy at lower sampling rates."""
+    from wattscale.energy.report import energy_report
+    from wattscale.store import open_store
+
+    rates = tuple(float(r) for r in args.rates.split(",")) if args.rates else None
+    with open_store(store_url(args), create=False) as store:
+        report = energy_report(store, args.run_id, args.grid_gco2e_per_kwh, *([rates] if rates else []))
+    if args.json:
+        print(_strict_json(report.to_dict()))
+        return 0
+    from wattscale.tables import print_energy_report
+
+    print_energy_report(report)
+    return 0
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with [model], [train] and [data] tables; flags override it")
     p.add_argument("--preset", help="model preset (see `wattscale presets`)")
@@ -159,6 +179,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-root", help="folder for checkpoints and final weights (default wattscale_runs)")
     p.add_argument("--name", help="a free-text name stored with the run")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--meters", help="meter kinds to try, comma-separated: nvml,rapl,cpu-estimate (default) or none")
+    p.add_argument("--sample-hz", type=float, help="power sampling rate, 1 to 1000 Hz (default 10)")
+    p.add_argument("--idle-seconds", type=float, help="idle baseline measured before a run (default 3; 0 skips)")
+    p.add_argument("--cpu-tdp-w-per-core", type=float, help="watts per busy core for the CPU estimate (default 10)")
+    p.add_argument("--grid-gco2e-per-kwh", type=float, help="your grid's carbon intensity, for CO2e (no default)")
     p.add_argument("--cache-dir", default=".wattscale_cache", help="token-shard cache (default .wattscale_cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -191,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", help="a finished run's id (see `wattscale runs`)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.set_defaults(func=cmd_export_hf)
+
+    p = sub.add_parser("energy", parents=[common], help="a run's energy, power, CO2e and sampling-rate analysis")
+    p.add_argument("run_id", help="a run's id (see `wattscale runs`)")
+    p.add_argument("--grid-gco2e-per-kwh", type=float, help="grid carbon intensity for CO2e (default: the run's)")
+    p.add_argument("--rates", help="sampling rates in Hz to re-compute the energy at (default 1000,100,10,1,0.1)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=cmd_energy)
 
     p = sub.add_parser("meters", help="list the power meters found here and why others are not used")
     p.add_argument("--cpu-tdp-w-per-core", type=float, default=10.0,

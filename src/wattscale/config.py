@@ -29,6 +29,7 @@ from typing import Any, get_type_hints
 import tomllib
 
 from wattscale.data import DataConfig
+from wattscale.energy.meter import MeterConfig
 from wattscale.errors import ConfigError
 from wattscale.model import ModelConfig
 
@@ -119,6 +120,7 @@ class RunConfig:
     model: ModelConfig
     train: TrainConfig
     data: DataConfig = field(default_factory=DataConfig)
+    meter: MeterConfig = field(default_factory=MeterConfig)
 
     @property
     def seq_len(self) -> int:
@@ -136,6 +138,7 @@ class RunConfig:
             "model": self.model.to_dict(),
             "train": dataclasses.asdict(self.train),
             "data": dataclasses.asdict(self.data),
+            "meter": dataclasses.asdict(self.meter),
         }
 
 
@@ -149,6 +152,7 @@ def run_id_for(config: RunConfig, data_fingerprint: str) -> str:
     resolved = config.to_dict()
     for key in _NON_IDENTITY_TRAIN_KEYS:
         resolved["train"].pop(key)
+    resolved.pop("meter")  # measuring a run does not change what it computes
     resolved["data_fingerprint"] = data_fingerprint
     blob = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -194,6 +198,8 @@ def _check_type(where: str, value: Any, hint: Any) -> None:
     for t in allowed:
         if t is type(None) and value is None:
             ok = True
+        elif getattr(hint, "__origin__", None) is tuple and isinstance(value, (list, tuple)):
+            ok = all(isinstance(v, str) for v in value)
         elif t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             ok = True
         elif t is int and isinstance(value, int) and not isinstance(value, bool):
@@ -216,9 +222,9 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"--config: cannot read {str(path)!r}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config: {str(path)!r} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"model", "train", "data"})
+    unknown = sorted(set(data) - {"model", "train", "data", "meter"})
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown table in {str(path)!r}; use [model], [train] and [data]")
+        raise ConfigError(f"{unknown[0]}: unknown table in {str(path)!r}; use [model], [train], [data] and [meter]")
     return data
 
 
@@ -245,6 +251,7 @@ def build_run_config(file_tables: dict[str, Any] | None = None,
         raise ConfigError("train.tokens: missing; pass --tokens N (the exact training-token budget)")
     train = _build(TrainConfig, train_table, "train")
     data = _build(DataConfig, tables.get("data", {}), "data")
-    config = RunConfig(model=model, train=train, data=data)
+    meter = _build(MeterConfig, tables.get("meter", {}), "meter")
+    config = RunConfig(model=model, train=train, data=data, meter=meter)
     validate_run(config)
     return config

@@ -56,8 +56,10 @@ from wattscale.store_schema import (
     coerce_row,
     coerce_value,
     columns_of,
+    energy_measurements,
     evaluations,
     metadata,
+    power_samples,
     runs,
     schema_version,
     train_steps,
@@ -73,6 +75,8 @@ _EXPORT_CHUNK_ROWS = 10_000
 _RUN_COLUMNS = columns_of(runs)
 _STEP_COLUMNS = columns_of(train_steps, without=("run_id",))
 _EVAL_COLUMNS = columns_of(evaluations, without=("id", "run_id"))
+_POWER_COLUMNS = columns_of(power_samples, without=("id", "run_id"))
+_ENERGY_COLUMNS = columns_of(energy_measurements, without=("id", "run_id"))
 
 
 def open_store(url: str | os.PathLike[str], create: bool = True) -> Store:
@@ -407,6 +411,52 @@ class Store:
             self._run_row(conn, run_id, lock=True)
             conn.execute(delete(train_steps).where(train_steps.c.run_id == run_id, train_steps.c.step > last))
             conn.execute(delete(evaluations).where(evaluations.c.run_id == run_id, evaluations.c.step > last))
+
+    def add_power_samples(self, run_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append power samples (device, t_seconds, power_w, energy_j) in one batch."""
+        values = [{name: v.get(name) for name in _POWER_COLUMNS} | {"run_id": run_id}
+                  for v in (coerce_row(power_samples, r, _POWER_COLUMNS, required=("device", "t_seconds", "power_w"))
+                            for r in rows)]
+        if values:
+            with self._tx(f"add_power_samples({run_id!r})") as conn:
+                self._run_row(conn, run_id)
+                conn.execute(power_samples.insert(), values)
+
+    def add_energy_measurements(self, run_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append energy measurements (device, scope, token and second bounds, energy_j, source, complete)."""
+        required = ("device", "scope", "start_seconds", "end_seconds", "energy_j", "source")
+        values = [{name: v.get(name) for name in _ENERGY_COLUMNS} | {"run_id": run_id}
+                  for v in (coerce_row(energy_measurements, r, _ENERGY_COLUMNS, required=required) for r in rows)]
+        for v in values:
+            v["complete"] = True if v["complete"] is None else v["complete"]
+        if values:
+            with self._tx(f"add_energy_measurements({run_id!r})") as conn:
+                self._run_row(conn, run_id)
+                conn.execute(energy_measurements.insert(), values)
+
+    def truncate_energy_after(self, run_id: str, t_seconds: float) -> None:
+        """Delete power samples after ``t_seconds`` and run/interval energy ending after it (a resume)."""
+        with self._tx(f"truncate_energy_after({run_id!r})") as conn:
+            self._run_row(conn, run_id, lock=True)
+            conn.execute(delete(power_samples).where(power_samples.c.run_id == run_id,
+                                                     power_samples.c.t_seconds > t_seconds))
+            conn.execute(delete(energy_measurements).where(
+                energy_measurements.c.run_id == run_id, energy_measurements.c.scope != "idle",
+                (energy_measurements.c.end_seconds > t_seconds) | (energy_measurements.c.scope == "run")))
+
+    def power_samples(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's power samples ordered by time."""
+        stmt = select(power_samples).where(power_samples.c.run_id == run_id).order_by(
+            power_samples.c.t_seconds, power_samples.c.id)
+        with self._tx("power_samples", write=False) as conn:
+            return [_jsonable(row) for row in conn.execute(stmt)]
+
+    def energy_measurements(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's energy measurements (idle, intervals, run) in the order they were written."""
+        stmt = select(energy_measurements).where(energy_measurements.c.run_id == run_id).order_by(
+            energy_measurements.c.id)
+        with self._tx("energy_measurements", write=False) as conn:
+            return [_jsonable(row) for row in conn.execute(stmt)]
 
     def list_runs(self, experiment: str | None = None) -> list[dict[str, Any]]:
         """All runs (or one experiment's), oldest first, as JSON-ready dicts.

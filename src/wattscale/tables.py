@@ -44,6 +44,35 @@ def print_presets_table(as_json: bool = False) -> None:
     _console().print(table)
 
 
+def print_energy_report(report) -> None:
+    """Print a run's energy per device, its CO2e and the sampling-frequency table."""
+    console = _console()
+    table = Table(title=f"energy of run {report.run_id} ({report.duration_s:,.1f} s of training)")
+    for column in ("device", "energy_j", "energy_kwh", "source", "complete", "mean_power_w", "peak_power_w",
+                   "idle_power_w", "n_samples"):
+        table.add_column(column, justify="left" if column in ("device", "source") else "right")
+    for d in report.devices:
+        table.add_row(d.device, _cell(d.energy_j), f"{d.energy_kwh:.3e}", d.source, _cell(d.complete),
+                      _cell(d.mean_power_w), _cell(d.peak_power_w), _cell(d.idle_power_w), _cell(d.n_samples))
+    console.print(table)
+    console.print(f"total: {report.energy_j:,.2f} J = {report.energy_kwh:.3e} kWh, source {report.source}"
+                  + ("" if report.complete else " (INCOMPLETE: a meter failed during the run)"))
+    if report.co2e_g is None:
+        console.print("CO2e: not computed (give --grid-gco2e-per-kwh; wattscale never guesses a grid intensity)")
+    else:
+        console.print(f"CO2e: {report.co2e_g:,.3f} g at {report.grid_gco2e_per_kwh:g} gCO2e/kWh")
+    s = report.sampling
+    console.print(f"sampling: requested {s.get('sample_hz')} Hz, achieved {_cell(s.get('achieved_hz'))} Hz, "
+                  f"{s.get('n_samples')} samples, {s.get('missed_deadlines')} missed deadlines")
+    rates = Table(title="energy re-computed at lower sampling rates (signed relative error)")
+    for column in ("device", "rate_hz", "n_samples", "energy_j", "rel_error_vs_full", "rel_error_vs_counter", "note"):
+        rates.add_column(column)
+    for r in report.resampled:
+        rates.add_row(r["device"], _cell(r["rate_hz"]), _cell(r["n_samples"]), _cell(r["energy_j"]),
+                      _cell(r["rel_error_vs_full"]), _cell(r["rel_error_vs_counter"]), r["note"] or "")
+    console.print(rates)
+
+
 def _console() -> Console:
     # When piped (scripts, CI logs) rich would wrap to 80 columns and elide run ids; print wide instead.
     console = Console()

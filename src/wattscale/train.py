@@ -31,6 +31,8 @@ from wattscale.checkpoint import (
 )
 from wattscale.config import RunConfig, run_id_for
 from wattscale.data import PreparedData, prepare_data, sequence_batch
+from wattscale.energy import Meter, close_meters, discover_meters
+from wattscale.energy.recorder import EnergyRecorder
 from wattscale.evaluate import Evaluation, evaluate, validation_windows
 from wattscale.hardware import device_info, git_revision, resolve_device, resolve_precision
 from wattscale.locking import run_lock
@@ -60,6 +62,8 @@ class TrainResult:
     resumed: bool
     already_done: bool
     message: str | None = None
+    energy_j: float | None = None
+    energy_source: str | None = None
 
 
 class Diverged(Exception):
@@ -82,6 +86,7 @@ def train(config: RunConfig, store_url: str, *, show_progress: bool = True,
     run_id = run_id_for(config, data.cache_key)
     # Everything above validates; only now is the store opened and written.
     store = open_store(store_url)
+    meters: list[Meter] = []
     try:
         existing = store.get_run(run_id)
         # A run resumes from wherever its checkpoints were written, even if --run-root changed since.
@@ -93,10 +98,12 @@ def train(config: RunConfig, store_url: str, *, show_progress: bool = True,
             existing = store.get_run(run_id)  # re-read under the lock: another process may just have finished it
             if existing is not None and existing["status"] in ("finished", "diverged"):
                 return _result_from_record(existing, run_dir, already_done=True)
+            meters, _ = discover_meters(config.meter)
             session = _Session(config, store, data, val_windows, device, precision, run_id, run_dir,
-                               experiment, show_progress)
+                               experiment, show_progress, meters)
             return session.run(existing)
     finally:
+        close_meters(meters)
         store.close()
 
 
@@ -105,7 +112,7 @@ class _Session:
 
     def __init__(self, config: RunConfig, store: Store, data: PreparedData, val_windows: torch.Tensor,
                  device: torch.device, precision: str, run_id: str, run_dir: Path,
-                 experiment: str | None, show_progress: bool) -> None:
+                 experiment: str | None, show_progress: bool, meters: list[Meter]) -> None:
         self.config, self.store, self.data, self.val_windows = config, store, data, val_windows
         self.device, self.run_id, self.run_dir = device, run_id, run_dir
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
@@ -118,6 +125,8 @@ class _Session:
         self.warmup_steps = round(tc.warmup_fraction * self.plan.total_steps)
         self.resumed = False
         self._last_eval: Evaluation | None = None
+        self.meters = meters
+        self.energy: EnergyRecorder | None = None
 
     def run(self, existing: dict | None) -> TrainResult:
         """Build model and optimiser, restore the newest checkpoint, train to the budget."""
@@ -128,8 +137,9 @@ class _Session:
         meta = load_checkpoint(checkpoints[-1], model, optimizer) if checkpoints else None
         self.resumed = meta is not None
         self._record_start(existing, resumed=self.resumed)
-        if meta is not None:
-            self.store.truncate_after(self.run_id, meta.step)
+        # Rows written after the checkpoint (or by a session killed before its first one) are redone.
+        self.store.truncate_after(self.run_id, meta.step if meta else 0)
+        self._start_energy(meta)
         loss_fn = summed_loss_fn(model, self.config.train.compile)
         progress = TrainingProgress(self.run_id, self.config.train.tokens,
                                     meta.tokens_seen if meta else 0, enabled=self.show_progress)
@@ -140,9 +150,11 @@ class _Session:
         except Diverged as exc:
             return self._finish_diverged(exc, progress)
         except KeyboardInterrupt:
+            self._stop_energy()
             self.store.finish_run(self.run_id, "interrupted", {"message": "interrupted; re-run to resume"})
             raise
         except Exception as exc:
+            self._stop_energy()
             self.store.finish_run(self.run_id, "failed", {"message": f"{type(exc).__name__}: {exc}"})
             raise
         finally:
@@ -179,6 +191,41 @@ class _Session:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "tokenizer.json").write_bytes(Path(self.data.tokenizer_path).read_bytes())
         (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+
+    def _start_energy(self, meta: CheckpointMeta | None) -> None:
+        """Start the power sampler; measure the idle baseline once per run; drop energy after the checkpoint."""
+        if not self.meters:
+            return
+        self.energy = EnergyRecorder(self.meters, self.config.meter.sample_hz, meta.wall_seconds if meta else 0.0,
+                                     meta.energy if meta else None)
+        self.store.truncate_energy_after(self.run_id, meta.wall_seconds if meta else 0.0)
+        self.energy.start()
+        has_idle = any(row["scope"] == "idle" for row in self.store.energy_measurements(self.run_id))
+        if self.config.meter.idle_seconds > 0 and not has_idle:
+            self.store.add_energy_measurements(self.run_id, self.energy.measure_idle(self.config.meter.idle_seconds))
+        self.energy.begin_training(meta.tokens_seen if meta else 0)
+
+    def _stop_energy(self) -> None:
+        if self.energy is not None:
+            self.energy.stop()
+
+    def _finish_energy(self, tokens_seen: int) -> dict:
+        """Stop sampling and write the run's energy rows; returns the runs-table fields to set."""
+        if self.energy is None:
+            return {}
+        total, rows = self.energy.finish(tokens_seen)
+        self.store.add_energy_measurements(self.run_id, rows)
+        self._flush_power()
+        if not total.energy_j:
+            return {}
+        fields = {"energy_j": total.total_j, "energy_source": total.source}
+        if not total.complete:
+            fields["message"] = "energy incomplete: a meter failed during the run (gaps in energy_measurements)"
+        return fields
+
+    def _flush_power(self) -> None:
+        if self.energy is not None:
+            self.store.add_power_samples(self.run_id, self.energy.drain_samples())
 
     def _loop(self, model: Llama, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
               meta: CheckpointMeta | None, progress: TrainingProgress) -> TrainResult:
@@ -223,12 +270,17 @@ class _Session:
             if tokens_seen >= next_eval or step == plan.total_steps:
                 self._flush(pending_rows)
                 self._record_eval(model, step, tokens_seen, wall, progress)
+                if self.energy is not None:
+                    self.store.add_energy_measurements(self.run_id, self.energy.close_interval(tokens_seen))
+                    self._flush_power()
                 last_eval_tokens = tokens_seen
                 next_eval = (tokens_seen // self.eval_interval + 1) * self.eval_interval
             if tokens_seen >= next_ckpt and step < plan.total_steps:
                 self._flush(pending_rows)
+                energy = self.energy.checkpoint() if self.energy is not None else None
+                self._flush_power()
                 save_checkpoint(self.run_dir, model, optimizer, CheckpointMeta(
-                    step, tokens_seen, sequences, wall, best_ema, ema))
+                    step, tokens_seen, sequences, wall, best_ema, ema, energy))
                 self.store.update_run(self.run_id, tokens_seen=tokens_seen, steps=step, wall_seconds=wall)
                 next_ckpt = (tokens_seen // self.checkpoint_interval + 1) * self.checkpoint_interval
         assert last_eval_tokens == tokens_seen == tc.tokens, "the loop must end on the exact budget"
@@ -264,18 +316,22 @@ class _Session:
         (self.run_dir / "final" / "model_config.json").write_text(json.dumps(self.config.model.to_dict()))
         last = self._last_eval
         assert last is not None
+        energy = self._finish_energy(tokens_seen)
         self.store.finish_run(self.run_id, "finished", {
             "tokens_seen": tokens_seen, "steps": step, "wall_seconds": wall,
             "finished_at": datetime.now(timezone.utc), "final_val_loss": last.val_loss,
-            "final_val_ppl": last.val_ppl})
+            "final_val_ppl": last.val_ppl, **energy})
         return TrainResult(self.run_id, "finished", tokens_seen, step, wall, last.val_loss, last.val_ppl,
-                           self.run_dir, resumed=self.resumed, already_done=False)
+                           self.run_dir, resumed=self.resumed, already_done=False, message=energy.get("message"),
+                           energy_j=energy.get("energy_j"), energy_source=energy.get("energy_source"))
 
     def _finish_diverged(self, exc: Diverged, progress: TrainingProgress) -> TrainResult:
         progress.log(f"diverged: {exc.reason}")
+        energy = self._finish_energy(exc.tokens_seen)
+        message = "; ".join(m for m in (exc.reason, energy.pop("message", None)) if m)
         self.store.finish_run(self.run_id, "diverged", {
-            "finished_at": datetime.now(timezone.utc), "message": exc.reason, "tokens_seen": exc.tokens_seen,
-            "steps": exc.step, "wall_seconds": exc.wall_seconds})
+            "finished_at": datetime.now(timezone.utc), "message": message, "tokens_seen": exc.tokens_seen,
+            "steps": exc.step, "wall_seconds": exc.wall_seconds, **energy})
         record = self.store.get_run(self.run_id)
         return _result_from_record(record, self.run_dir, already_done=False)
 
@@ -344,7 +400,8 @@ def _result_from_record(record: dict, run_dir: Path, already_done: bool) -> Trai
     return TrainResult(record["run_id"], record["status"], record["tokens_seen"] or 0, record["steps"] or 0,
                        record["wall_seconds"] or 0.0, record["final_val_loss"], record["final_val_ppl"],
                        run_dir, resumed=(record.get("resume_count") or 0) > 0, already_done=already_done,
-                       message=record.get("message"))
+                       message=record.get("message"), energy_j=record.get("energy_j"),
+                       energy_source=record.get("energy_source"))
 
 
 def _sha(text: str) -> str:

@@ -61,6 +61,7 @@ class MeterConfig:
     cpu_tdp_w_per_core: float = 10.0  # stated in every estimated output
     powercap_root: str = "/sys/class/powercap"
     grid_gco2e_per_kwh: float | None = None  # user-given; never a guessed default
+    idle_seconds: float = 3.0  # idle baseline sampled before a run's first session (0 skips it)
 
     def __post_init__(self) -> None:
         _check_number("meter.sample_hz", self.sample_hz)
@@ -93,6 +94,11 @@ class MeterConfig:
             if self.grid_gco2e_per_kwh < 0:
                 raise ConfigError(f"meter.grid_gco2e_per_kwh: {self.grid_gco2e_per_kwh} must be >= 0 "
                                   "(gCO2e per kWh of your grid), or leave it unset")
+
+        _check_number("meter.idle_seconds", self.idle_seconds)
+        if not 0 <= self.idle_seconds <= 600:
+            raise ConfigError(f"meter.idle_seconds: {self.idle_seconds} must lie in [0, 600] seconds (0 skips "
+                              "the idle baseline)")
 
     @property
     def enabled(self) -> bool:

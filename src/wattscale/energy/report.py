@@ -1,0 +1,104 @@
+"""A run's energy from the store: joules, kWh, mean and peak watts per device with their source,
+CO2e from a user-given grid intensity, and the energy re-computed at lower sampling rates."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from wattscale.energy.integrate import resample_energy
+from wattscale.errors import StoreError
+from wattscale.store import Store
+
+JOULES_PER_KWH = 3.6e6
+DEFAULT_RESAMPLE_HZ = (1000.0, 100.0, 10.0, 1.0, 0.1)
+
+
+@dataclass(frozen=True)
+class DeviceEnergy:
+    """One device's energy over a whole run."""
+
+    device: str
+    energy_j: float
+    energy_kwh: float
+    source: str
+    complete: bool
+    mean_power_w: float | None
+    peak_power_w: float | None
+    idle_power_w: float | None
+    n_samples: int
+
+
+@dataclass(frozen=True)
+class EnergyReport:
+    """A run's energy, per device and in total; `co2e_g` only when a grid intensity was given."""
+
+    run_id: str
+    energy_j: float
+    energy_kwh: float
+    source: str | None
+    complete: bool
+    duration_s: float
+    devices: list[DeviceEnergy]
+    grid_gco2e_per_kwh: float | None
+    co2e_g: float | None
+    sampling: dict
+    resampled: list[dict]
+
+    def to_dict(self) -> dict:
+        """JSON-ready."""
+        return asdict(self)
+
+
+def energy_report(store: Store, run_id: str, grid_gco2e_per_kwh: float | None = None,
+                  resample_hz: tuple[float, ...] = DEFAULT_RESAMPLE_HZ) -> EnergyReport:
+    """Build the report of `run_id`; the grid intensity falls back to the run's meter.grid_gco2e_per_kwh."""
+    record = store.get_run(run_id)
+    if record is None:
+        raise StoreError(f"run_id: no run {run_id!r} in the store; see `wattscale runs`")
+    rows = store.energy_measurements(run_id)
+    run_rows = [r for r in rows if r["scope"] == "run"]
+    if not run_rows:
+        raise StoreError(f"run_id: run {run_id} has no energy measurements (status {record['status']}; "
+                         "metering off, or the run has not finished)")
+    if grid_gco2e_per_kwh is None:
+        grid_gco2e_per_kwh = json.loads(record["config_json"]).get("meter", {}).get("grid_gco2e_per_kwh")
+    samples = store.power_samples(run_id)
+    idle = {r["device"]: r for r in rows if r["scope"] == "idle"}
+    devices, resampled = [], []
+    for row in run_rows:
+        t, p = _trace(samples, row["device"])
+        idle_row = idle.get(row["device"])
+        idle_w = (idle_row["energy_j"] / (idle_row["end_seconds"] - idle_row["start_seconds"])
+                  if idle_row and idle_row["end_seconds"] > idle_row["start_seconds"] else None)
+        duration = row["end_seconds"] - row["start_seconds"]
+        devices.append(DeviceEnergy(
+            device=row["device"], energy_j=row["energy_j"], energy_kwh=row["energy_j"] / JOULES_PER_KWH,
+            source=row["source"], complete=bool(row["complete"]),
+            mean_power_w=row["energy_j"] / duration if duration > 0 else None,
+            peak_power_w=float(p.max()) if p.size else None, idle_power_w=idle_w, n_samples=int(p.size)))
+        if p.size >= 2:
+            counter = row["energy_j"] if row["source"] == "counter" else None
+            for r in resample_energy(t, p, resample_hz, counter_energy_j=counter):
+                resampled.append({"device": row["device"], **r})
+    total_j = sum(d.energy_j for d in devices)
+    details = json.loads(run_rows[0]["details_json"] or "{}")
+    sampling = {k: details.get(k) for k in ("sample_hz", "achieved_hz", "n_samples", "missed_deadlines", "gaps")}
+    return EnergyReport(
+        run_id=run_id, energy_j=total_j, energy_kwh=total_j / JOULES_PER_KWH, source=record["energy_source"],
+        complete=all(d.complete for d in devices), duration_s=run_rows[0]["end_seconds"] - run_rows[0]["start_seconds"],
+        devices=devices, grid_gco2e_per_kwh=grid_gco2e_per_kwh,
+        co2e_g=None if grid_gco2e_per_kwh is None else total_j / JOULES_PER_KWH * grid_gco2e_per_kwh,
+        sampling=sampling, resampled=resampled)
+
+
+def _trace(samples: list[dict], device: str) -> tuple[np.ndarray, np.ndarray]:
+    """(t_seconds, power_w) of one device, sorted by time, duplicate times dropped."""
+    pairs = sorted((s["t_seconds"], s["power_w"]) for s in samples if s["device"] == device)
+    if not pairs:
+        return np.empty(0), np.empty(0)
+    t, p = (np.asarray(x, dtype=float) for x in zip(*pairs, strict=True))
+    keep = np.concatenate(([True], np.diff(t) > 0))
+    return t[keep], p[keep]

@@ -1,0 +1,151 @@
+"""Energy recorded by real training runs: a RAPL counter driven at a known wattage, a meter that dies
+mid-run, the idle baseline, intervals that add up to the run, and resume without duplicated energy."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from wattscale.config import build_run_config
+from wattscale.store import open_store
+from wattscale.train import train
+
+MAX_RANGE_UJ = 262_143_328_850
+
+
+class DrivenRaplCounter:
+    """A fake powercap package zone whose energy_uj rises at `watts`, written atomically from a thread."""
+
+    def __init__(self, root: Path, watts: float, vanish_after_s: float | None = None) -> None:
+        self.zone = root / "intel-rapl:0"
+        self.zone.mkdir(parents=True)
+        (self.zone / "name").write_text("package-0\n")
+        (self.zone / "max_energy_range_uj").write_text(f"{MAX_RANGE_UJ}\n")
+        self.watts, self.vanish_after_s = watts, vanish_after_s
+        self.t0 = time.monotonic()
+        self._write(0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _write(self, energy_uj: int) -> None:
+        tmp = self.zone / "energy_uj.tmp"
+        tmp.write_text(f"{energy_uj % MAX_RANGE_UJ}\n")
+        os.replace(tmp, self.zone / "energy_uj")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.0005):
+            elapsed = time.monotonic() - self.t0
+            if self.vanish_after_s is not None and elapsed > self.vanish_after_s:
+                (self.zone / "energy_uj").unlink(missing_ok=True)
+                return
+            self._write(int(elapsed * self.watts * 1e6))
+
+    def __enter__(self) -> DrivenRaplCounter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _config(tmp_path: Path, powercap: Path, idle_seconds: float = 0.0, tokens: int = 16_384):
+    return build_run_config(overrides={
+        "model": {"preset": "llama-tiny"},
+        "train": {"tokens": tokens, "batch_size": 4, "seq_len": 32, "eval_interval_tokens": tokens // 4,
+                  "eval_tokens": 2048, "run_root": str(tmp_path / "runs")},
+        "data": {"source": "synthetic", "synthetic_mb": 0.3},
+        "meter": {"kinds": ["rapl"], "powercap_root": str(powercap), "sample_hz": 100.0,
+                  "idle_seconds": idle_seconds}})
+
+
+def test_counter_energy_of_a_run_at_a_known_wattage(tmp_path: Path, cache_dir: Path) -> None:
+    watts = 50.0
+    with DrivenRaplCounter(tmp_path / "powercap", watts):
+        result = train(_config(tmp_path, tmp_path / "powercap", idle_seconds=0.5), str(tmp_path / "w.db"),
+                       show_progress=False, cache_dir=cache_dir)
+    assert result.status == "finished" and result.energy_source == "counter"
+    with open_store(str(tmp_path / "w.db")) as store:
+        rows = store.energy_measurements(result.run_id)
+        samples = store.power_samples(result.run_id)
+        record = store.get_run(result.run_id)
+    (run_row,) = [r for r in rows if r["scope"] == "run"]
+    (idle_row,) = [r for r in rows if r["scope"] == "idle"]
+    intervals = [r for r in rows if r["scope"] == "interval"]
+    # The counter rises at exactly `watts`: energy = watts x measured window length (ms-level write lag).
+    run_seconds = run_row["end_seconds"] - run_row["start_seconds"]
+    assert run_row["energy_j"] == pytest.approx(watts * run_seconds, rel=0.05, abs=0.1)
+    assert idle_row["energy_j"] == pytest.approx(watts * 0.5, rel=0.05)
+    assert record["energy_j"] == pytest.approx(run_row["energy_j"]) and record["energy_source"] == "counter"
+    assert [r["end_tokens"] for r in intervals] == [4096, 8192, 12288, 16384]
+    assert [r["start_tokens"] for r in intervals] == [0, 4096, 8192, 12288]
+    assert sum(r["energy_j"] for r in intervals) == pytest.approx(run_row["energy_j"], rel=0.05, abs=0.1)
+    assert all(r["complete"] for r in rows)
+    # The trace: samples of the package at ~watts, inside the run's time frame.
+    assert samples and {s["device"] for s in samples} == {"package-0"}
+    late = [s["power_w"] for s in samples if s["t_seconds"] > 0.05]
+    assert sorted(late)[len(late) // 2] == pytest.approx(watts, rel=0.2)
+    assert all(-1e-6 <= s["t_seconds"] <= run_row["end_seconds"] + 0.05 for s in samples)
+
+
+def test_meter_that_vanishes_mid_run_does_not_stop_training(tmp_path: Path, cache_dir: Path) -> None:
+    with DrivenRaplCounter(tmp_path / "powercap", 30.0, vanish_after_s=0.3):
+        result = train(_config(tmp_path, tmp_path / "powercap", tokens=40_960), str(tmp_path / "w.db"),
+                       show_progress=False, cache_dir=cache_dir)
+    assert result.status == "finished" and result.tokens_seen == 40_960
+    assert result.message and "energy incomplete" in result.message
+    with open_store(str(tmp_path / "w.db")) as store:
+        rows = store.energy_measurements(result.run_id)
+    (run_row,) = [r for r in rows if r["scope"] == "run"]
+    assert not run_row["complete"]
+    assert '"gaps": [[' in run_row["details_json"]
+
+
+def test_no_meters_means_no_energy_not_zero(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+    from conftest import TINY_DATA
+
+    res = run_cli("train", "--preset", "llama-tiny", "--batch-size", "4", "--seq-len", "32", *TINY_DATA,
+                  "--tokens", "1024", "--meters", "none", "--no-progress", "--cache-dir", str(cache_dir))
+    assert res.returncode == 0, res.stderr
+    with open_store(str(tmp_path / "wattscale.db")) as store:
+        (run,) = store.list_runs()
+        assert run["joules"] is None and run["energy_source"] is None
+        assert store.energy_measurements(run["run_id"]) == []
+
+
+def test_bad_meter_setting_is_a_one_line_error(run_cli, tmp_path: Path) -> None:
+    res = run_cli("train", "--preset", "llama-tiny", "--tokens", "10000", "--sample-hz", "5000")
+    assert res.returncode == 2 and "meter.sample_hz" in res.stderr and not (tmp_path / "wattscale.db").exists()
+
+
+def test_energy_command_reports_kwh_power_co2e_and_resampling(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+    import json
+
+    watts = 40.0
+    with DrivenRaplCounter(tmp_path / "powercap", watts):
+        result = train(_config(tmp_path, tmp_path / "powercap", idle_seconds=0.3), str(tmp_path / "w.db"),
+                       show_progress=False, cache_dir=cache_dir)
+    res = run_cli("--store", "w.db", "energy", result.run_id, "--json", "--grid-gco2e-per-kwh", "400")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    (device,) = report["devices"]
+    assert device["device"] == "package-0" and device["source"] == "counter" and device["complete"]
+    assert report["energy_j"] == pytest.approx(result.energy_j)
+    assert report["energy_kwh"] == pytest.approx(result.energy_j / 3.6e6)
+    assert report["co2e_g"] == pytest.approx(report["energy_kwh"] * 400)
+    assert device["mean_power_w"] == pytest.approx(watts, rel=0.05)
+    assert device["idle_power_w"] == pytest.approx(watts, rel=0.05)
+    assert device["peak_power_w"] >= device["mean_power_w"] * 0.95
+    by_rate = {r["rate_hz"]: r for r in report["resampled"]}
+    assert by_rate[1000.0]["energy_j"] is None and "skipped" in by_rate[1000.0]["note"]
+    assert by_rate[100.0]["rel_error_vs_full"] == pytest.approx(0.0, abs=0.02)
+    assert by_rate[100.0]["rel_error_vs_counter"] is not None
+    assert report["sampling"]["achieved_hz"] > 50
+    table = run_cli("--store", "w.db", "energy", result.run_id)
+    assert table.returncode == 0 and "package-0" in table.stdout and "CO2e: not computed" in table.stdout
+    missing = run_cli("--store", "w.db", "energy", "0000000000000000")
+    assert missing.returncode == 2 and "run_id" in missing.stderr
