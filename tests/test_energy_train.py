@@ -149,3 +149,12 @@ def test_energy_command_reports_kwh_power_co2e_and_resampling(run_cli, tmp_path:
     assert table.returncode == 0 and "package-0" in table.stdout and "CO2e: not computed" in table.stdout
     missing = run_cli("--store", "w.db", "energy", "0000000000000000")
     assert missing.returncode == 2 and "run_id" in missing.stderr
+
+
+def test_requested_meter_missing_is_said_not_silent(tmp_path: Path, cache_dir: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    result = train(_config(tmp_path, tmp_path / "empty", tokens=1024), str(tmp_path / "w.db"),
+                   show_progress=True, cache_dir=cache_dir)
+    err = capsys.readouterr().err
+    assert "energy not measured, no usable meter" in err and "rapl:" in err
+    assert result.energy_j is None and result.energy_source is None

@@ -36,5 +36,6 @@ def run_quickstart(out_dir: Path, show_progress: bool = True) -> list[str]:
         print_runs_table([r for r in s.list_runs() if r["run_id"] in run_ids])
     print(f"results database: {store}")
     print(f"checkpoints and final weights: {out_dir / 'runs'}")
+    print(f"energy of a run: wattscale --store {store} energy {run_ids[-1]}")
     print(f"next: wattscale --store {store} runs --json   or   wattscale --store {store} export runs.csv")
     return run_ids

@@ -98,9 +98,11 @@ def train(config: RunConfig, store_url: str, *, show_progress: bool = True,
             existing = store.get_run(run_id)  # re-read under the lock: another process may just have finished it
             if existing is not None and existing["status"] in ("finished", "diverged"):
                 return _result_from_record(existing, run_dir, already_done=True)
-            meters, _ = discover_meters(config.meter)
+            meters, meter_notes = discover_meters(config.meter)
             session = _Session(config, store, data, val_windows, device, precision, run_id, run_dir,
                                experiment, show_progress, meters)
+            if config.meter.enabled and not meters:
+                session.notes.append("energy not measured, no usable meter: " + "; ".join(meter_notes))
             return session.run(existing)
     finally:
         close_meters(meters)
@@ -127,6 +129,7 @@ class _Session:
         self._last_eval: Evaluation | None = None
         self.meters = meters
         self.energy: EnergyRecorder | None = None
+        self.notes: list[str] = []
 
     def run(self, existing: dict | None) -> TrainResult:
         """Build model and optimiser, restore the newest checkpoint, train to the budget."""
@@ -145,6 +148,8 @@ class _Session:
                                     meta.tokens_seen if meta else 0, enabled=self.show_progress)
         if meta:
             progress.log(f"resuming at step {meta.step}, {meta.tokens_seen:,} tokens")
+        for note in self.notes:
+            progress.log(note)
         try:
             return self._loop(model, loss_fn, optimizer, meta, progress)
         except Diverged as exc:
