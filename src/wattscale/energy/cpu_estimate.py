@@ -13,7 +13,7 @@ import time
 
 import psutil
 
-from wattscale.energy.meter import MeterError, PowerReading
+from wattscale.energy.meter import MeterError, PowerReading, describe_header, wait_first_window
 
 FORMULA = ("power_w = busy_cores * tdp_w_per_core; busy_cores = d(CPU seconds of this process and its "
            "children)/dt over at least power_window_s, capped at cores")
@@ -47,8 +47,7 @@ class CpuEstimateMeter:
         self._ref_cpu_s = self._tree_cpu_seconds(self._ref_t)
         self._power_w = 0.0
         self._lock = threading.Lock()
-        while time.monotonic() - self._ref_t < power_window_s:  # a first estimate, so the first read is not 0
-            time.sleep(power_window_s / 4)
+        wait_first_window(self._ref_t, power_window_s)  # so the first reading is a measurement, not a zero
         self.read()
 
     def read(self) -> PowerReading:
@@ -71,9 +70,7 @@ class CpuEstimateMeter:
     def describe(self) -> dict:
         """Kind, formula and every input of the estimate."""
         return {
-            "kind": self.name,
-            "energy_source": self.energy_source,
-            "devices": list(self.devices),
+            **describe_header(self),
             "inputs": {
                 "tdp_w_per_core": self.tdp_w_per_core,
                 "cores": self.cores,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -109,3 +110,14 @@ class MeterConfig:
 def _check_number(field: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"meter.{field.split('.', 1)[1]}: expected a finite number, got {value!r}")
+
+
+def wait_first_window(ref_t_s: float, power_window_s: float) -> None:
+    """Sleep until one power window has passed since `ref_t_s`, so a meter's first reading is a measurement."""
+    while time.monotonic() - ref_t_s < power_window_s:
+        time.sleep(power_window_s / 4)
+
+
+def describe_header(meter: Meter) -> dict:
+    """The keys every meter's describe() starts with: kind, energy source, devices."""
+    return {"kind": meter.name, "energy_source": meter.energy_source, "devices": list(meter.devices)}

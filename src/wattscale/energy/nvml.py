@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from types import ModuleType
 
-from wattscale.energy.meter import MeterError, PowerReading
+from wattscale.energy.meter import MeterError, PowerReading, describe_header
 
 
 def import_pynvml() -> ModuleType:
@@ -91,9 +91,7 @@ class NvmlMeter:
     def describe(self) -> dict:
         """Kind, devices with names and UUIDs, and which NVML calls give power and energy."""
         return {
-            "kind": self.name,
-            "energy_source": self.energy_source,
-            "devices": list(self.devices),
+            **describe_header(self),
             "inputs": {
                 "gpus": [{"device": d, "name": n, "uuid": u, "power": "instant" if inst else "power_usage"}
                          for d, n, u, inst in zip(self.devices, self._names, self._uuids, self._instant,

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from wattscale.energy.meter import MeterError, PowerReading
+from wattscale.energy.meter import MeterError, PowerReading, describe_header, wait_first_window
 
 _ZONE_RE = re.compile(r"^intel-rapl:(\d+)(?::(\d+))?$")
 _PERMISSION_HINT = ("run as root, or make it readable: sudo chmod o+r {path} "
@@ -80,9 +80,7 @@ class RaplMeter:
         self._ref_t = time.monotonic()
         self._ref_total_uj = dict(self._total_uj)
         self._power_w = dict.fromkeys(self.devices, 0.0)
-        # A first power value so that the first reading is a measurement, not a zero.
-        while time.monotonic() - self._ref_t < power_window_s:
-            time.sleep(power_window_s / 4)
+        wait_first_window(self._ref_t, power_window_s)  # so the first reading is a measurement, not a zero
         self.read()
 
     def read(self) -> PowerReading:
@@ -109,9 +107,7 @@ class RaplMeter:
     def describe(self) -> dict:
         """Kind, devices, zone paths and what is not counted."""
         return {
-            "kind": self.name,
-            "energy_source": self.energy_source,
-            "devices": list(self.devices),
+            **describe_header(self),
             "inputs": {
                 "powercap_root": str(self._root),
                 "zones": {z.device: str(z.path) for z in self._zones},
