@@ -142,7 +142,6 @@ class _Session:
         self._record_start(existing, resumed=self.resumed)
         # Rows written after the checkpoint (or by a session killed before its first one) are redone.
         self.store.truncate_after(self.run_id, meta.step if meta else 0)
-        self._start_energy(meta)
         loss_fn = summed_loss_fn(model, self.config.train.compile)
         progress = TrainingProgress(self.run_id, self.config.train.tokens,
                                     meta.tokens_seen if meta else 0, enabled=self.show_progress)
@@ -151,6 +150,7 @@ class _Session:
         for note in self.notes:
             progress.log(note)
         try:
+            self._start_energy(meta)
             return self._loop(model, loss_fn, optimizer, meta, progress)
         except Diverged as exc:
             return self._finish_diverged(exc, progress)
