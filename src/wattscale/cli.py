@@ -31,7 +31,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {
         "model": {"preset": args.preset, "vocab_size": args.vocab_size},
         "train": {k: getattr(args, k) for k in (
-            "tokens", "seed", "batch_size", "micro_batch_size", "seq_len", "lr", "schedule",
+            "tokens", "data_tokens", "epochs", "repeat", "seed", "batch_size", "micro_batch_size", "seq_len", "lr", "schedule",
             "warmup_fraction", "eval_interval_tokens", "eval_tokens", "checkpoint_interval_tokens",
             "device", "precision", "run_root", "name", "threads")} | {"compile": args.compile or None},
         "data": {"source": args.data, "tokenizer": args.tokenizer, "synthetic_mb": args.synthetic_mb,
@@ -157,6 +157,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with [model], [train] and [data] tables; flags override it")
     p.add_argument("--preset", help="model preset (see `wattscale presets`)")
     p.add_argument("--tokens", type=int, help="exact training-token budget")
+    p.add_argument("--data-tokens", type=int,
+                   help="train on the first N unique tokens of the training split (with --epochs: tokens = N x E)")
+    p.add_argument("--epochs", type=float, help="passes over --data-tokens (tokens = data_tokens x epochs)")
+    p.add_argument("--repeat", type=int, help="index telling apart otherwise identical runs (default 0)")
     p.add_argument("--seed", type=int, help="seed for initialisation and data order (default 0)")
     p.add_argument("--data", help="'synthetic' (default), a .txt/.jsonl/.parquet file or folder, or hf:NAME")
     p.add_argument("--val-data", help="separate validation file (default: a held-out split of --data)")

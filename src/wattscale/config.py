@@ -45,10 +45,21 @@ class TrainConfig:
     `batch_size` sequences of `seq_len` tokens; when `tokens` is not a multiple of that, the last
     step uses only ceil(remainder / seq_len) sequences and masks the targets past the remainder,
     so tokens_seen == tokens always.
+
+    Training-set size: `data_tokens` limits training to the first `data_tokens` tokens of the
+    training split (unique tokens; a whole number of `seq_len` sequences), and `epochs` passes over
+    it, so tokens = data_tokens x epochs. Give any two of tokens / data_tokens / epochs; the third
+    is derived and all three are recorded.
+
+    `repeat` tells apart runs that are otherwise identical (same settings, same seed): a study of
+    pure hardware and energy variance repeats one run with repeat = 0, 1, 2, ...
     """
 
-    tokens: int
+    tokens: int | None = None
     seed: int = 0
+    data_tokens: int | None = None
+    epochs: float | None = None
+    repeat: int = 0
     batch_size: int = 16
     micro_batch_size: int | None = None
     seq_len: int | None = None
@@ -75,9 +86,40 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        _resolve_budget(self)
         problems = _train_problems(self)
         if problems:
             raise ConfigError("; ".join(problems))
+
+
+def _resolve_budget(c: TrainConfig) -> None:
+    """Fill in the third of tokens / data_tokens / epochs from the other two (tokens = data_tokens x epochs)."""
+    if c.data_tokens is not None and (not isinstance(c.data_tokens, int) or c.data_tokens <= 0):
+        raise ConfigError(f"train.data_tokens: {c.data_tokens!r} must be a positive integer number of unique tokens")
+    if c.epochs is not None and not c.epochs > 0:
+        raise ConfigError(f"train.epochs: {c.epochs!r} must be positive")
+    if c.epochs is not None and c.data_tokens is None:
+        raise ConfigError("train.epochs: needs train.data_tokens (the training-set size it repeats); "
+                          "pass --data-tokens N as well")
+    if c.data_tokens is None:
+        if c.tokens is None:
+            raise ConfigError("train.tokens: missing; pass --tokens N (the exact training-token budget), "
+                              "or --data-tokens N --epochs E")
+        return
+    if c.epochs is None:
+        if c.tokens is None:
+            raise ConfigError("train.epochs: missing; with --data-tokens pass --epochs E or --tokens N")
+        object.__setattr__(c, "epochs", c.tokens / c.data_tokens)
+    else:
+        derived = c.data_tokens * c.epochs
+        if abs(derived - round(derived)) > 1e-6:
+            raise ConfigError(f"train.epochs: {c.data_tokens:,} x {c.epochs} = {derived:,.3f} is not a whole number "
+                              "of tokens; choose epochs so that data_tokens x epochs is an integer")
+        if c.tokens is not None and c.tokens != round(derived):
+            raise ConfigError(f"train.tokens: {c.tokens:,} disagrees with data_tokens x epochs = "
+                              f"{round(derived):,}; give only two of the three")
+        object.__setattr__(c, "tokens", round(derived))
+    object.__setattr__(c, "epochs", float(c.epochs))  # 2 and 2.0 must hash to the same run id
 
 
 def _train_problems(c: TrainConfig) -> list[str]:
@@ -85,6 +127,8 @@ def _train_problems(c: TrainConfig) -> list[str]:
     p: list[str] = []
     if not isinstance(c.tokens, int) or c.tokens <= 0:
         p.append(f"train.tokens: {c.tokens!r} must be a positive integer number of tokens")
+    if c.repeat < 0:
+        p.append(f"train.repeat: {c.repeat!r} must be >= 0")
     for name in ("batch_size", "eval_tokens"):
         if getattr(c, name) <= 0:
             p.append(f"train.{name}: {getattr(c, name)!r} must be positive")
@@ -145,6 +189,7 @@ class RunConfig:
 # Settings that change how a run is executed or stored but not what it computes; they are left
 # out of the run id so that re-running with, e.g., another checkpoint interval resumes the run.
 _NON_IDENTITY_TRAIN_KEYS = ("checkpoint_interval_tokens", "run_root", "name", "threads")
+_LATER_TRAIN_KEYS: dict[str, Any] = {"data_tokens": None, "epochs": None, "repeat": 0}
 
 
 def run_id_for(config: RunConfig, data_fingerprint: str) -> str:
@@ -152,6 +197,11 @@ def run_id_for(config: RunConfig, data_fingerprint: str) -> str:
     resolved = config.to_dict()
     for key in _NON_IDENTITY_TRAIN_KEYS:
         resolved["train"].pop(key)
+    # Settings added after the first release are left out at their defaults, so that the ids of
+    # runs stored before they existed do not change.
+    for key, default in _LATER_TRAIN_KEYS.items():
+        if resolved["train"][key] == default:
+            resolved["train"].pop(key)
     resolved.pop("meter")  # measuring a run does not change what it computes
     resolved["data_fingerprint"] = data_fingerprint
     blob = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
@@ -164,6 +214,12 @@ def validate_run(config: RunConfig) -> None:
     if config.seq_len > config.model.context_length:
         problems.append(f"train.seq_len: {config.seq_len} exceeds the model's context_length "
                         f"{config.model.context_length}; lower --seq-len")
+    data_tokens = config.train.data_tokens
+    if data_tokens is not None and data_tokens % config.seq_len:
+        lower = data_tokens // config.seq_len * config.seq_len
+        problems.append(
+            f"train.data_tokens: {data_tokens:,} is not a whole number of {config.seq_len}-token sequences; "
+            f"use {lower + config.seq_len:,}" + (f" or {lower:,}" if lower else "") + " (or another seq_len)")
     if config.train.tokens < config.tokens_per_step and config.train.tokens > 0:
         problems.append(
             f"train.tokens: {config.train.tokens:,} is smaller than one batch "
@@ -246,10 +302,7 @@ def build_run_config(file_tables: dict[str, Any] | None = None,
         raise ConfigError("model.name: set the preset with model.preset, not model.name")
     _check_table(ModelConfig, model_table, "model", allowed_extra=("preset",))
     model = ModelConfig.from_name(preset, **model_table)
-    train_table = tables.get("train", {})
-    if "tokens" not in train_table:
-        raise ConfigError("train.tokens: missing; pass --tokens N (the exact training-token budget)")
-    train = _build(TrainConfig, train_table, "train")
+    train = _build(TrainConfig, tables.get("train", {}), "train")
     data = _build(DataConfig, tables.get("data", {}), "data")
     meter = _build(MeterConfig, tables.get("meter", {}), "meter")
     config = RunConfig(model=model, train=train, data=data, meter=meter)

@@ -4,36 +4,63 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 
+@dataclass(frozen=True)
+class ProgressHooks:
+    """How a caller that runs many trainings (a sweep) takes part in each run's progress display.
+
+    `display`: a live rich display the run adds its own bar to (and removes at the end) instead of
+    starting one; `on_tokens`: called with the run's tokens_seen after every step.
+    """
+
+    display: Progress | None = None
+    on_tokens: Callable[[int], None] | None = None
+
+
+def run_progress_columns() -> tuple:
+    """The columns of a run's bar: label, bar, tokens, tokens/s, loss, ETA."""
+    return (TextColumn("[bold]{task.description}"), BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} tok"),
+            TextColumn("{task.fields[tok_s]:,.0f} tok/s"), TextColumn("loss {task.fields[loss]}"),
+            TimeRemainingColumn())
+
+
 class TrainingProgress:
     """Shows tokens seen / budget, tokens per second, the latest loss and the ETA."""
 
     def __init__(self, label: str, total_tokens: int, start_tokens: int = 0, enabled: bool = True,
-                 stream: TextIO | None = None, plain_interval_seconds: float = 15.0) -> None:
+                 stream: TextIO | None = None, plain_interval_seconds: float = 15.0,
+                 hooks: ProgressHooks | None = None) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.total_tokens = total_tokens
         self.plain_interval_seconds = plain_interval_seconds
         self._last_plain = 0.0
         self._bar: Progress | None = None
-        if enabled and self.stream.isatty():
-            self._bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(),
-                TextColumn("{task.completed:,.0f}/{task.total:,.0f} tok"),
-                TextColumn("{task.fields[tok_s]:,.0f} tok/s"), TextColumn("loss {task.fields[loss]}"),
-                TimeRemainingColumn(), console=Console(file=self.stream), transient=False)
+        self._owns_bar = False
+        self._on_tokens = hooks.on_tokens if hooks else None
+        if enabled and hooks is not None and hooks.display is not None:
+            self._bar = hooks.display
+        elif enabled and self.stream.isatty():
+            self._bar = Progress(*run_progress_columns(), console=Console(file=self.stream), transient=False)
+            self._owns_bar = True
+            self._bar.start()
+        if self._bar is not None:
             self._task = self._bar.add_task(label, total=total_tokens, completed=start_tokens,
                                             tok_s=0.0, loss="-")
-            self._bar.start()
         self.label = label
 
     def update(self, tokens_seen: int, loss: float, tokens_per_second: float) -> None:
         """Report the state after an optimiser step."""
+        if self._on_tokens is not None:
+            self._on_tokens(tokens_seen)
         if not self.enabled:
             return
         if self._bar is not None:
@@ -56,7 +83,10 @@ class TrainingProgress:
             print(f"[{self.label}] {message}", file=self.stream, flush=True)
 
     def close(self) -> None:
-        """Stop the live display."""
+        """Stop the live display (or take this run's bar off a shared one)."""
         if self._bar is not None:
-            self._bar.stop()
+            if self._owns_bar:
+                self._bar.stop()
+            else:
+                self._bar.remove_task(self._task)
             self._bar = None

@@ -58,6 +58,8 @@ from wattscale.store_schema import (
     columns_of,
     energy_measurements,
     evaluations,
+    experiment_runs,
+    experiments,
     metadata,
     power_samples,
     runs,
@@ -213,10 +215,33 @@ def _prepare_schema(store: Store, create: bool) -> None:
             f"({__version__}, schema {SCHEMA_VERSION}); upgrade wattscale: pip install -U wattscale"
         )
     if version < SCHEMA_VERSION:
-        raise StoreError(
-            f"{STORE_OPTION}: {store.display_url} has schema version {version}, older than {SCHEMA_VERSION} "
-            "and wattscale has no migration for it; export it with the wattscale that wrote it"
-        )
+        _migrate(store, version)
+
+
+def _migrate_1_to_2(conn: Connection) -> None:
+    """Schema 2: runs gain data_tokens, epochs and repeat; the experiments and experiment_runs tables."""
+    for column in (runs.c.data_tokens, runs.c.epochs, runs.c.repeat):
+        coltype = column.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f'ALTER TABLE runs ADD COLUMN "{column.name}" {coltype}')
+    metadata.create_all(conn, tables=[experiments, experiment_runs])
+
+
+# version -> the step that brings a database at that version to the next one.
+_MIGRATIONS = {1: _migrate_1_to_2}
+
+
+def _migrate(store: Store, version: int) -> None:
+    """Bring an older database to SCHEMA_VERSION in one transaction (all steps or none)."""
+    with store.write_engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+        # Re-read under the lock: another process may have migrated it meanwhile.
+        version = conn.execute(select(schema_version.c.version).where(schema_version.c.id == 1)).scalar()
+        while version < SCHEMA_VERSION:
+            _MIGRATIONS[version](conn)
+            version += 1
+        conn.execute(update(schema_version).where(schema_version.c.id == 1).values(
+            version=SCHEMA_VERSION, wattscale_version=__version__))
 
 
 class Store:

@@ -35,8 +35,9 @@ from sqlalchemy.types import TypeEngine
 
 from wattscale.errors import StoreError
 
-# Bump when a table or column changes; a database written by a newer wattscale is refused.
-SCHEMA_VERSION = 1
+# Bump when a table or column changes; a database written by a newer wattscale is refused, an
+# older one is migrated (store.py, _MIGRATIONS).
+SCHEMA_VERSION = 2
 
 RUN_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
 # Statuses a run can be created with or set to outside finish_run.
@@ -115,6 +116,9 @@ runs = Table(
     Column("finished_at", UTCDateTime(), nullable=True),
     Column("wall_seconds", Double, nullable=False, default=0.0),
     Column("tokens_budget", BigInteger, nullable=False),
+    Column("data_tokens", BigInteger, nullable=True),  # unique training tokens, when the set size was fixed
+    Column("epochs", Double, nullable=True),  # passes over data_tokens (tokens_budget = data_tokens x epochs)
+    Column("repeat", Integer, nullable=True),  # tells apart runs with identical settings and seed
     Column("tokens_seen", BigInteger, nullable=False, default=0),
     Column("steps", Integer, nullable=False, default=0),
     Column("params_total", BigInteger, nullable=True),
@@ -208,6 +212,33 @@ energy_measurements = Table(
 )
 Index("ix_energy_measurements_run_id", energy_measurements.c.run_id)
 
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("spec_json", Text, nullable=False),  # the expanded spec: fixed settings, grid, design
+    Column("spec_hash", String(64), nullable=False),
+    Column("order_design", String(32), nullable=False),
+    Column("order_seed", BigInteger, nullable=False),
+    Column("source_path", Text, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# The planned runs of an experiment in the order they run: one row per (condition, repetition).
+# run_id is not a foreign key: a planned run has no runs row until it starts.
+experiment_runs = Table(
+    "experiment_runs",
+    metadata,
+    Column("experiment", String, ForeignKey("experiments.name", ondelete="CASCADE"), primary_key=True),
+    Column("position", Integer, primary_key=True, autoincrement=False),  # 0-based place in the run order
+    Column("run_id", String(32), nullable=False, index=True),
+    Column("block", Integer, nullable=False),  # repetition block: every condition once
+    Column("repetition", Integer, nullable=False),  # the subject index for repeated-measures statistics
+    Column("condition", String, nullable=False),  # a readable label, e.g. "data_tokens=500000"
+    Column("condition_json", Text, nullable=False),  # the grid values of this condition
+    UniqueConstraint("experiment", "run_id"),
+)
+
 # Columns a new run must have.
 RUN_REQUIRED = ("run_id", "preset", "config_json", "config_hash", "seed", "tokens_budget")
 # What create_run may refresh on an existing run: where and with what it runs, never what it trains.
@@ -241,6 +272,8 @@ EXPORT_TABLES: dict[str, tuple[Table, tuple[str, ...]]] = {
     "train_steps": (train_steps, ("run_id", "step")),
     "power_samples": (power_samples, ("run_id", "t_seconds", "id")),
     "energy_measurements": (energy_measurements, ("run_id", "id")),
+    "experiments": (experiments, ("name",)),
+    "experiment_runs": (experiment_runs, ("experiment", "position")),
 }
 
 

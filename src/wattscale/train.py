@@ -30,14 +30,14 @@ from wattscale.checkpoint import (
     save_weights,
 )
 from wattscale.config import RunConfig, run_id_for
-from wattscale.data import PreparedData, prepare_data, sequence_batch
+from wattscale.data import PreparedData, TokenShard, prepare_data, sequence_batch, training_subset
 from wattscale.energy import Meter, close_meters, discover_meters
 from wattscale.energy.recorder import EnergyRecorder
 from wattscale.evaluate import Evaluation, evaluate, validation_windows
 from wattscale.hardware import device_info, git_revision, resolve_device, resolve_precision
 from wattscale.locking import run_lock
 from wattscale.model import Llama, count_parameters, flops_per_token
-from wattscale.progress import TrainingProgress
+from wattscale.progress import ProgressHooks, TrainingProgress
 from wattscale.schedule import learning_rate
 from wattscale.store import Store, open_store
 
@@ -75,13 +75,19 @@ class Diverged(Exception):
 
 
 def train(config: RunConfig, store_url: str, *, show_progress: bool = True,
-          cache_dir: Path = DEFAULT_CACHE_DIR, experiment: str | None = None) -> TrainResult:
-    """Train (or resume, or skip if finished) the run described by `config`."""
+          cache_dir: Path = DEFAULT_CACHE_DIR, experiment: str | None = None,
+          progress_hooks: ProgressHooks | None = None) -> TrainResult:
+    """Train (or resume, or skip if finished) the run described by `config`.
+
+    `experiment` names the study the run belongs to (stored with it); `progress_hooks` let a
+    sweep show this run's bar inside its own display.
+    """
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
     data = prepare_data(config.data, config.model.vocab_size, cache_dir)
+    train_shard = training_subset(data.train, config.train.data_tokens)
     val_windows = validation_windows(data.val, config.seq_len, config.train.eval_tokens)
     run_id = run_id_for(config, data.cache_key)
     # Everything above validates; only now is the store opened and written.
@@ -99,8 +105,8 @@ def train(config: RunConfig, store_url: str, *, show_progress: bool = True,
             if existing is not None and existing["status"] in ("finished", "diverged"):
                 return _result_from_record(existing, run_dir, already_done=True)
             meters, meter_notes = discover_meters(config.meter)
-            session = _Session(config, store, data, val_windows, device, precision, run_id, run_dir,
-                               experiment, show_progress, meters)
+            session = _Session(config, store, data, train_shard, val_windows, device, precision, run_id, run_dir,
+                               experiment, show_progress, meters, progress_hooks)
             if config.meter.enabled and not meters:
                 session.notes.append("energy not measured, no usable meter: " + "; ".join(meter_notes))
             return session.run(existing)
@@ -112,13 +118,16 @@ def train(config: RunConfig, store_url: str, *, show_progress: bool = True,
 class _Session:
     """One process's work on one run: set up, resume, loop, finish."""
 
-    def __init__(self, config: RunConfig, store: Store, data: PreparedData, val_windows: torch.Tensor,
-                 device: torch.device, precision: str, run_id: str, run_dir: Path,
-                 experiment: str | None, show_progress: bool, meters: list[Meter]) -> None:
+    def __init__(self, config: RunConfig, store: Store, data: PreparedData, train_shard: TokenShard,
+                 val_windows: torch.Tensor, device: torch.device, precision: str, run_id: str, run_dir: Path,
+                 experiment: str | None, show_progress: bool, meters: list[Meter],
+                 progress_hooks: ProgressHooks | None = None) -> None:
         self.config, self.store, self.data, self.val_windows = config, store, data, val_windows
+        self.train_shard = train_shard  # the whole training split, or its first data_tokens tokens
         self.device, self.run_id, self.run_dir = device, run_id, run_dir
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.precision, self.experiment, self.show_progress = precision, experiment, show_progress
+        self.progress_hooks = progress_hooks
         self.plan = StepPlan(config.train.tokens, config.train.batch_size, config.seq_len)
         tc = config.train
         self.eval_interval = tc.eval_interval_tokens or max(1, tc.tokens // 10)
@@ -144,7 +153,8 @@ class _Session:
         self.store.truncate_after(self.run_id, meta.step if meta else 0)
         loss_fn = summed_loss_fn(model, self.config.train.compile)
         progress = TrainingProgress(self.run_id, self.config.train.tokens,
-                                    meta.tokens_seen if meta else 0, enabled=self.show_progress)
+                                    meta.tokens_seen if meta else 0, enabled=self.show_progress,
+                                    hooks=self.progress_hooks)
         if meta:
             progress.log(f"resuming at step {meta.step}, {meta.tokens_seen:,} tokens")
         for note in self.notes:
@@ -180,6 +190,8 @@ class _Session:
             "preset": self.config.model.name, "status": "running", "config_json": config_json,
             "config_hash": _sha(config_json), "seed": self.config.train.seed,
             "created_at": now, "started_at": now, "tokens_budget": self.config.train.tokens,
+            "data_tokens": self.config.train.data_tokens, "epochs": self.config.train.epochs,
+            "repeat": self.config.train.repeat,
             "tokens_seen": 0, "steps": 0, "params_total": counts.total,
             "params_embedding": counts.embedding, "params_non_embedding": counts.non_embedding,
             "flops_per_token": flops_per_token(self.config.model, self.config.seq_len),
@@ -295,7 +307,7 @@ class _Session:
     def _optimizer_step(self, loss_fn: LossFn, model: Llama, optimizer: torch.optim.Optimizer,
                         first_sequence: int, n_seq: int, n_tok: int) -> tuple[float, float]:
         """One optimiser step on the next `n_seq` sequences of the training stream."""
-        inputs, targets = sequence_batch(self.data.train, self.config.seq_len, self.config.train.seed,
+        inputs, targets = sequence_batch(self.train_shard, self.config.seq_len, self.config.train.seed,
                                          first_sequence, n_seq)  # [n_seq, T] each
         return training_step(loss_fn, model, optimizer, inputs, mask_targets(targets, n_tok), n_tok,
                              self.micro_batch, self.device, self.autocast_dtype, self.config.train.grad_clip)

@@ -5,7 +5,7 @@
     inputs, targets = sequence_batch(data.train, seq_len=512, seed=0, first_sequence=0, n_sequences=16)
 """
 
-from .batches import n_windows, sequence_batch
+from .batches import n_windows, sequence_batch, training_subset
 from .prepare import DataConfig, PreparedData, prepare_data
 from .shards import TokenShard
 from .synthetic import generate_stories
@@ -18,4 +18,5 @@ __all__ = [
     "n_windows",
     "prepare_data",
     "sequence_batch",
+    "training_subset",
 ]

@@ -27,6 +27,21 @@ def n_windows(shard: TokenShard, seq_len: int) -> int:
     return max(0, (len(shard) - 1) // seq_len)
 
 
+def training_subset(shard: TokenShard, data_tokens: int | None) -> TokenShard:
+    """The first `data_tokens` training tokens (plus the one target after them); the whole shard for None.
+
+    A fixed prefix, not a sample, so that a 500K-token set is contained in the 1M-token set of the
+    same study (nested training sets, as in a token-count study). Raises DataError when the shard
+    is too short.
+    """
+    if data_tokens is None:
+        return shard
+    if data_tokens + 1 > len(shard):
+        raise DataError(f"train.data_tokens: {data_tokens:,} unique tokens requested but the training split has "
+                        f"{len(shard):,}; lower --data-tokens or use more data (e.g. a larger --synthetic-mb)")
+    return TokenShard(path=shard.path, tokens=shard.tokens[:data_tokens + 1], vocab_size=shard.vocab_size)
+
+
 def sequence_batch(shard: TokenShard, seq_len: int, seed: int, first_sequence: int,
                    n_sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequences first_sequence .. first_sequence + n_sequences - 1 as int64 (inputs, targets), [n, seq_len] each.
