@@ -590,3 +590,49 @@ def test_several_processes_write_one_store_at_once(store_url: str) -> None:
         assert {r["status"] for r in runs} == {"finished"}
         assert scalar(store, "SELECT COUNT(*) FROM train_steps") == 4 * n_steps
         assert scalar(store, "SELECT COUNT(*) FROM evaluations") == 4 * len(range(0, n_steps, 25))
+
+
+def test_copy_run_from_replaces_one_runs_rows_in_one_go(store: Store, tmp_path: Path) -> None:
+    """What the Ray executor does with a per-run SQLite store: its run replaces that run here, nothing else."""
+
+    def rows(source: Store, run_id: str) -> dict[str, Any]:
+        without_id = [
+            [{k: v for k, v in row.items() if k != "id"} for row in read(run_id)]
+            for read in (source.train_steps, source.evaluations, source.power_samples, source.energy_measurements)]
+        return {"run": source.get_run(run_id), "rows": without_id}
+
+    power = [{"device": "cpu", "t_seconds": 0.1 * i, "power_w": 10.0 + i, "energy_j": None} for i in range(5)]
+    energy = [{"device": "cpu", "scope": scope, "start_tokens": 0, "end_tokens": 20_480, "start_seconds": 0.0,
+               "end_seconds": 2.5, "energy_j": 25.0, "source": "integrated", "complete": True,
+               "details_json": None} for scope in ("idle", "interval", "run")]
+    with open_store(tmp_path / "worker-store.db") as worker:
+        worker.create_run(run_record("run-a", run_dir="/runs/run-a"))
+        worker.mark_running("run-a", CREATED, resumed=True)
+        worker.add_train_steps("run-a", step_rows(range(1, 6)))
+        worker.add_evaluation("run-a", eval_row(5, 2.0))
+        worker.add_power_samples("run-a", power)
+        worker.add_energy_measurements("run-a", energy)
+        worker.finish_run("run-a", "finished", {"tokens_seen": 20_480, "steps": 5, "final_val_loss": 2.0,
+                                                "energy_j": 25.0, "energy_source": "integrated"})
+        # Here run-a has older rows (more steps than the worker kept) and run-b must not change.
+        store.create_run(run_record("run-a"))
+        store.add_train_steps("run-a", step_rows(range(1, 9), loss_scale=99.0))
+        store.add_evaluation("run-a", eval_row(8, 9.0))
+        store.create_run(run_record("run-b"))
+        store.add_train_steps("run-b", step_rows(range(1, 4)))
+        run_b = rows(store, "run-b")
+
+        store.copy_run_from(worker, "run-a")
+        assert rows(store, "run-a") == rows(worker, "run-a")
+        assert store.get_run("run-a")["resume_count"] == 1 and store.get_run("run-a")["status"] == "finished"
+        store.copy_run_from(worker, "run-a")  # idempotent
+        assert rows(store, "run-a") == rows(worker, "run-a")
+        assert rows(store, "run-b") == run_b
+        counts = [scalar(store, f"SELECT COUNT(*) FROM {table} WHERE run_id = 'run-a'")
+                  for table in ("runs", "train_steps", "evaluations", "power_samples", "energy_measurements")]
+        assert counts == [1, 5, 1, 5, 3]
+
+        with open_store(tmp_path / "empty.db") as empty, pytest.raises(StoreError, match="unknown run_id 'run-b'"):
+            worker.copy_run_from(empty, "run-b")
+        worker.copy_run_from(store, "run-b")  # and back, across backends
+        assert rows(worker, "run-b") == run_b

@@ -70,14 +70,20 @@ def set_rng_state(state: dict[str, object]) -> None:
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     meta: CheckpointMeta, keep_last: int = 1) -> Path:
     """Write a checkpoint atomically and delete all but the newest `keep_last`."""
+    return write_checkpoint(run_dir, model.state_dict(), optimizer.state_dict(), meta, keep_last)
+
+
+def write_checkpoint(run_dir: Path, weights: dict[str, torch.Tensor], optimizer_state: dict,
+                     meta: CheckpointMeta, keep_last: int = 1) -> Path:
+    """`save_checkpoint` from state dicts (e.g. gathered from the ranks of a sharded model)."""
     root = run_dir / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{meta.step:08d}"
     tmp = root / f".tmp-step-{meta.step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_cpu_weights(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / "trainer_state.pt")
+    save_file(_cpu_weights(weights), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    torch.save({"optimizer": optimizer_state, "rng": rng_state()}, tmp / "trainer_state.pt")
     _write_json_durably(tmp / "meta.json", asdict(meta))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -98,30 +104,49 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def load_checkpoint(path: Path, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer) -> CheckpointMeta:
     """Load weights, optimiser and RNG states from `path` into the given objects."""
+    weights, state, meta = read_checkpoint(path, _device_of(model))
     try:
-        weights = load_file(str(path / "model.safetensors"), device=str(_device_of(model)))
         model.load_state_dict(weights, strict=True)
-        state = torch.load(path / "trainer_state.pt", map_location=_device_of(model), weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise _unloadable(path, exc) from None
+    return meta
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict,
+                                                                              CheckpointMeta]:
+    """The weights, trainer state ({"optimizer", "rng"}) and meta of a checkpoint; DataError if unreadable."""
+    try:
+        weights = load_file(str(path / "model.safetensors"), device=str(device))
+        state = torch.load(path / "trainer_state.pt", map_location=device, weights_only=True)
         meta = CheckpointMeta(**json.loads((path / "meta.json").read_text()))
     except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"checkpoint {str(path)!r} cannot be loaded ({exc}); delete it to restart "
-                        "the run from its previous checkpoint") from None
-    return meta
+        raise _unloadable(path, exc) from None
+    return weights, state, meta
+
+
+def _unloadable(path: Path, exc: Exception) -> DataError:
+    return DataError(f"checkpoint {str(path)!r} cannot be loaded ({exc}); delete it to restart "
+                     "the run from its previous checkpoint")
 
 
 def save_weights(path: Path, model: torch.nn.Module) -> None:
     """Write final model weights as safetensors (atomically)."""
+    write_weights(path, model.state_dict())
+
+
+def write_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
+    """`save_weights` from a state dict."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(_cpu_weights(model), str(tmp), metadata={"format": "pt"})
+    save_file(_cpu_weights(weights), str(tmp), metadata={"format": "pt"})
     os.replace(tmp, path)
 
 
-def _cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _cpu_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # Tied weights share storage and safetensors refuses shared tensors: give each name its own copy.
-    return {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in weights.items()}
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

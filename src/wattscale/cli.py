@@ -1,7 +1,8 @@
 """The `wattscale` command. Each sub-command parses, calls one typed function, prints.
 
 Exit codes: 0 success; 2 bad input (one-line message naming the field); 3 the run diverged
-(recorded in the store as `diverged`); 130 interrupted (resume by re-running the same command).
+(recorded in the store as `diverged`); 4 a sweep ended with failed runs (re-run to retry them);
+130 interrupted (resume by re-running the same command).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from wattscale.errors import WattscaleError
 
 DEFAULT_STORE = "./wattscale.db"
 EXIT_DIVERGED = 3
+EXIT_RUNS_FAILED = 4
 
 
 def store_url(args: argparse.Namespace) -> str:
@@ -31,9 +33,10 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {
         "model": {"preset": args.preset, "vocab_size": args.vocab_size},
         "train": {k: getattr(args, k) for k in (
-            "tokens", "data_tokens", "epochs", "repeat", "seed", "batch_size", "micro_batch_size", "seq_len", "lr", "schedule",
+            "tokens", "data_tokens", "epochs", "repeat", "seed", "batch_size", "micro_batch_size", "seq_len",
+            "lr", "schedule",
             "warmup_fraction", "eval_interval_tokens", "eval_tokens", "checkpoint_interval_tokens",
-            "device", "precision", "run_root", "name", "threads")} | {"compile": args.compile or None},
+            "device", "precision", "run_root", "name", "threads", "parallel")} | {"compile": args.compile or None},
         "data": {"source": args.data, "tokenizer": args.tokenizer, "synthetic_mb": args.synthetic_mb,
                  "val_source": args.val_data, "text_field": args.text_field},
         "meter": {"sample_hz": args.sample_hz, "cpu_tdp_w_per_core": args.cpu_tdp_w_per_core,
@@ -51,7 +54,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = build_run_config(tables, _train_overrides(args))
     result = train(config, store_url(args), show_progress=not args.no_progress,
                    cache_dir=Path(args.cache_dir))
-    if args.json:
+    if os.environ.get("RANK", "0") != "0":
+        pass  # under torchrun every rank gets the same result; rank 0 prints it
+    elif args.json:
         print(_strict_json({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}))
     elif result.already_done:
         print(f"run {result.run_id} already {result.status}: final val_loss {_fmt(result.final_val_loss)}")
@@ -68,7 +73,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from wattscale.store import open_store
 
     with open_store(store_url(args)) as store:
-        runs = store.list_runs()
+        runs = store.list_runs(experiment=args.experiment)
     if args.json:
         print(_strict_json(runs))
         return 0
@@ -153,6 +158,96 @@ def cmd_energy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_plan(args: argparse.Namespace, prepare: bool = True):  # -> ExperimentPlan
+    from wattscale.experiment import load_experiment, plan_experiment
+
+    spec = load_experiment(Path(args.file), variant=args.variant, settings=args.set or ())
+    return plan_experiment(spec, Path(args.cache_dir), prepare=prepare)
+
+
+def _experiment_store(args: argparse.Namespace, plan) -> str:
+    """--store beats the file's experiment.store beats $WATTSCALE_STORE beats ./wattscale.db."""
+    return getattr(args, "store", None) or plan.spec.design.store or store_url(args)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print an experiment's runs in order, total tokens, and time/energy estimates from the store."""
+    from wattscale.experiment.estimate import estimate_plan
+    from wattscale.store import open_store
+
+    plan = _load_plan(args, prepare=False)
+    url = _experiment_store(args, plan)
+    stored: list[dict] = []
+    if _store_exists(url):
+        with open_store(url, create=False) as store:
+            stored = store.list_runs()
+    estimates = estimate_plan(plan, stored)
+    from wattscale.tables import plan_summary, print_plan
+
+    if args.json:
+        print(_strict_json(plan_summary(plan, estimates, url)))
+    else:
+        print_plan(plan, estimates, url)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run every planned run of an experiment that has not ended (resumable; locally or on Ray)."""
+    plan = _load_plan(args)
+    url = _experiment_store(args, plan)
+    if args.executor == "ray":
+        from wattscale.experiment.ray_executor import run_ray
+
+        result = run_ray(plan, url, Path(args.cache_dir), address=args.address, cpus_per_run=args.cpus_per_run,
+                         gpus_per_run=args.gpus_per_run, show_progress=not args.no_progress)
+    else:
+        from wattscale.experiment.local import run_local
+
+        result = run_local(plan, url, Path(args.cache_dir), show_progress=not args.no_progress)
+    print(f"experiment {result.experiment}: {result.finished} finished, {result.diverged} diverged, "
+          f"{len(result.failed)} failed of {result.planned} runs ({result.already_done} were already done)")
+    print(f"  store: {url}   analyse: wattscale --store {url} runs --experiment {result.experiment}")
+    for run_id, message in result.failed:
+        print(f"  failed: {run_id}: {message}", file=sys.stderr)
+    return 0 if result.complete else EXIT_RUNS_FAILED
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    """List the experiments in the store (or forget one's plan)."""
+    from wattscale.store import open_store
+
+    with open_store(store_url(args)) as store:
+        if args.delete:
+            if not store.delete_experiment(args.delete):
+                raise WattscaleError(f"--delete: no experiment {args.delete!r} in the store; "
+                                     "see `wattscale experiments`")
+            print(f"forgot the plan of experiment {args.delete!r} (its runs stay in the store)")
+            return 0
+        rows = store.list_experiments()
+    if args.json:
+        print(_strict_json(rows))
+    else:
+        for row in rows:
+            print(f"{row['name']}: {row['finished_runs']}/{row['planned_runs']} runs finished, "
+                  f"order {row['order_design']} (seed {row['order_seed']}), created {row['created_at']}")
+    return 0
+
+
+def _store_exists(url: str) -> bool:
+    """False for a SQLite file that does not exist yet (plan must not create it)."""
+    if "://" in url:
+        return not url.startswith("sqlite") or Path(url.split(":///", 1)[-1]).exists()
+    return Path(url).exists()
+
+
+def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="experiment TOML file (see experiments/)")
+    p.add_argument("--variant", help="a [variants.NAME] table of the file to merge in, e.g. smoke")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one setting, e.g. --set data.source=../shared/data/tinystories (repeatable)")
+    p.add_argument("--cache-dir", default=".wattscale_cache", help="token-shard cache (default .wattscale_cache)")
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with [model], [train] and [data] tables; flags override it")
     p.add_argument("--preset", help="model preset (see `wattscale presets`)")
@@ -183,6 +278,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-root", help="folder for checkpoints and final weights (default wattscale_runs)")
     p.add_argument("--name", help="a free-text name stored with the run")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--parallel", help="under torchrun with several processes: ddp (default) or fsdp (FSDP2 sharding)")
     p.add_argument("--meters", help="meter kinds to try, comma-separated: nvml,rapl,cpu-estimate (default) or none")
     p.add_argument("--sample-hz", type=float, help="power sampling rate, 1 to 1000 Hz (default 10)")
     p.add_argument("--idle-seconds", type=float, help="idle baseline measured before a run (default 3; 0 skips)")
@@ -206,13 +302,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("plan", parents=[common], help="print an experiment's runs, tokens and estimated time/energy")
+    _add_experiment_flags(p)
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("run", parents=[common], help="run an experiment file (resumable)")
+    _add_experiment_flags(p)
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local (default: one run after another here) or ray (runs as Ray tasks)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs a Ray task reserves (default 1)")
+    p.add_argument("--gpus-per-run", type=float, default=None,
+                   help="GPUs a Ray task reserves (default: 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("experiments", parents=[common], help="list the experiments in the store")
+    p.add_argument("--delete", metavar="NAME", help="forget an experiment's plan (its runs stay)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_experiments)
+
     p = sub.add_parser("runs", parents=[common], help="list runs in the store")
+    p.add_argument("--experiment", help="only this experiment's runs")
     p.add_argument("--json", action="store_true", help="print a JSON array of run records")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("export", parents=[common], help="write a store table as CSV or Parquet")
     p.add_argument("path", help="output file (.csv or .parquet)")
-    p.add_argument("--table", default="runs", help="runs (default), evaluations, train_steps, power_samples")
+    p.add_argument("--table", default="runs", help="runs (default), evaluations, train_steps, power_samples, "
+                   "energy_measurements, experiments, experiment_runs")
     p.add_argument("--format", help="csv or parquet (default: from the file suffix)")
     p.set_defaults(func=cmd_export)
 

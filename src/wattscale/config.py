@@ -35,6 +35,7 @@ from wattscale.model import ModelConfig
 
 SCHEDULES = ("cosine", "wsd", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
+PARALLEL_MODES = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class TrainConfig:
 
     `repeat` tells apart runs that are otherwise identical (same settings, same seed): a study of
     pure hardware and energy variance repeats one run with repeat = 0, 1, 2, ...
+
+    `parallel` is how a run started with torchrun on several processes spreads the model: "ddp"
+    (replicas) or "fsdp" (FSDP2 sharding, for models that do not fit one device). Both compute the
+    same run, so it is not part of the run id; one process ignores it.
     """
 
     tokens: int | None = None
@@ -84,6 +89,7 @@ class TrainConfig:
     run_root: str = "wattscale_runs"
     name: str | None = None
     threads: int | None = None
+    parallel: str = "ddp"
 
     def __post_init__(self) -> None:
         _resolve_budget(self)
@@ -146,6 +152,8 @@ def _train_problems(c: TrainConfig) -> list[str]:
             p.append(f"train.{name}: {getattr(c, name)!r} must lie in [0, 1]")
     if c.schedule not in SCHEDULES:
         p.append(f"train.schedule: unknown schedule {c.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if c.parallel not in PARALLEL_MODES:
+        p.append(f"train.parallel: unknown mode {c.parallel!r}; choose one of: {', '.join(PARALLEL_MODES)}")
     if c.precision not in PRECISIONS:
         p.append(f"train.precision: unknown precision {c.precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if c.grad_clip < 0:
@@ -188,7 +196,7 @@ class RunConfig:
 
 # Settings that change how a run is executed or stored but not what it computes; they are left
 # out of the run id so that re-running with, e.g., another checkpoint interval resumes the run.
-_NON_IDENTITY_TRAIN_KEYS = ("checkpoint_interval_tokens", "run_root", "name", "threads")
+_NON_IDENTITY_TRAIN_KEYS = ("checkpoint_interval_tokens", "run_root", "name", "threads", "parallel")
 _LATER_TRAIN_KEYS: dict[str, Any] = {"data_tokens": None, "epochs": None, "repeat": 0}
 
 

@@ -24,11 +24,10 @@ class ProgressHooks:
     on_tokens: Callable[[int], None] | None = None
 
 
-def run_progress_columns() -> tuple:
-    """The columns of a run's bar: label, bar, tokens, tokens/s, loss, ETA."""
+def progress_columns() -> tuple:
+    """The columns of every bar: label, bar, tokens, an info text (tokens/s and loss for a run), ETA."""
     return (TextColumn("[bold]{task.description}"), BarColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f} tok"),
-            TextColumn("{task.fields[tok_s]:,.0f} tok/s"), TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} tok"), TextColumn("{task.fields[info]}"),
             TimeRemainingColumn())
 
 
@@ -49,12 +48,11 @@ class TrainingProgress:
         if enabled and hooks is not None and hooks.display is not None:
             self._bar = hooks.display
         elif enabled and self.stream.isatty():
-            self._bar = Progress(*run_progress_columns(), console=Console(file=self.stream), transient=False)
+            self._bar = Progress(*progress_columns(), console=Console(file=self.stream), transient=False)
             self._owns_bar = True
             self._bar.start()
         if self._bar is not None:
-            self._task = self._bar.add_task(label, total=total_tokens, completed=start_tokens,
-                                            tok_s=0.0, loss="-")
+            self._task = self._bar.add_task(label, total=total_tokens, completed=start_tokens, info="")
         self.label = label
 
     def update(self, tokens_seen: int, loss: float, tokens_per_second: float) -> None:
@@ -64,7 +62,8 @@ class TrainingProgress:
         if not self.enabled:
             return
         if self._bar is not None:
-            self._bar.update(self._task, completed=tokens_seen, tok_s=tokens_per_second, loss=f"{loss:.4f}")
+            self._bar.update(self._task, completed=tokens_seen,
+                             info=f"{tokens_per_second:,.0f} tok/s  loss {loss:.4f}")
             return
         now = time.monotonic()
         if now - self._last_plain >= self.plain_interval_seconds or tokens_seen >= self.total_tokens:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    case,
     create_engine,
     delete,
     event,
@@ -79,6 +80,9 @@ _STEP_COLUMNS = columns_of(train_steps, without=("run_id",))
 _EVAL_COLUMNS = columns_of(evaluations, without=("id", "run_id"))
 _POWER_COLUMNS = columns_of(power_samples, without=("id", "run_id"))
 _ENERGY_COLUMNS = columns_of(energy_measurements, without=("id", "run_id"))
+_EXPERIMENT_COLUMNS = columns_of(experiments)
+_EXPERIMENT_RUN_COLUMNS = columns_of(experiment_runs)
+_PLAN_FIELDS = ("position", "block", "repetition", "condition", "condition_json")
 
 
 def open_store(url: str | os.PathLike[str], create: bool = True) -> Store:
@@ -484,13 +488,23 @@ class Store:
             return [_jsonable(row) for row in conn.execute(stmt)]
 
     def list_runs(self, experiment: str | None = None) -> list[dict[str, Any]]:
-        """All runs (or one experiment's), oldest first, as JSON-ready dicts.
+        """All runs oldest first, or one experiment's runs in its run order, as JSON-ready dicts.
 
-        Each has every ``runs`` column plus ``params`` (= params_total) and ``joules`` (= energy_j).
+        Each has every ``runs`` column plus ``params`` (= params_total) and ``joules`` (= energy_j);
+        an experiment's runs also have its plan fields (position, block, repetition, condition,
+        condition_json).
         """
-        stmt = select(runs).order_by(runs.c.created_at, runs.c.run_id)
         if experiment is not None:
-            stmt = stmt.where(runs.c.experiment == experiment)
+            # Runs planned by the experiment (in its order), then runs only labelled with its name.
+            plan = experiment_runs.c.experiment == experiment
+            planned = (select(runs, *(experiment_runs.c[name] for name in _PLAN_FIELDS))
+                       .outerjoin(experiment_runs, (experiment_runs.c.run_id == runs.c.run_id) & plan)
+                       .where(plan | (runs.c.experiment == experiment))
+                       .order_by(experiment_runs.c.position.is_(None), experiment_runs.c.position,
+                                 runs.c.created_at, runs.c.run_id))
+            with self._tx("list_runs", write=False) as conn:
+                return [_run_dict(row) for row in conn.execute(planned)]
+        stmt = select(runs).order_by(runs.c.created_at, runs.c.run_id)
         with self._tx("list_runs", write=False) as conn:
             return [_run_dict(row) for row in conn.execute(stmt)]
 
@@ -505,6 +519,68 @@ class Store:
         stmt = select(train_steps).where(train_steps.c.run_id == run_id).order_by(train_steps.c.step)
         with self._tx("train_steps", write=False) as conn:
             return [_jsonable(row) for row in conn.execute(stmt)]
+
+    def register_experiment(self, experiment: Mapping[str, Any], planned: Iterable[Mapping[str, Any]]) -> bool:
+        """Record an experiment and its ordered planned runs once; return True if it was new.
+
+        ``experiment`` holds the ``experiments`` columns, ``planned`` the ``experiment_runs`` rows
+        (without ``experiment``). Registering the same spec again changes nothing (the stored order
+        stays); a different spec under the same name raises StoreError.
+        """
+        values = coerce_row(experiments, {"created_at": _now(), **experiment}, _EXPERIMENT_COLUMNS,
+                            required=("name", "spec_json", "spec_hash", "order_design", "order_seed"))
+        name = values["name"]
+        rows = [coerce_row(experiment_runs, {**row, "experiment": name}, _EXPERIMENT_RUN_COLUMNS,
+                           required=_EXPERIMENT_RUN_COLUMNS) for row in planned]
+        with self._tx(f"register_experiment({name!r})") as conn:
+            existing = conn.execute(select(experiments.c.spec_hash).where(experiments.c.name == name)
+                                    .with_for_update()).first()
+            if existing is not None:
+                if existing.spec_hash != values["spec_hash"]:
+                    raise StoreError(
+                        f"experiment.name: {name!r} is already in {self.display_url} with other settings; give the "
+                        "changed study a new experiment.name (or delete the old one with `wattscale experiments "
+                        "--delete NAME`)")
+                return False
+            conn.execute(experiments.insert().values(**values))
+            if rows:
+                conn.execute(experiment_runs.insert(), rows)
+            return True
+
+    def get_experiment(self, name: str) -> dict[str, Any] | None:
+        """An experiment's record, or None."""
+        with self._tx("get_experiment", write=False) as conn:
+            row = conn.execute(select(experiments).where(experiments.c.name == name)).first()
+        return None if row is None else _jsonable(row)
+
+    def list_experiments(self) -> list[dict[str, Any]]:
+        """Every experiment with its planned and finished run counts, oldest first."""
+        finished = func.sum(case((runs.c.status == "finished", 1), else_=0))
+        stmt = (select(experiments.c.name, experiments.c.created_at, experiments.c.order_design,
+                       experiments.c.order_seed, func.count(experiment_runs.c.position).label("planned_runs"),
+                       finished.label("finished_runs"))
+                .select_from(experiments.outerjoin(experiment_runs).outerjoin(
+                    runs, runs.c.run_id == experiment_runs.c.run_id))
+                .group_by(experiments.c.name, experiments.c.created_at, experiments.c.order_design,
+                          experiments.c.order_seed)
+                .order_by(experiments.c.created_at, experiments.c.name))
+        with self._tx("list_experiments", write=False) as conn:
+            return [{**_jsonable(row), "finished_runs": int(row.finished_runs or 0)} for row in conn.execute(stmt)]
+
+    def experiment_runs(self, name: str) -> list[dict[str, Any]]:
+        """An experiment's planned runs in run order, each with its run record's fields (None before it starts)."""
+        stmt = (select(experiment_runs, runs.c.status, runs.c.tokens_seen, runs.c.tokens_budget,
+                       runs.c.wall_seconds, runs.c.energy_j, runs.c.energy_source, runs.c.final_val_loss)
+                .select_from(experiment_runs.outerjoin(runs, runs.c.run_id == experiment_runs.c.run_id))
+                .where(experiment_runs.c.experiment == name).order_by(experiment_runs.c.position))
+        with self._tx("experiment_runs", write=False) as conn:
+            return [_jsonable(row) for row in conn.execute(stmt)]
+
+    def delete_experiment(self, name: str) -> bool:
+        """Forget an experiment's plan (its runs stay in the store); True if it existed."""
+        with self._tx(f"delete_experiment({name!r})") as conn:
+            conn.execute(delete(experiment_runs).where(experiment_runs.c.experiment == name))
+            return conn.execute(delete(experiments).where(experiments.c.name == name)).rowcount > 0
 
     def export(self, path: str | os.PathLike[str], table: str = "runs", fmt: str | None = None) -> int:
         """Write a whole table to CSV or Parquet (format from the suffix or ``fmt``); return the row count.
@@ -533,6 +609,35 @@ class Store:
             with suppress(OSError):
                 partial.unlink(missing_ok=True)
         return count
+
+    def copy_run_from(self, other: Store, run_id: str) -> None:
+        """Make this store's rows of one run those of ``other``: its runs row and its rows in every run table.
+
+        One transaction here replaces whatever the run had (so copying twice changes nothing),
+        reading ``other`` in one snapshot. Rows keep their order; autoincrement ids are this
+        store's own. Works across backends. An unknown run_id in ``other`` raises StoreError.
+        The Ray executor gathers runs trained into per-run SQLite stores with it.
+        """
+        if other.url == self.url:
+            raise StoreError(f"store: copy_run_from({run_id!r}): source and target are both {self.display_url}")
+        # Tables whose rows belong to one run (steps, evaluations, power, energy), parents first.
+        children = [table for table in metadata.sorted_tables
+                    if any(fk.column is runs.c.run_id for fk in table.foreign_keys)]
+        with self._tx(f"copy_run_from({run_id!r})") as target, \
+                other._tx(f"copy_run_from({run_id!r}): read", write=False) as source:
+            record = source.execute(select(runs).where(runs.c.run_id == run_id)).first()
+            if record is None:
+                raise StoreError(f"store {other.display_url}: unknown run_id {run_id!r}, nothing to copy; check the id")
+            for table in reversed(children):
+                target.execute(delete(table).where(table.c.run_id == run_id))
+            target.execute(delete(runs).where(runs.c.run_id == run_id))
+            target.execute(runs.insert().values(**record._mapping))
+            for table in children:
+                columns = [column for column in table.columns if column.autoincrement is not True]
+                stmt = (select(*columns).where(table.c.run_id == run_id).order_by(*table.primary_key.columns)
+                        .execution_options(yield_per=_EXPORT_CHUNK_ROWS))
+                for chunk in source.execute(stmt).partitions():
+                    target.execute(table.insert(), [dict(row._mapping) for row in chunk])
 
 
 def _export_format(path: Path, fmt: str | None) -> str:

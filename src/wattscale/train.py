@@ -4,6 +4,9 @@
 byte to the store, then trains the run identified by the hash of its resolved settings. Calling
 it again with the same settings resumes that run from its last checkpoint, or returns at once if
 the run already ended.
+
+Started by torchrun on several processes, every rank calls `train` and they train one run
+together (see `wattscale.distributed`): rank 0 alone writes the store and the run folder.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,19 +26,38 @@ import torch
 
 from wattscale import __version__
 from wattscale.budget import IGNORE_INDEX, StepPlan, mask_targets
-from wattscale.checkpoint import (
-    CheckpointMeta,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-    save_weights,
-)
+from wattscale.checkpoint import CheckpointMeta, list_checkpoints, write_weights
 from wattscale.config import RunConfig, run_id_for
 from wattscale.data import PreparedData, TokenShard, prepare_data, sequence_batch, training_subset
-from wattscale.energy import Meter, close_meters, discover_meters
+from wattscale.distributed import (
+    DistributedContext,
+    ParallelModel,
+    all_reduce_sum,
+    broadcast_object,
+    energy_state_for_rank,
+    full_weights,
+    gather_lists,
+    gather_objects,
+    init_distributed,
+    load_newest_checkpoint,
+    lockstep_rows,
+    merge_energy,
+    merge_energy_states,
+    pad_rows,
+    rank0_decides,
+    rank0_first,
+    rank_meters,
+    rank_rows,
+    reshard_after_eval,
+    save_checkpoint_on_rank0,
+    shutdown,
+    wrap_model,
+)
+from wattscale.energy import Meter, close_meters
 from wattscale.energy.recorder import EnergyRecorder
+from wattscale.errors import ConfigError
 from wattscale.evaluate import Evaluation, evaluate, validation_windows
-from wattscale.hardware import device_info, git_revision, resolve_device, resolve_precision
+from wattscale.hardware import device_info, git_revision, resolve_precision
 from wattscale.locking import run_lock
 from wattscale.model import Llama, count_parameters, flops_per_token
 from wattscale.progress import ProgressHooks, TrainingProgress
@@ -80,51 +103,88 @@ def train(config: RunConfig, store_url: str, *, show_progress: bool = True,
     """Train (or resume, or skip if finished) the run described by `config`.
 
     `experiment` names the study the run belongs to (stored with it); `progress_hooks` let a
-    sweep show this run's bar inside its own display.
+    sweep show this run's bar inside its own display. Under torchrun every rank returns the same
+    result.
     """
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    device = resolve_device(config.train.device)
-    precision = resolve_precision(config.train.precision, device)
-    data = prepare_data(config.data, config.model.vocab_size, cache_dir)
+    ctx = init_distributed(config.train.device)
+    try:
+        return _train(config, store_url, ctx, show_progress and ctx.is_main, cache_dir, experiment, progress_hooks)
+    finally:
+        shutdown(ctx)
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """Rank 0's view of the run before training, as every rank receives it."""
+
+    run_dir: Path
+    existing: dict | None  # the run's record, if it was started before
+    done: TrainResult | None = None  # set when the run already ended: nothing to do
+
+
+def _train(config: RunConfig, store_url: str, ctx: DistributedContext, show_progress: bool, cache_dir: Path,
+           experiment: str | None, progress_hooks: ProgressHooks | None) -> TrainResult:
+    precision = resolve_precision(config.train.precision, ctx.device)
+    data = rank0_first(ctx, lambda: prepare_data(config.data, config.model.vocab_size, cache_dir))
     train_shard = training_subset(data.train, config.train.data_tokens)
     val_windows = validation_windows(data.val, config.seq_len, config.train.eval_tokens)
     run_id = run_id_for(config, data.cache_key)
-    # Everything above validates; only now is the store opened and written.
-    store = open_store(store_url)
-    meters: list[Meter] = []
-    try:
-        existing = store.get_run(run_id)
-        # A run resumes from wherever its checkpoints were written, even if --run-root changed since.
-        run_dir = Path(existing["run_dir"]) if existing and existing.get("run_dir") else \
-            Path(config.train.run_root) / run_id
-        if existing is not None and existing["status"] in ("finished", "diverged"):
-            return _result_from_record(existing, run_dir, already_done=True)
-        with run_lock(run_dir):
-            existing = store.get_run(run_id)  # re-read under the lock: another process may just have finished it
-            if existing is not None and existing["status"] in ("finished", "diverged"):
-                return _result_from_record(existing, run_dir, already_done=True)
-            meters, meter_notes = discover_meters(config.meter)
-            session = _Session(config, store, data, train_shard, val_windows, device, precision, run_id, run_dir,
-                               experiment, show_progress, meters, progress_hooks)
-            if config.meter.enabled and not meters:
-                session.notes.append("energy not measured, no usable meter: " + "; ".join(meter_notes))
-            return session.run(existing)
-    finally:
-        close_meters(meters)
-        store.close()
+    with ExitStack() as stack:
+        store: Store | None = None
+
+        def claim() -> _Claim:
+            # Everything above validates; only now is the store opened and written.
+            nonlocal store
+            store = stack.enter_context(open_store(store_url))
+            return _claim_run(stack, store, run_id, Path(config.train.run_root))
+
+        decision = rank0_decides(ctx, claim)
+        if decision.done is not None:
+            return decision.done
+        meters, meter_notes = rank_meters(config.meter, ctx)
+        stack.callback(close_meters, meters)
+        session = _Session(config, store, data, train_shard, val_windows, ctx, precision, run_id, decision.run_dir,
+                           experiment, show_progress, meters, progress_hooks)
+        if config.meter.enabled and not meters:
+            session.notes.append("energy not measured, no usable meter: " + "; ".join(meter_notes))
+        return session.run(decision.existing)
+
+
+def _claim_run(stack: ExitStack, store: Store, run_id: str, run_root: Path) -> _Claim:
+    """Find the run's folder and take its lock (held until `stack` closes), unless the run already ended."""
+    existing = store.get_run(run_id)
+    # A run resumes from wherever its checkpoints were written, even if --run-root changed since.
+    run_dir = Path(existing["run_dir"]) if existing and existing.get("run_dir") else run_root / run_id
+    if existing is not None and existing["status"] in ("finished", "diverged"):
+        return _Claim(run_dir, existing, _result_from_record(existing, run_dir, already_done=True))
+    stack.enter_context(run_lock(run_dir))
+    existing = store.get_run(run_id)  # re-read under the lock: another process may just have finished it
+    if existing is not None and existing["status"] in ("finished", "diverged"):
+        return _Claim(run_dir, existing, _result_from_record(existing, run_dir, already_done=True))
+    if existing is None and list_checkpoints(run_dir):
+        # Resuming them would leave this store without the rows written before the checkpoint.
+        raise ConfigError(f"train.run_root: {run_dir} holds checkpoints of run {run_id} that "
+                          f"{store.display_url} has no record of (another store's run); use another "
+                          f"--run-root, or delete {run_dir} to train it afresh")
+    return _Claim(run_dir, existing)
 
 
 class _Session:
-    """One process's work on one run: set up, resume, loop, finish."""
+    """One process's work on one run: set up, resume, loop, finish.
 
-    def __init__(self, config: RunConfig, store: Store, data: PreparedData, train_shard: TokenShard,
-                 val_windows: torch.Tensor, device: torch.device, precision: str, run_id: str, run_dir: Path,
+    With several ranks every rank runs the same session in lockstep (the same collectives in the
+    same order); `store` is None on all but rank 0, which alone writes.
+    """
+
+    def __init__(self, config: RunConfig, store: Store | None, data: PreparedData, train_shard: TokenShard,
+                 val_windows: torch.Tensor, ctx: DistributedContext, precision: str, run_id: str, run_dir: Path,
                  experiment: str | None, show_progress: bool, meters: list[Meter],
                  progress_hooks: ProgressHooks | None = None) -> None:
         self.config, self.store, self.data, self.val_windows = config, store, data, val_windows
         self.train_shard = train_shard  # the whole training split, or its first data_tokens tokens
-        self.device, self.run_id, self.run_dir = device, run_id, run_dir
+        self.ctx, self.device, self.run_id, self.run_dir = ctx, ctx.device, run_id, run_dir
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.precision, self.experiment, self.show_progress = precision, experiment, show_progress
         self.progress_hooks = progress_hooks
@@ -137,21 +197,25 @@ class _Session:
         self.resumed = False
         self._last_eval: Evaluation | None = None
         self.meters = meters
+        self.metered = config.meter.enabled  # the same on every rank, so energy collectives stay in step
         self.energy: EnergyRecorder | None = None
         self.notes: list[str] = []
+        self.parallel: ParallelModel | None = None
 
     def run(self, existing: dict | None) -> TrainResult:
         """Build model and optimiser, restore the newest checkpoint, train to the budget."""
         torch.manual_seed(self.config.train.seed)
         model = Llama(self.config.model).to(self.device)
+        # Before the optimiser is built: FSDP replaces the parameters with sharded ones.
+        self.parallel = wrap_model(model, self.ctx, self.config.train.parallel)
         optimizer = make_optimizer(model, self.config)
-        checkpoints = list_checkpoints(self.run_dir)
-        meta = load_checkpoint(checkpoints[-1], model, optimizer) if checkpoints else None
+        meta = load_newest_checkpoint(self.ctx, self.run_dir, model, optimizer)
         self.resumed = meta is not None
-        self._record_start(existing, resumed=self.resumed)
-        # Rows written after the checkpoint (or by a session killed before its first one) are redone.
-        self.store.truncate_after(self.run_id, meta.step if meta else 0)
-        loss_fn = summed_loss_fn(model, self.config.train.compile)
+        if self.store is not None:
+            self._record_start(existing, resumed=self.resumed)
+            # Rows written after the checkpoint (or by a session killed before its first one) are redone.
+            self.store.truncate_after(self.run_id, meta.step if meta else 0)
+        loss_fn = summed_loss_fn(self.parallel, self.config.train.compile)
         progress = TrainingProgress(self.run_id, self.config.train.tokens,
                                     meta.tokens_seen if meta else 0, enabled=self.show_progress,
                                     hooks=self.progress_hooks)
@@ -166,11 +230,13 @@ class _Session:
             return self._finish_diverged(exc, progress)
         except KeyboardInterrupt:
             self._stop_energy()
-            self.store.finish_run(self.run_id, "interrupted", {"message": "interrupted; re-run to resume"})
+            if self.store is not None:
+                self.store.finish_run(self.run_id, "interrupted", {"message": "interrupted; re-run to resume"})
             raise
         except Exception as exc:
             self._stop_energy()
-            self.store.finish_run(self.run_id, "failed", {"message": f"{type(exc).__name__}: {exc}"})
+            if self.store is not None:
+                self.store.finish_run(self.run_id, "failed", {"message": f"{type(exc).__name__}: {exc}"})
             raise
         finally:
             progress.close()
@@ -181,7 +247,7 @@ class _Session:
         resolved = self.config.to_dict()
         resolved["data_fingerprint"] = self.data.cache_key
         resolved["resolved"] = {"device": str(self.device), "precision": self.precision,
-                                "eval_interval_tokens": self.eval_interval,
+                                "world_size": self.ctx.world_size, "eval_interval_tokens": self.eval_interval,
                                 "checkpoint_interval_tokens": self.checkpoint_interval,
                                 "total_steps": self.plan.total_steps, "warmup_steps": self.warmup_steps}
         config_json = json.dumps(resolved, sort_keys=True)
@@ -195,7 +261,8 @@ class _Session:
             "tokens_seen": 0, "steps": 0, "params_total": counts.total,
             "params_embedding": counts.embedding, "params_non_embedding": counts.non_embedding,
             "flops_per_token": flops_per_token(self.config.model, self.config.seq_len),
-            "device": str(self.device), "device_info_json": json.dumps(device_info(self.device)),
+            "device": str(self.device),
+            "device_info_json": json.dumps({**device_info(self.device), "world_size": self.ctx.world_size}),
             "git_revision": git_revision(), "wattscale_version": __version__,
             "torch_version": torch.__version__, "run_dir": str(self.run_dir.resolve()),
             "resume_count": 0, "wall_seconds": 0.0,
@@ -210,29 +277,41 @@ class _Session:
         (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
 
     def _start_energy(self, meta: CheckpointMeta | None) -> None:
-        """Start the power sampler; measure the idle baseline once per run; drop energy after the checkpoint."""
-        if not self.meters:
+        """Start the power sampler; measure the idle baseline once per run; drop energy after the checkpoint.
+
+        Each rank samples its own meters and resumes its own devices' share of the checkpoint's energy.
+        """
+        if not self.metered:
             return
-        self.energy = EnergyRecorder(self.meters, self.config.meter.sample_hz, meta.wall_seconds if meta else 0.0,
-                                     meta.energy if meta else None)
-        self.store.truncate_energy_after(self.run_id, meta.wall_seconds if meta else 0.0)
-        self.energy.start()
-        has_idle = any(row["scope"] == "idle" for row in self.store.energy_measurements(self.run_id))
-        if self.config.meter.idle_seconds > 0 and not has_idle:
-            self.store.add_energy_measurements(self.run_id, self.energy.measure_idle(self.config.meter.idle_seconds))
-        self.energy.begin_training(meta.tokens_seen if meta else 0)
+        if self.meters:
+            self.energy = EnergyRecorder(self.meters, self.config.meter.sample_hz,
+                                         meta.wall_seconds if meta else 0.0,
+                                         energy_state_for_rank(meta.energy if meta else None, self.ctx))
+            self.energy.start()
+        if self.store is not None:
+            self.store.truncate_energy_after(self.run_id, meta.wall_seconds if meta else 0.0)
+        measure_idle = self.config.meter.idle_seconds > 0 and rank0_decides(self.ctx, lambda: not any(
+            row["scope"] == "idle" for row in self.store.energy_measurements(self.run_id)))
+        if measure_idle:
+            self._write_energy(self.energy.measure_idle(self.config.meter.idle_seconds) if self.energy else [])
+        if self.energy is not None:
+            self.energy.begin_training(meta.tokens_seen if meta else 0)
 
     def _stop_energy(self) -> None:
         if self.energy is not None:
             self.energy.stop()
 
     def _finish_energy(self, tokens_seen: int) -> dict:
-        """Stop sampling and write the run's energy rows; returns the runs-table fields to set."""
-        if self.energy is None:
+        """Stop sampling and write every rank's energy rows; returns the runs-table fields to set (rank 0)."""
+        if not self.metered:
             return {}
-        total, rows = self.energy.finish(tokens_seen)
-        self.store.add_energy_measurements(self.run_id, rows)
+        total, rows = self.energy.finish(tokens_seen) if self.energy is not None else (None, [])
+        totals, rows = gather_objects(self.ctx, total), gather_lists(self.ctx, rows)
         self._flush_power()
+        if self.store is None:
+            return {}
+        self.store.add_energy_measurements(self.run_id, rows)
+        total = merge_energy([t for t in totals if t is not None])
         if not total.energy_j:
             return {}
         fields = {"energy_j": total.total_j, "energy_source": total.source}
@@ -240,9 +319,25 @@ class _Session:
             fields["message"] = "energy incomplete: a meter failed during the run (gaps in energy_measurements)"
         return fields
 
+    def _write_energy(self, rows: list[dict]) -> None:
+        """Gather every rank's energy_measurements rows; rank 0 writes them. Collective."""
+        rows = gather_lists(self.ctx, rows)
+        if self.store is not None:
+            self.store.add_energy_measurements(self.run_id, rows)
+
     def _flush_power(self) -> None:
-        if self.energy is not None:
-            self.store.add_power_samples(self.run_id, self.energy.drain_samples())
+        """Gather every rank's power samples since the last flush; rank 0 writes them. Collective."""
+        if not self.metered:
+            return
+        samples = gather_lists(self.ctx, self.energy.drain_samples() if self.energy is not None else [])
+        if self.store is not None:
+            self.store.add_power_samples(self.run_id, samples)
+
+    def _checkpoint_energy(self) -> dict | None:
+        """Every rank's energy so far, merged for the checkpoint (devices are rank-prefixed). Collective."""
+        if not self.metered:
+            return None
+        return merge_energy_states(gather_objects(self.ctx, self.energy.checkpoint() if self.energy else None))
 
     def _loop(self, model: Llama, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
               meta: CheckpointMeta | None, progress: TrainingProgress) -> TrainResult:
@@ -287,18 +382,19 @@ class _Session:
             if tokens_seen >= next_eval or step == plan.total_steps:
                 self._flush(pending_rows)
                 self._record_eval(model, step, tokens_seen, wall, progress)
-                if self.energy is not None:
-                    self.store.add_energy_measurements(self.run_id, self.energy.close_interval(tokens_seen))
+                if self.metered:
+                    self._write_energy(self.energy.close_interval(tokens_seen) if self.energy is not None else [])
                     self._flush_power()
                 last_eval_tokens = tokens_seen
                 next_eval = (tokens_seen // self.eval_interval + 1) * self.eval_interval
             if tokens_seen >= next_ckpt and step < plan.total_steps:
                 self._flush(pending_rows)
-                energy = self.energy.checkpoint() if self.energy is not None else None
+                energy = self._checkpoint_energy()
                 self._flush_power()
-                save_checkpoint(self.run_dir, model, optimizer, CheckpointMeta(
+                save_checkpoint_on_rank0(self.ctx, self.run_dir, model, optimizer, CheckpointMeta(
                     step, tokens_seen, sequences, wall, best_ema, ema, energy))
-                self.store.update_run(self.run_id, tokens_seen=tokens_seen, steps=step, wall_seconds=wall)
+                if self.store is not None:
+                    self.store.update_run(self.run_id, tokens_seen=tokens_seen, steps=step, wall_seconds=wall)
                 next_ckpt = (tokens_seen // self.checkpoint_interval + 1) * self.checkpoint_interval
         assert last_eval_tokens == tokens_seen == tc.tokens, "the loop must end on the exact budget"
         self._flush(pending_rows)
@@ -306,58 +402,81 @@ class _Session:
 
     def _optimizer_step(self, loss_fn: LossFn, model: Llama, optimizer: torch.optim.Optimizer,
                         first_sequence: int, n_seq: int, n_tok: int) -> tuple[float, float]:
-        """One optimiser step on the next `n_seq` sequences of the training stream."""
-        inputs, targets = sequence_batch(self.train_shard, self.config.seq_len, self.config.train.seed,
-                                         first_sequence, n_seq)  # [n_seq, T] each
-        return training_step(loss_fn, model, optimizer, inputs, mask_targets(targets, n_tok), n_tok,
-                             self.micro_batch, self.device, self.autocast_dtype, self.config.train.grad_clip)
+        """One optimiser step on the next `n_seq` sequences of the training stream; returns the global loss.
+
+        Each rank takes its contiguous share of the sequences; together they are the whole step.
+        """
+        ctx, seq_len = self.ctx, self.config.seq_len
+        start, stop = rank_rows(n_seq, ctx.rank, ctx.world_size)
+        inputs, targets = sequence_batch(self.train_shard, seq_len, self.config.train.seed,
+                                         first_sequence + start, stop - start)  # [rows, T] each
+        # The budget masks the step's tokens in row-major order, so a share counts what its rows hold of
+        # the first n_tok; every rank divides by the whole step's n_tok.
+        targets = mask_targets(targets, max(0, n_tok - start * seq_len))
+        inputs, targets = pad_rows(inputs, targets, lockstep_rows(n_seq, ctx.world_size, self.micro_batch))
+        loss, grad_norm = training_step(loss_fn, model, optimizer, inputs, targets, n_tok, self.micro_batch,
+                                        self.device, self.autocast_dtype, self.config.train.grad_clip,
+                                        defer_sync=self.parallel.defer_sync, grad_scale=self.parallel.grad_scale)
+        return all_reduce_sum(ctx, loss), grad_norm
 
     def _record_eval(self, model: Llama, step: int, tokens_seen: int, wall: float,
                      progress: TrainingProgress) -> Evaluation:
+        # Every rank evaluates the same windows: FSDP gathers parameters in each forward.
         result = evaluate(model, self.val_windows, self.micro_batch, self.device, self.autocast_dtype)
-        self.store.add_evaluation(self.run_id, {"step": step, "tokens_seen": tokens_seen,
-                                                "val_loss": result.val_loss, "val_ppl": result.val_ppl,
-                                                "wall_seconds": wall})
+        reshard_after_eval(model)
+        if self.store is not None:
+            self.store.add_evaluation(self.run_id, {"step": step, "tokens_seen": tokens_seen,
+                                                    "val_loss": result.val_loss, "val_ppl": result.val_ppl,
+                                                    "wall_seconds": wall})
         progress.log(f"eval at {tokens_seen:,} tokens: val_loss {result.val_loss:.4f}  "
                      f"val_ppl {result.val_ppl:.2f}")
         self._last_eval = result
         return result
 
     def _flush(self, rows: list[dict]) -> None:
-        if rows:
+        if rows and self.store is not None:
             self.store.add_train_steps(self.run_id, list(rows))
-            rows.clear()
+        rows.clear()
 
     def _finish(self, model: Llama, step: int, tokens_seen: int, wall: float) -> TrainResult:
-        save_weights(self.run_dir / "final" / "model.safetensors", model)
-        (self.run_dir / "final" / "model_config.json").write_text(json.dumps(self.config.model.to_dict()))
+        weights = full_weights(self.ctx, model)
+        if self.store is not None:
+            write_weights(self.run_dir / "final" / "model.safetensors", weights)
+            (self.run_dir / "final" / "model_config.json").write_text(json.dumps(self.config.model.to_dict()))
         last = self._last_eval
         assert last is not None
         energy = self._finish_energy(tokens_seen)
-        self.store.finish_run(self.run_id, "finished", {
-            "tokens_seen": tokens_seen, "steps": step, "wall_seconds": wall,
-            "finished_at": datetime.now(timezone.utc), "final_val_loss": last.val_loss,
-            "final_val_ppl": last.val_ppl, **energy})
-        return TrainResult(self.run_id, "finished", tokens_seen, step, wall, last.val_loss, last.val_ppl,
-                           self.run_dir, resumed=self.resumed, already_done=False, message=energy.get("message"),
-                           energy_j=energy.get("energy_j"), energy_source=energy.get("energy_source"))
+        result = None
+        if self.store is not None:
+            self.store.finish_run(self.run_id, "finished", {
+                "tokens_seen": tokens_seen, "steps": step, "wall_seconds": wall,
+                "finished_at": datetime.now(timezone.utc), "final_val_loss": last.val_loss,
+                "final_val_ppl": last.val_ppl, **energy})
+            result = TrainResult(self.run_id, "finished", tokens_seen, step, wall, last.val_loss, last.val_ppl,
+                                 self.run_dir, resumed=self.resumed, already_done=False,
+                                 message=energy.get("message"), energy_j=energy.get("energy_j"),
+                                 energy_source=energy.get("energy_source"))
+        return broadcast_object(self.ctx, result)
 
     def _finish_diverged(self, exc: Diverged, progress: TrainingProgress) -> TrainResult:
         progress.log(f"diverged: {exc.reason}")
         energy = self._finish_energy(exc.tokens_seen)
-        message = "; ".join(m for m in (exc.reason, energy.pop("message", None)) if m)
-        self.store.finish_run(self.run_id, "diverged", {
-            "finished_at": datetime.now(timezone.utc), "message": message, "tokens_seen": exc.tokens_seen,
-            "steps": exc.step, "wall_seconds": exc.wall_seconds, **energy})
-        record = self.store.get_run(self.run_id)
-        return _result_from_record(record, self.run_dir, already_done=False)
+        result = None
+        if self.store is not None:
+            message = "; ".join(m for m in (exc.reason, energy.pop("message", None)) if m)
+            self.store.finish_run(self.run_id, "diverged", {
+                "finished_at": datetime.now(timezone.utc), "message": message, "tokens_seen": exc.tokens_seen,
+                "steps": exc.step, "wall_seconds": exc.wall_seconds, **energy})
+            result = _result_from_record(self.store.get_run(self.run_id), self.run_dir, already_done=False)
+        return broadcast_object(self.ctx, result)
 
 
-def summed_loss_fn(model: Llama, compile_model: bool = False) -> LossFn:
+def summed_loss_fn(model: Llama | ParallelModel, compile_model: bool = False) -> LossFn:
     """(inputs [b, T], targets [b, T]) -> summed token cross-entropy, via the model's chunked loss.
 
     `Llama.loss` never materialises the [b*T, vocab] logits (about 20% of a llama-4m step on CPU is
-    that memory traffic in the plain logits + F.cross_entropy path); optionally torch.compile'd.
+    that memory traffic in the plain logits + F.cross_entropy path); optionally torch.compile'd. A
+    `ParallelModel`'s `loss` is the same function, through DDP when gradients must be all-reduced.
     """
     fn = functools.partial(model.loss, reduction="sum", ignore_index=IGNORE_INDEX)
     return torch.compile(fn) if compile_model else fn
@@ -365,26 +484,35 @@ def summed_loss_fn(model: Llama, compile_model: bool = False) -> LossFn:
 
 def training_step(loss_fn: LossFn, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   inputs: torch.Tensor, targets: torch.Tensor, counted_tokens: int, micro_batch: int,
-                  device: torch.device, autocast_dtype: torch.dtype | None, grad_clip: float) -> tuple[float, float]:
+                  device: torch.device, autocast_dtype: torch.dtype | None, grad_clip: float, *,
+                  defer_sync: Callable[[], AbstractContextManager] = nullcontext,
+                  grad_scale: float = 1.0) -> tuple[float, float]:
     """Forward/backward over micro-batches, clip, AdamW step; returns (mean token loss, grad norm).
 
     `inputs`/`targets` are int64 [n_seq, T]; targets equal to IGNORE_INDEX do not count. The
     summed loss is divided by `counted_tokens`, so every counted token weighs the same whatever
     the micro-batch split and gradient accumulation equals one big batch. A non-finite gradient
     norm skips the update (the caller records the run as diverged).
+
+    With several ranks `counted_tokens` is the whole step's count, the returned loss is this rank's
+    part of the mean, `defer_sync` wraps all but the last micro-batch (no gradient reduction yet) and
+    `grad_scale` (the world size) turns the ranks' gradient average into their sum.
     """
     loss_sum = torch.zeros((), device=device)
     for start in range(0, inputs.shape[0], micro_batch):
-        x = inputs[start:start + micro_batch].to(device, non_blocking=True)  # [b, T]
-        y = targets[start:start + micro_batch].to(device, non_blocking=True)  # [b, T]
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            loss = loss_fn(x, y) / counted_tokens
-        loss.backward()
+        last = start + micro_batch >= inputs.shape[0]
+        with nullcontext() if last else defer_sync():
+            x = inputs[start:start + micro_batch].to(device, non_blocking=True)  # [b, T]
+            y = targets[start:start + micro_batch].to(device, non_blocking=True)  # [b, T]
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                loss = loss_fn(x, y) / counted_tokens
+            (loss * grad_scale).backward()
         loss_sum += loss.detach()
     if grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
+        grad_norm = _scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
     else:
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).item()
+        grad_norm = _scalar(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
     if math.isfinite(grad_norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -419,6 +547,11 @@ def _result_from_record(record: dict, run_dir: Path, already_done: bool) -> Trai
                        run_dir, resumed=(record.get("resume_count") or 0) > 0, already_done=already_done,
                        message=record.get("message"), energy_j=record.get("energy_j"),
                        energy_source=record.get("energy_source"))
+
+
+def _scalar(norm: torch.Tensor) -> float:
+    # Under FSDP the norm is a DTensor holding per-shard partial sums; full_tensor() reduces it over ranks.
+    return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
 
 
 def _sha(text: str) -> str:

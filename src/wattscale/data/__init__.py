@@ -6,7 +6,7 @@
 """
 
 from .batches import n_windows, sequence_batch, training_subset
-from .prepare import DataConfig, PreparedData, prepare_data
+from .prepare import DataConfig, PreparedData, data_fingerprint, open_cached_data, prepare_data
 from .shards import TokenShard
 from .synthetic import generate_stories
 
@@ -14,8 +14,10 @@ __all__ = [
     "DataConfig",
     "PreparedData",
     "TokenShard",
+    "data_fingerprint",
     "generate_stories",
     "n_windows",
+    "open_cached_data",
     "prepare_data",
     "sequence_batch",
     "training_subset",

@@ -84,13 +84,23 @@ class PreparedData:
     source_description: str
 
 
-def prepare_data(config: DataConfig, vocab_size: int, cache_dir: Path,
-                 log: Callable[[str], None] | None = None) -> PreparedData:
-    """Tokenize `config`'s source into cached shards once; later calls with the same inputs reuse them.
+def data_fingerprint(config: DataConfig, vocab_size: int) -> str:
+    """The cache key `prepare_data` would use (a run's data fingerprint), without tokenizing anything.
 
-    Raises DataError for a missing, empty or malformed source, a tokenizer whose size is not
-    `vocab_size`, a corpus too small for the BPE or the split, and a corrupt cache.
+    Reads (hashes) local files but never generates, trains or tokenizes; same errors as prepare_data
+    for a missing source or a tokenizer of the wrong size.
     """
+    return _resolve(config, vocab_size)[0]
+
+
+def open_cached_data(config: DataConfig, vocab_size: int, cache_dir: Path) -> PreparedData | None:
+    """The prepared data if it is already in the cache, else None (never builds)."""
+    final_dir = Path(cache_dir) / data_fingerprint(config, vocab_size)
+    return _load(final_dir, vocab_size) if final_dir.is_dir() else None
+
+
+def _resolve(config: DataConfig, vocab_size: int) -> tuple[str, TextSource, TextSource | None, Tokenizer | None]:
+    """(cache key, source, validation source, tokenizer or None) of a data config."""
     if not isinstance(vocab_size, int) or vocab_size < 1:
         raise ConfigError(f"model.vocab_size: must be a positive integer, got {vocab_size!r}")
     source = _open(config.source, config, "data.source")
@@ -101,7 +111,17 @@ def prepare_data(config: DataConfig, vocab_size: int, cache_dir: Path,
         tokenizer = load_tokenizer(tokenizer_path)
         check_vocab_size(tokenizer, vocab_size)
         tokenizer_sha = file_sha256(tokenizer_path)
-    key = cache_key(config, vocab_size, source, val_source, tokenizer_sha)
+    return cache_key(config, vocab_size, source, val_source, tokenizer_sha), source, val_source, tokenizer
+
+
+def prepare_data(config: DataConfig, vocab_size: int, cache_dir: Path,
+                 log: Callable[[str], None] | None = None) -> PreparedData:
+    """Tokenize `config`'s source into cached shards once; later calls with the same inputs reuse them.
+
+    Raises DataError for a missing, empty or malformed source, a tokenizer whose size is not
+    `vocab_size`, a corpus too small for the BPE or the split, and a corrupt cache.
+    """
+    key, source, val_source, tokenizer = _resolve(config, vocab_size)
     cache_dir = Path(cache_dir)
     final_dir = cache_dir / key
     if not final_dir.is_dir():

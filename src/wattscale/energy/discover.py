@@ -8,11 +8,12 @@ from wattscale.energy.nvml import NvmlMeter
 from wattscale.energy.rapl import RaplMeter
 
 
-def discover_meters(config: MeterConfig) -> tuple[list[Meter], list[str]]:
+def discover_meters(config: MeterConfig, gpu_uuid: str | None = None) -> tuple[list[Meter], list[str]]:
     """The meters that open here, in config.kinds order, and one line per kind not used saying why.
 
-    NVML measures GPUs and RAPL measures CPU packages; the CPU estimate is used only when no measured CPU
-    meter (RAPL) opened, so estimated and measured CPU power are never mixed.
+    NVML measures GPUs (every GPU, or only the one with `gpu_uuid`: a rank of a multi-GPU run) and RAPL
+    measures CPU packages; the CPU estimate is used only when no measured CPU meter (RAPL) opened, so
+    estimated and measured CPU power are never mixed.
     """
     if not config.enabled:
         return [], ["metering disabled (meter.kinds = none)"]
@@ -22,7 +23,7 @@ def discover_meters(config: MeterConfig) -> tuple[list[Meter], list[str]]:
         if kind == "cpu-estimate":
             continue  # decided last: it depends on whether RAPL opened
         try:
-            meters.append(_open(kind, config))
+            meters.append(_open(kind, config, gpu_uuid))
         except MeterError as exc:
             reasons.append(str(exc))
     if "cpu-estimate" in config.kinds:
@@ -49,9 +50,9 @@ def close_meters(meters: list[Meter]) -> None:
             pass  # closing is best effort; the readings already taken stand
 
 
-def _open(kind: str, config: MeterConfig) -> Meter:
+def _open(kind: str, config: MeterConfig, gpu_uuid: str | None = None) -> Meter:
     if kind == "nvml":
-        return NvmlMeter()
+        return NvmlMeter(device_uuid=gpu_uuid)
     if kind == "rapl":
         return RaplMeter(config.powercap_root)
     if kind == "cpu-estimate":

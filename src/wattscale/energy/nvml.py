@@ -34,7 +34,7 @@ class NvmlMeter:
     name = "nvml"
     energy_source = "counter"
 
-    def __init__(self, device_indices: Sequence[int] | None = None) -> None:
+    def __init__(self, device_indices: Sequence[int] | None = None, device_uuid: str | None = None) -> None:
         self._nvml = import_pynvml()
         try:
             self._nvml.nvmlInit()
@@ -42,7 +42,7 @@ class NvmlMeter:
             raise MeterError(f"nvml: no NVIDIA GPU ({type(exc).__name__})") from exc
         self._open = True
         try:
-            self._setup(device_indices)
+            self._setup(device_indices, device_uuid)
         except self._nvml.NVMLError as exc:
             self.close()
             raise MeterError(f"nvml: cannot open the GPUs ({type(exc).__name__}: {exc})") from exc
@@ -50,12 +50,19 @@ class NvmlMeter:
             self.close()
             raise
 
-    def _setup(self, device_indices: Sequence[int] | None) -> None:
+    def _setup(self, device_indices: Sequence[int] | None, device_uuid: str | None) -> None:
         nvml = self._nvml
         count = nvml.nvmlDeviceGetCount()
         if count == 0:
             raise MeterError("nvml: no NVIDIA GPU (NVML found 0 devices)")
         indices = list(range(count)) if device_indices is None else list(device_indices)
+        if device_uuid is not None:
+            # NVML numbers GPUs in PCI order, CUDA (and CUDA_VISIBLE_DEVICES) may not: match by UUID.
+            wanted = device_uuid.removeprefix("GPU-").lower()
+            indices = [i for i in range(count) if _text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i)))
+                       .removeprefix("GPU-").lower() == wanted]
+            if not indices:
+                raise MeterError(f"nvml: no GPU with UUID {device_uuid} among the {count} NVML sees")
         bad = [i for i in indices if not 0 <= i < count]
         if bad:
             raise MeterError(f"nvml: GPU index {bad[0]} does not exist; NVML sees {count} GPU(s)")

@@ -1,0 +1,389 @@
+"""Experiment files: validation, grid expansion, run ids, run order, plan, and resumable sweeps."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_DATA
+from wattscale.experiment import block_orders, load_experiment, plan_experiment, williams_rows
+from wattscale.experiment.local import run_local
+from wattscale.store import open_store
+
+# A real but small study: llama-tiny, three training-set sizes x two repetitions.
+TINY_STUDY = """
+[experiment]
+name = "tiny-study"
+repetitions = 2
+
+[model]
+preset = "llama-tiny"
+
+[train]
+epochs = 1
+batch_size = 4
+seq_len = 32
+eval_tokens = 2048
+threads = 1
+
+[data]
+synthetic_mb = 0.3
+
+[meter]
+idle_seconds = 0
+
+[grid]
+"train.data_tokens" = [2048, 4096, 8192]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "study.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def plan_of(tmp_path: Path, cache_dir: Path, text: str, variant: str | None = None):
+    """Plan a study whose runs keep their checkpoints under tmp_path (not the working directory)."""
+    spec = load_experiment(write(tmp_path, text), variant=variant, settings=[f"train.run_root={tmp_path / 'runs'}"])
+    return plan_experiment(spec, cache_dir)
+
+
+# --- expansion, seeds, ids ------------------------------------------------------------------------
+
+
+def test_grid_times_repetitions_with_a_seed_per_repetition(tmp_path: Path, cache_dir: Path) -> None:
+    plan = plan_of(tmp_path, cache_dir, TINY_STUDY)
+    assert len(plan.runs) == 6
+    assert plan.total_tokens == 2 * (2048 + 4096 + 8192)
+    for block in (0, 1):
+        runs = [r for r in plan.runs if r.block == block]
+        assert sorted(r.config.train.data_tokens for r in runs) == [2048, 4096, 8192]  # every condition once
+        assert {r.config.train.seed for r in runs} == {block}
+        assert all(r.repetition == block and r.config.train.tokens == r.config.train.data_tokens for r in runs)
+    assert len({r.run_id for r in plan.runs}) == 6
+    # Planning again gives the same ids and order: they are hashes of the settings, and the order has a seed.
+    again = plan_of(tmp_path, cache_dir, TINY_STUDY)
+    assert [r.run_id for r in again.runs] == [r.run_id for r in plan.runs]
+
+
+def test_same_seed_repetitions_are_distinct_runs_of_identical_settings(tmp_path: Path, cache_dir: Path) -> None:
+    plan = plan_of(tmp_path, cache_dir, TINY_STUDY.replace("repetitions = 2", 'repetitions = 3\nseeds = "same"\n'
+                                                                             "base_seed = 7"))
+    assert {r.config.train.seed for r in plan.runs} == {7}
+    assert sorted(Counter(r.config.train.repeat for r in plan.runs).items()) == [(0, 3), (1, 3), (2, 3)]
+    assert len({r.run_id for r in plan.runs}) == 9
+
+
+def test_explicit_seed_list(tmp_path: Path, cache_dir: Path) -> None:
+    plan = plan_of(tmp_path, cache_dir, TINY_STUDY.replace("repetitions = 2", "repetitions = 2\nseeds = [11, 42]"))
+    assert {r.block: r.config.train.seed for r in plan.runs} == {0: 11, 1: 42}
+
+
+def test_planned_run_id_is_the_id_train_gives_the_same_settings(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+    plan = plan_of(tmp_path, cache_dir, TINY_STUDY)
+    run = next(r for r in plan.runs if r.config.train.data_tokens == 2048 and r.config.train.seed == 1)
+    result = run_cli("--store", "hand.db", "train", "--preset", "llama-tiny", "--data-tokens", "2048", "--epochs", "1",
+                     "--seed", "1", "--batch-size", "4", "--seq-len", "32", "--threads", "1", "--no-progress",
+                     "--json", "--cache-dir", str(cache_dir), *TINY_DATA)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["run_id"] == run.run_id
+
+
+def test_derived_steps_and_batch_tokens(tmp_path: Path, cache_dir: Path) -> None:
+    text = TINY_STUDY.replace("epochs = 1\nbatch_size = 4\n", "").replace(
+        '"train.data_tokens" = [2048, 4096, 8192]', '"train.batch_tokens" = [64, 256]\n"train.steps" = [3, 5]')
+    plan = plan_of(tmp_path, cache_dir, text.replace("repetitions = 2", "repetitions = 1"))
+    cells = sorted((r.config.train.batch_size, r.config.train.tokens) for r in plan.runs)
+    assert cells == [(2, 3 * 64), (2, 5 * 64), (8, 3 * 256), (8, 5 * 256)]
+    assert {r.condition_label for r in plan.runs} >= {"batch_tokens=64 steps=3", "batch_tokens=256 steps=5"}
+
+
+def test_variant_merges_and_renames_and_set_overrides(tmp_path: Path, cache_dir: Path) -> None:
+    text = TINY_STUDY + """
+[variants.small]
+experiment = { repetitions = 1 }
+grid = { "train.data_tokens" = [2048] }
+"""
+    spec = load_experiment(write(tmp_path, text), variant="small", settings=["train.lr=0.01", "data.synthetic_seed=3"])
+    assert spec.name == "tiny-study-small"
+    assert spec.design.repetitions == 1 and spec.grid == (("train.data_tokens", (2048,)),)
+    assert spec.tables["train"]["lr"] == 0.01 and spec.tables["data"]["synthetic_seed"] == 3
+    plan = plan_experiment(spec, cache_dir)
+    assert len(plan.runs) == 1 and plan.runs[0].config.train.lr == 0.01
+
+
+def test_shipped_experiment_files_plan(tmp_path: Path) -> None:
+    """Every file in experiments/ and its smoke variant parse and expand (fingerprints only, no data built)."""
+    repo = Path(__file__).resolve().parents[1]
+    expected = {"token_scale_energy": (150, 3), "dynamics_4m": (6, 1), "three_term_law": (48, 48)}
+    for name, (runs, conditions) in expected.items():
+        for variant in (None, "smoke"):
+            spec = load_experiment(repo / "experiments" / f"{name}.toml", variant=variant)
+            plan = plan_experiment(spec, tmp_path / "cache", prepare=False)
+            assert spec.n_conditions == conditions
+            assert len(plan.runs) == (runs if variant is None else {"token_scale_energy": 9}.get(name, runs))
+    full = plan_experiment(load_experiment(repo / "experiments" / "dynamics_4m.toml"), tmp_path / "cache",
+                           prepare=False)
+    assert {r.config.train.tokens for r in full.runs} == {20_000_768}
+    assert {r.config.train.seed for r in full.runs} == set(range(6))
+    assert {r.config.model.name for r in full.runs} == {"llama-4m"}
+    paper1 = plan_experiment(load_experiment(repo / "experiments" / "token_scale_energy.toml"), tmp_path / "cache",
+                             prepare=False)
+    assert {r.config.train.data_tokens for r in paper1.runs} == {500_000, 1_000_000, 2_000_000}
+    law = plan_experiment(load_experiment(repo / "experiments" / "three_term_law.toml"), tmp_path / "cache",
+                          prepare=False)
+    assert len({r.config.model.name for r in law.runs}) == 3
+    assert len({r.config.train.batch_size for r in law.runs}) == 4
+    assert len({r.config.train.tokens // r.config.tokens_per_step for r in law.runs}) == 4
+
+
+# --- run order ------------------------------------------------------------------------------------
+
+
+def test_random_blocks_are_permutations_fixed_by_their_seed() -> None:
+    orders = block_orders(5, 20, "random-blocks", seed=3)
+    assert all(sorted(order) == list(range(5)) for order in orders)
+    assert orders == block_orders(5, 20, "random-blocks", seed=3)
+    assert orders != block_orders(5, 20, "random-blocks", seed=4)
+    assert len({tuple(o) for o in orders}) > 5  # not one order repeated
+    # Over many blocks each condition runs first about equally often (no position bias).
+    firsts = Counter(order[0] for order in block_orders(3, 3000, "random-blocks", seed=0))
+    assert all(900 < firsts[c] < 1100 for c in range(3))
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+def test_williams_design_is_balanced_for_position_and_carry_over(n: int) -> None:
+    rows = williams_rows(n)
+    assert len(rows) == (n if n % 2 == 0 else 2 * n)
+    cycles = len(rows) // n
+    for position in range(n):  # every condition in every position equally often
+        assert Counter(row[position] for row in rows) == {c: cycles for c in range(n)}
+    successors = Counter(pair for row in rows for pair in pairwise(row))  # every ordered pair equally often
+    assert set(successors) == {(a, b) for a in range(n) for b in range(n) if a != b}
+    assert set(successors.values()) == {cycles}
+    # The blocks of a study deal out whole cycles of the square (seeded row order and labels): still balanced.
+    orders = block_orders(n, 2 * len(rows), "williams", seed=9)
+    assert all(sorted(order) == list(range(n)) for order in orders)
+    for position in range(n):
+        assert Counter(order[position] for order in orders) == {c: 2 * cycles for c in range(n)}
+    assert set(Counter(pair for order in orders for pair in pairwise(order)).values()) == {2 * cycles}
+    assert orders[:len(rows)] != orders[len(rows):] or n == 2  # each cycle dealt in a fresh order
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+
+BAD_FILES = {
+    "unknown key": (TINY_STUDY.replace("repetitions = 2", "repetitions = 2\nrepetitons = 3"),
+                    "experiment.repetitons: unknown key"),
+    "unknown table": (TINY_STUDY + "\n[grids]\n", "grids: unknown table"),
+    "empty grid": (TINY_STUDY.replace("[2048, 4096, 8192]", "[]"), "grid.train.data_tokens: empty list"),
+    "unknown factor": (TINY_STUDY.replace('"train.data_tokens"', '"train.data_tokenz"'),
+                       "grid.train.data_tokenz: unknown key"),
+    "budget below a batch": (TINY_STUDY.replace("[2048, 4096, 8192]", "[32, 2048]"),
+                             "condition 'data_tokens=32': train.tokens: 32 is smaller than one batch"),
+    "set too large": (TINY_STUDY.replace("[2048, 4096, 8192]", "[2048, 8192000]"),
+                      "condition 'data_tokens=8192000': train.data_tokens: 8,192,000 unique tokens requested"),
+    "not whole sequences": (TINY_STUDY.replace("[2048, 4096, 8192]", "[2048, 2050]"),
+                            "train.data_tokens: 2,050 is not a whole number of 32-token sequences"),
+    "seed as factor": (TINY_STUDY.replace('"train.data_tokens" = [2048, 4096, 8192]', '"train.seed" = [1, 2]'),
+                       "grid.train.seed: cannot be a grid factor"),
+    "meter as factor": (TINY_STUDY + '"meter.sample_hz" = [10, 100]\n', "grid.meter.sample_hz: meter settings"),
+    "seed list length": (TINY_STUDY.replace("repetitions = 2", "repetitions = 2\nseeds = [1]"),
+                         "experiment.seeds: a list must hold 2 integers"),
+    "unknown preset": (TINY_STUDY.replace('"llama-tiny"', '"llama-huge"'), "model.preset: unknown preset"),
+    "no name": (TINY_STUDY.replace('name = "tiny-study"', ""), "experiment.name: missing"),
+    "bad order": (TINY_STUDY.replace("repetitions = 2", 'repetitions = 2\norder = "latin"'),
+                  "experiment.order: unknown order 'latin'"),
+    "not toml": ("[experiment\nname=", "is not valid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_experiment_file_exits_2_with_one_line_and_writes_nothing(run_cli, tmp_path: Path, cache_dir: Path,
+                                                                      case: str) -> None:
+    text, expected = BAD_FILES[case]
+    write(tmp_path, text)
+    for command in ("plan", "run"):
+        result = run_cli("--store", "s.db", command, "study.toml", "--cache-dir", str(cache_dir), "--no-progress"
+                         if command == "run" else "--json")
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("wattscale: error: "), result.stderr
+        assert expected in lines[0], lines[0]
+        assert not (tmp_path / "s.db").exists()
+
+
+def test_unknown_variant_and_bad_set(run_cli, tmp_path: Path) -> None:
+    write(tmp_path, TINY_STUDY)
+    result = run_cli("plan", "study.toml", "--variant", "smoke")
+    assert result.returncode == 2 and "--variant: unknown variant 'smoke'" in result.stderr
+    result = run_cli("plan", "study.toml", "--set", "lr")
+    assert result.returncode == 2 and "--set: 'lr' must look like section.key=value" in result.stderr
+    result = run_cli("plan", "study.toml", "--set", "train.data_tokens=4096")
+    assert result.returncode == 2 and "is a grid factor" in result.stderr
+
+
+# --- plan, run, store ---------------------------------------------------------------------------------
+
+
+def test_run_records_the_order_then_plan_estimates_from_finished_runs(run_cli, tmp_path: Path,
+                                                                      cache_dir: Path) -> None:
+    write(tmp_path, TINY_STUDY)
+    common = ("--store", "s.db")
+    planned = run_cli(*common, "plan", "study.toml", "--cache-dir", str(cache_dir), "--json")
+    assert planned.returncode == 0, planned.stderr
+    before = json.loads(planned.stdout)
+    assert before["total_runs"] == 6 and before["done_runs"] == 0 and before["total_tokens"] == 28_672
+    assert before["runs_without_time_estimate"] == 6
+    assert not (tmp_path / "s.db").exists()  # planning writes nothing
+
+    ran = run_cli(*common, "run", "study.toml", "--cache-dir", str(cache_dir), "--no-progress")
+    assert ran.returncode == 0, ran.stderr
+    assert "6 finished, 0 diverged, 0 failed of 6 runs" in ran.stdout
+    with open_store(tmp_path / "s.db") as store:
+        stored = store.experiment_runs("tiny-study")
+        runs = store.list_runs(experiment="tiny-study")
+        experiment = store.get_experiment("tiny-study")
+    assert [r["run_id"] for r in stored] == [r["run_id"] for r in before["runs"]]  # the planned order, stored
+    assert [r["position"] for r in runs] == list(range(6))
+    assert all(r["status"] == "finished" and r["tokens_seen"] == r["data_tokens"] and r["epochs"] == 1.0
+               for r in runs)
+    assert {(r["repetition"], r["condition"]) for r in runs} == {
+        (rep, f"data_tokens={n}") for rep in (0, 1) for n in (2048, 4096, 8192)}
+    assert experiment["order_design"] == "random-blocks" and experiment["order_seed"] == before["order_seed"]
+    # The store's runs all started in plan order.
+    started = sorted(runs, key=lambda r: r["started_at"])
+    assert [r["run_id"] for r in started] == [r["run_id"] for r in before["runs"]]
+
+    again = run_cli(*common, "run", "study.toml", "--cache-dir", str(cache_dir), "--no-progress")
+    assert again.returncode == 0 and "(6 were already done)" in again.stdout
+    after = json.loads(run_cli(*common, "plan", "study.toml", "--cache-dir", str(cache_dir), "--json").stdout)
+    assert after["done_runs"] == 6 and after["est_remaining_seconds"] == 0
+
+    # A new study with the same model and batch is estimated from these runs.
+    write(tmp_path, TINY_STUDY.replace("tiny-study", "bigger").replace("[2048, 4096, 8192]", "[16384]"), "b.toml")
+    bigger = json.loads(run_cli(*common, "plan", "b.toml", "--cache-dir", str(cache_dir), "--json").stdout)
+    assert bigger["runs_without_time_estimate"] == 0
+    assert bigger["runs"][0]["est_basis"].startswith("same preset, batch, seq_len, device (6 runs)")
+    per_token = sorted(r["wall_seconds"] / r["tokens_seen"] for r in runs)
+    assert bigger["runs"][0]["est_seconds"] == pytest.approx(16384 * (per_token[2] + per_token[3]) / 2)
+
+    # Changing the study under the same name is refused, and leaves the store as it was.
+    write(tmp_path, TINY_STUDY.replace("repetitions = 2", "repetitions = 3"))
+    changed = run_cli(*common, "run", "study.toml", "--cache-dir", str(cache_dir), "--no-progress")
+    assert changed.returncode == 2 and "experiment.name: 'tiny-study' is already in" in changed.stderr
+    with open_store(tmp_path / "s.db") as store:
+        assert len(store.experiment_runs("tiny-study")) == 6
+    listed = run_cli(*common, "experiments", "--json")
+    assert [(e["name"], e["planned_runs"], e["finished_runs"]) for e in json.loads(listed.stdout)] == [
+        ("tiny-study", 6, 6)]
+
+
+def test_a_failing_run_does_not_stop_the_sweep(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
+    import wattscale.experiment.local as local
+
+    plan = plan_of(tmp_path, cache_dir, TINY_STUDY.replace("repetitions = 2", "repetitions = 1"))
+    real_train = local.train
+    doomed = plan.runs[1].run_id
+
+    def flaky_train(config, store_url, **kwargs):
+        if config.train.data_tokens == plan.runs[1].config.train.data_tokens:
+            raise RuntimeError("device lost")
+        return real_train(config, store_url, **kwargs)
+
+    monkeypatch.setattr(local, "train", flaky_train)
+    result = run_local(plan, str(tmp_path / "s.db"), cache_dir, show_progress=False)
+    assert result.finished == 2 and result.failed == [(doomed, "RuntimeError: device lost")] and not result.complete
+
+
+def test_killed_sweep_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path, cache_dir: Path) -> None:
+    """SIGKILL a sweep at random moments, re-run until it completes: each run once, complete, bit-identical."""
+    text = TINY_STUDY.replace("[2048, 4096, 8192]", "[16384, 32768]").replace(
+        "eval_tokens = 2048", "eval_tokens = 2048\neval_interval_tokens = 4096\ncheckpoint_interval_tokens = 2048")
+    write(tmp_path, text)
+    command = [sys.executable, "-m", "wattscale", "--store", "killed.db", "run", "study.toml", "--cache-dir",
+               str(cache_dir), "--no-progress"]
+    started = time.monotonic()
+    # Its own run root: checkpoints are per run id, and these are the same runs.
+    reference = subprocess.run([*command[:4], "clean.db", *command[5:], "--set", "train.run_root=clean_runs"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+    sweep_seconds = time.monotonic() - started
+    rng = random.Random(1234)
+    for _kill in range(5):
+        proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:  # anywhere from start-up (imports, planning) to well into the sweep
+            proc.wait(timeout=rng.uniform(0.1, 0.6) * sweep_seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # SIGKILL: no handler runs, nothing is cleaned up
+            proc.wait()
+    final = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    con = sqlite3.connect(tmp_path / "killed.db")
+    resumed = con.execute("SELECT SUM(resume_count) FROM runs").fetchone()[0]
+    con.close()
+    assert resumed >= 1, "at least one kill must land inside a run, after a checkpoint"
+
+    def snapshot(db: Path) -> dict:
+        con = sqlite3.connect(db)
+        try:
+            runs = con.execute("SELECT run_id, status, tokens_seen, tokens_budget, steps, final_val_loss FROM runs "
+                               "ORDER BY run_id").fetchall()
+            evals = con.execute("SELECT run_id, step, tokens_seen, val_loss FROM evaluations "
+                                "ORDER BY run_id, tokens_seen").fetchall()
+            steps = con.execute("SELECT run_id, step, loss FROM train_steps ORDER BY run_id, step").fetchall()
+            planned = con.execute("SELECT position, run_id FROM experiment_runs ORDER BY position").fetchall()
+        finally:
+            con.close()
+        return {"runs": runs, "evaluations": evals, "train_steps": steps, "planned": planned}
+
+    killed, clean = snapshot(tmp_path / "killed.db"), snapshot(tmp_path / "clean.db")
+    assert len(killed["runs"]) == 4 and all(r[1] == "finished" and r[2] == r[3] for r in killed["runs"])
+    # Same rows, same values, bit for bit: exact resume, no duplicates, nothing missing.
+    assert killed == clean
+
+
+def test_schema_1_store_is_migrated_in_place(tmp_path: Path) -> None:
+    """A store written before experiments existed opens, gains the new tables and columns, keeps its runs."""
+    db = tmp_path / "old.db"
+    with open_store(db) as store:
+        store.create_run({"run_id": "old-run", "preset": "llama-tiny", "config_json": "{}", "config_hash": "h",
+                          "seed": 0, "tokens_budget": 10})
+    con = sqlite3.connect(db)
+    with con:  # make it a schema-1 database
+        con.execute("DROP TABLE experiment_runs")
+        con.execute("DROP TABLE experiments")
+        for column in ("data_tokens", "epochs", "repeat"):
+            con.execute(f'ALTER TABLE runs DROP COLUMN "{column}"')
+        con.execute("UPDATE schema_version SET version = 1")
+    con.close()
+    with open_store(db) as store:
+        run = store.get_run("old-run")
+        assert run is not None and run["data_tokens"] is None and run["repeat"] is None
+        assert store.list_experiments() == []
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT version FROM schema_version").fetchone() == (2,)
+    con.close()
+
+
+def test_sweep_progress_lines(tmp_path: Path, cache_dir: Path, capfd) -> None:
+    plan = plan_of(tmp_path, cache_dir, TINY_STUDY.replace("repetitions = 2", "repetitions = 1"))
+    started = time.monotonic()
+    result = run_local(plan, str(tmp_path / "s.db"), cache_dir, show_progress=True)
+    assert result.complete and time.monotonic() - started < 120
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("[sweep tiny-study]")]
+    assert len(lines) == 3
+    assert lines[0].startswith("[sweep tiny-study] run 1/3 ") and "0 done, 0/14,336 tokens" in lines[0]
+    assert "2 done" in lines[2] and "kJ so far" in lines[2] and "ETA" in lines[2]

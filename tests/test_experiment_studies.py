@@ -1,0 +1,75 @@
+"""The shipped studies' smoke variants, run end to end through the CLI (what CI runs on CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_DATA
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_smoke(run_cli, cache_dir: Path, study: str) -> list[dict]:
+    """Run `study`'s smoke variant into a store of its own; return its runs in run order."""
+    result = run_cli("--store", f"{study}.db", "run", str(REPO / "experiments" / f"{study}.toml"), "--variant",
+                     "smoke", "--cache-dir", str(cache_dir), "--no-progress", timeout=900)
+    assert result.returncode == 0, result.stderr
+    listed = run_cli("--store", f"{study}.db", "runs", "--experiment", f"{study}-smoke", "--json")
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)
+
+
+def test_dynamics_4m_smoke(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+    runs = run_smoke(run_cli, cache_dir, "dynamics_4m")
+    assert len(runs) == 6 and {r["seed"] for r in runs} == set(range(6))
+    assert all(r["status"] == "finished" and r["tokens_seen"] == 86_016 for r in runs)
+    with_evals = run_cli("--store", "dynamics_4m.db", "export", "evals.csv", "--table", "evaluations")
+    assert with_evals.returncode == 0
+    rows = (tmp_path / "evals.csv").read_text().strip().splitlines()[1:]
+    assert len(rows) == 6 * 22  # 21 intervals per seed, closed by an evaluation, plus one at 0 tokens
+    # Six seeds: six different runs, each learning (far below the uniform 8.3 nats of a 4096 vocabulary).
+    losses = [r["final_val_loss"] for r in runs]
+    assert len(set(losses)) == 6 and max(losses) < 6.0
+
+
+def test_three_term_law_smoke(run_cli, cache_dir: Path) -> None:
+    runs = run_smoke(run_cli, cache_dir, "three_term_law")
+    assert len(runs) == 48 and all(r["status"] == "finished" for r in runs)
+    cells = {(json.loads(r["condition_json"])["model.n_layers"], json.loads(r["condition_json"])["train.batch_size"],
+              json.loads(r["condition_json"])["train.steps"]) for r in runs}
+    assert len(cells) == 48
+    for r in runs:  # every run trained exactly its steps x batch x seq_len tokens
+        condition = json.loads(r["condition_json"])
+        assert r["tokens_seen"] == condition["train.steps"] * condition["train.batch_size"] * 64
+        assert r["steps"] == condition["train.steps"]
+    # More data helps: at every size and batch, the longest run beats the shortest.
+    by_cell = {(json.loads(r["condition_json"])["model.n_layers"], json.loads(r["condition_json"])["train.batch_size"],
+                json.loads(r["condition_json"])["train.steps"]): r["final_val_loss"] for r in runs}
+    for layers in (1, 2, 4):
+        for batch in (4, 8, 16, 32):
+            assert by_cell[(layers, batch, 64)] < by_cell[(layers, batch, 8)]
+
+
+def test_token_scale_energy_smoke(run_cli, cache_dir: Path) -> None:
+    runs = run_smoke(run_cli, cache_dir, "token_scale_energy")
+    assert len(runs) == 9
+    assert sorted(r["data_tokens"] for r in runs) == [2_048] * 3 + [4_096] * 3 + [8_192] * 3
+    assert all(r["status"] == "finished" and r["tokens_seen"] == r["data_tokens"] and r["epochs"] == 1.0 for r in runs)
+    assert all(r["joules"] is not None and r["energy_source"] for r in runs), "every run's energy, with its source"
+    blocks = {}
+    for r in runs:
+        blocks.setdefault(r["block"], []).append(r["data_tokens"])
+    assert all(sorted(b) == [2_048, 4_096, 8_192] for b in blocks.values())  # each block holds every condition
+
+
+@pytest.mark.parametrize("study", ["dynamics_4m", "three_term_law", "token_scale_energy"])
+def test_full_studies_plan_on_this_machine(run_cli, tmp_path: Path, study: str) -> None:
+    """From any working directory: the file's data paths are relative to the file."""
+    if study == "dynamics_4m" and not (SHARED_DATA / "tinystories").is_dir():
+        pytest.skip(f"dynamics_4m reads TinyStories from {SHARED_DATA / 'tinystories'}, absent here")
+    result = run_cli("plan", str(REPO / "experiments" / f"{study}.toml"), "--cache-dir", str(tmp_path / "c"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["experiment"] == study
