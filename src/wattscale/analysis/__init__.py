@@ -1,0 +1,1 @@
+"""Analysis of stored runs: efficiency, repeated-measures statistics, training dynamics, scaling laws."""

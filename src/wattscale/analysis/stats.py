@@ -1,0 +1,354 @@
+"""Repeated-measures statistics for one within-subject factor.
+
+Input is a long ``pandas.DataFrame`` with one row per (subject, level): ``subject`` is the repetition index
+(e.g. a seed), ``within`` the factor (e.g. ``data_tokens``) and ``dv`` the metric (e.g. ``tokens_per_joule``).
+
+Defaults and choices, the same for every function:
+
+- **Complete cases only.** A subject missing any level of the factor is dropped before any test; the results
+  report ``n_subjects_used`` and ``dropped_subjects``. Duplicate (subject, level) rows are an error, not averaged.
+- **Level order** is the sorted order of the factor's values (numeric for numbers); it is the order of
+  ``levels``, of the pairs in :func:`pairwise` and the predicted order in :func:`trend_test`.
+- **Bad input** raises :class:`wattscale.errors.ConfigError` with a one-line message naming the field: unknown
+  column, a metric with non-finite values (the count is given), a non-numeric metric, duplicate rows, a factor
+  with fewer than 2 levels, fewer than 2 complete subjects ("not computable").
+- :func:`rm_anova`: ``pingouin.rm_anova(correction=True, detailed=True)``. Effect size is generalised eta
+  squared (Olejnik & Algina 2003; one-way within: SS_effect / (SS_effect + SS_subjects + SS_error)).
+  Sphericity: Mauchly's W and p, alpha = 0.05 (``SPHERICITY_ALPHA``); epsilon is Greenhouse-Geisser and the
+  GG-corrected dfs are ``eps * df1`` and ``eps * df2``. With 2 levels sphericity holds trivially: W = 1,
+  p = 1, epsilon = 1 and the note says so. With fewer subjects than levels Mauchly's test is undefined:
+  W and p are NaN and the note says so (the GG correction is still reported).
+- :func:`pairwise`: two-sided paired t-tests (``scipy.stats.ttest_rel``) for every pair of levels, difference
+  ``mean(a - b)`` with a 95% confidence interval; p adjusted over all pairs by Bonferroni and by Holm
+  (``statsmodels.stats.multitest.multipletests``). Effect size is Cohen's d_z = mean(a - b) / sd(a - b),
+  sd with ddof = 1 (not Hedges g).
+- :func:`friedman`: ``pingouin.friedman`` (chi-squared method, no tie correction beyond pingouin's);
+  Kendall's W as effect size.
+- :func:`trend_test`: Page's L (``scipy.stats.page_trend_test``, method "auto": exact for small designs,
+  normal approximation otherwise), one-sided for the predicted direction; ``increasing=False`` predicts
+  a decrease with the level order. Also states whether the per-level means are strictly monotonic.
+- :func:`apa_sentence`: APA 7 numbers: two decimals for test statistics, no leading zero for p and effect
+  sizes bounded by 1, ``p < .001`` below .001, otherwise p to three decimals.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wattscale.errors import ConfigError
+
+SPHERICITY_ALPHA = 0.05
+CI_LEVEL = 0.95
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python scalars, tuples -> lists, so ``to_dict()`` goes straight into JSON."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+class _Result:
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dict(vars(self)))
+
+
+@dataclass(frozen=True)
+class RMAnovaResult(_Result):
+    dv: str
+    within: str
+    levels: tuple
+    n_subjects_used: int
+    dropped_subjects: tuple
+    f: float
+    df1: float
+    df2: float
+    p: float
+    ng2: float
+    mauchly_w: float
+    mauchly_p: float
+    sphericity_violated: bool
+    gg_epsilon: float
+    df1_gg: float
+    df2_gg: float
+    p_gg: float
+    sphericity_note: str
+
+
+@dataclass(frozen=True)
+class PairwiseResult(_Result):
+    dv: str
+    within: str
+    level_a: Any
+    level_b: Any
+    n_subjects_used: int
+    mean_diff: float  # mean(a - b)
+    ci95_low: float
+    ci95_high: float
+    t: float
+    df: int
+    p_unc: float
+    p_bonferroni: float
+    p_holm: float
+    cohen_dz: float
+
+
+@dataclass(frozen=True)
+class FriedmanResult(_Result):
+    dv: str
+    within: str
+    levels: tuple
+    n_subjects_used: int
+    dropped_subjects: tuple
+    chi2: float
+    df: int
+    p: float
+    kendall_w: float
+
+
+@dataclass(frozen=True)
+class TrendResult(_Result):
+    dv: str
+    within: str
+    levels: tuple
+    n_subjects_used: int
+    dropped_subjects: tuple
+    direction: str  # "increasing" or "decreasing": the predicted direction tested
+    page_l: float
+    p: float
+    method: str
+    level_means: tuple
+    strictly_monotonic: bool
+    monotonic_statement: str
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    wide: pd.DataFrame  # rows: complete subjects, columns: levels in sorted order, values: dv
+    long: pd.DataFrame  # the complete subjects only, long form
+    dropped: tuple
+
+
+def _prepare(df: pd.DataFrame, dv: str, within: str, subject: str) -> _Prepared:
+    """Validate and reduce to complete subjects. Raises ConfigError naming the bad field."""
+    for role, col in (("dv", dv), ("within", within), ("subject", subject)):
+        if col not in df.columns:
+            raise ConfigError(f"{role}: unknown column {col!r}; columns are {list(df.columns)}")
+    data = df[[subject, within, dv]]
+    if not pd.api.types.is_numeric_dtype(data[dv]) or pd.api.types.is_bool_dtype(data[dv]):
+        raise ConfigError(f"dv: column {dv!r} is not numeric (dtype {data[dv].dtype})")
+    n_bad = int((~np.isfinite(data[dv].to_numpy(dtype=float))).sum())
+    if n_bad:
+        raise ConfigError(f"dv: column {dv!r} has {n_bad} non-finite value(s) (NaN or inf); drop or fix them first")
+    if data[[subject, within]].isna().any().any():
+        raise ConfigError(f"within/subject: columns {within!r} and {subject!r} must not contain missing values")
+    dup = data.duplicated([subject, within])
+    if dup.any():
+        raise ConfigError(f"subject: {int(dup.sum())} duplicate ({subject!r}, {within!r}) row(s); aggregate first")
+    levels = sorted(data[within].unique())
+    if len(levels) < 2:
+        raise ConfigError(f"within: factor {within!r} has {len(levels)} level(s); at least 2 are needed")
+    wide = data.pivot(index=subject, columns=within, values=dv).reindex(columns=levels)
+    complete = wide.notna().all(axis=1)
+    dropped = tuple(sorted(wide.index[~complete]))
+    wide = wide[complete]
+    if len(wide) < 2:
+        raise ConfigError(
+            f"subject: {len(wide)} complete subject(s) (with every level of {within!r}); "
+            "at least 2 are needed, statistics not computable"
+        )
+    long = data[data[subject].isin(wide.index)].reset_index(drop=True)
+    return _Prepared(wide=wide, long=long, dropped=dropped)
+
+
+def rm_anova(df: pd.DataFrame, dv: str, within: str, subject: str) -> RMAnovaResult:
+    """One-way repeated-measures ANOVA with Mauchly's test and the Greenhouse-Geisser correction.
+
+    Example: ``rm_anova(runs, dv="tokens_per_joule", within="data_tokens", subject="seed")``.
+    """
+    import pingouin as pg
+
+    prep = _prepare(df, dv, within, subject)
+    levels = tuple(prep.wide.columns)
+    k, n = len(levels), len(prep.wide)
+    with warnings.catch_warnings():  # pingouin 0.7 calls a pandas API that pandas 3 deprecates
+        warnings.filterwarnings("ignore", message="The inplace keyword")
+        aov = pg.rm_anova(data=prep.long, dv=dv, within=within, subject=subject, correction=True, detailed=True)
+    row = aov.iloc[0]
+    df1, df2 = float(row["DF"]), float(aov.iloc[1]["DF"])
+    p = float(row["p_unc"])
+    eps = float(row["eps"])
+    if k == 2:
+        w, p_w, eps, p_gg = 1.0, 1.0, 1.0, p
+        note = "2 levels: sphericity holds trivially (one difference score); no correction needed"
+    else:
+        w, p_w, p_gg = float(row.get("W_spher", math.nan)), float(row.get("p_spher", math.nan)), float(row["p_GG_corr"])
+        if n <= k - 1 or not (math.isfinite(w) and math.isfinite(p_w)):
+            w, p_w = math.nan, math.nan
+            note = f"Mauchly's test not computable with {n} subjects and {k} levels; Greenhouse-Geisser reported"
+        elif p_w < SPHERICITY_ALPHA:
+            note = f"sphericity violated (Mauchly p < {SPHERICITY_ALPHA}): use the Greenhouse-Geisser corrected p"
+        else:
+            note = f"sphericity not rejected (Mauchly p >= {SPHERICITY_ALPHA})"
+    violated = bool(math.isfinite(p_w) and p_w < SPHERICITY_ALPHA)
+    return RMAnovaResult(
+        dv=dv,
+        within=within,
+        levels=levels,
+        n_subjects_used=n,
+        dropped_subjects=prep.dropped,
+        f=float(row["F"]),
+        df1=df1,
+        df2=df2,
+        p=p,
+        ng2=float(row["ng2"]),
+        mauchly_w=w,
+        mauchly_p=p_w,
+        sphericity_violated=violated,
+        gg_epsilon=eps,
+        df1_gg=eps * df1,
+        df2_gg=eps * df2,
+        p_gg=p_gg,
+        sphericity_note=note,
+    )
+
+
+def pairwise(df: pd.DataFrame, dv: str, within: str, subject: str) -> list[PairwiseResult]:
+    """Paired t-tests for every pair of levels (in level order), Bonferroni and Holm adjusted over all pairs."""
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+
+    prep = _prepare(df, dv, within, subject)
+    n = len(prep.wide)
+    rows = []
+    for a, b in combinations(prep.wide.columns, 2):
+        xa, xb = prep.wide[a].to_numpy(float), prep.wide[b].to_numpy(float)
+        diff = xa - xb
+        res = stats.ttest_rel(xa, xb)
+        ci = res.confidence_interval(CI_LEVEL)
+        sd = float(np.std(diff, ddof=1))
+        dz = float(np.mean(diff)) / sd if sd > 0 else math.nan
+        rows.append(
+            (a, b, float(np.mean(diff)), float(ci.low), float(ci.high), float(res.statistic), float(res.pvalue), dz)
+        )
+    p_unc = [r[6] for r in rows]
+    p_bonf = multipletests(p_unc, method="bonferroni")[1]
+    p_holm = multipletests(p_unc, method="holm")[1]
+    return [
+        PairwiseResult(
+            dv=dv,
+            within=within,
+            level_a=a,
+            level_b=b,
+            n_subjects_used=n,
+            mean_diff=md,
+            ci95_low=lo,
+            ci95_high=hi,
+            t=t,
+            df=n - 1,
+            p_unc=p,
+            p_bonferroni=float(pb),
+            p_holm=float(ph),
+            cohen_dz=dz,
+        )
+        for (a, b, md, lo, hi, t, p, dz), pb, ph in zip(rows, p_bonf, p_holm, strict=True)
+    ]
+
+
+def friedman(df: pd.DataFrame, dv: str, within: str, subject: str) -> FriedmanResult:
+    """Friedman test (non-parametric check of the RM-ANOVA) with Kendall's W."""
+    import pingouin as pg
+
+    prep = _prepare(df, dv, within, subject)
+    res = pg.friedman(data=prep.long, dv=dv, within=within, subject=subject).iloc[0]
+    return FriedmanResult(
+        dv=dv,
+        within=within,
+        levels=tuple(prep.wide.columns),
+        n_subjects_used=len(prep.wide),
+        dropped_subjects=prep.dropped,
+        chi2=float(res["Q"]),
+        df=int(res["ddof1"]),
+        p=float(res["p_unc"]),
+        kendall_w=float(res["W"]),
+    )
+
+
+def trend_test(df: pd.DataFrame, dv: str, within: str, subject: str, increasing: bool) -> TrendResult:
+    """Page's L test that the metric moves in the predicted direction along the ordered levels."""
+    from scipy import stats
+
+    prep = _prepare(df, dv, within, subject)
+    levels = tuple(prep.wide.columns)
+    data = prep.wide.to_numpy(float)  # (n_subjects, k_levels), columns in level order
+    ordered = data if increasing else data[:, ::-1]  # page_trend_test predicts increase left to right
+    res = stats.page_trend_test(ordered)
+    means = tuple(float(m) for m in data.mean(axis=0))
+    steps = np.diff(means)
+    if np.all(steps > 0):
+        mono, statement = True, "per-level means are strictly increasing"
+    elif np.all(steps < 0):
+        mono, statement = True, "per-level means are strictly decreasing"
+    else:
+        mono, statement = False, "per-level means are not strictly monotonic"
+    return TrendResult(
+        dv=dv,
+        within=within,
+        levels=levels,
+        n_subjects_used=len(prep.wide),
+        dropped_subjects=prep.dropped,
+        direction="increasing" if increasing else "decreasing",
+        page_l=float(res.statistic),
+        p=float(res.pvalue),
+        method=str(res.method),
+        level_means=means,
+        strictly_monotonic=mono,
+        monotonic_statement=statement,
+    )
+
+
+def _fmt_p(p: float) -> str:
+    if p < 0.001:
+        return "p < .001"
+    return f"p = {_no_zero(p, 3)}"
+
+
+def _no_zero(x: float, digits: int) -> str:
+    """APA: no leading zero for values bounded by 1 (``0.532`` -> ``.53``)."""
+    s = f"{x:.{digits}f}"
+    return s.replace("0.", ".", 1) if s.startswith(("0.", "-0.")) else s
+
+
+def _fmt_df(x: float) -> str:
+    return str(int(round(x))) if abs(x - round(x)) < 1e-9 else f"{x:.2f}"
+
+
+def apa_sentence(result: RMAnovaResult | FriedmanResult) -> str:
+    """APA-style report, e.g. ``F(2, 98) = 77.32, p < .001, η²G = .53``.
+
+    When Mauchly's test rejects sphericity (p < .05) the dfs and p are Greenhouse-Geisser corrected and the
+    sentence says so. A Friedman result gives ``χ²(2) = 7.00, p = .030, W = .44``.
+    """
+    if isinstance(result, FriedmanResult):
+        return f"χ²({result.df}) = {result.chi2:.2f}, {_fmt_p(result.p)}, W = {_no_zero(result.kendall_w, 2)}"
+    if not isinstance(result, RMAnovaResult):
+        raise ConfigError(f"result: expected RMAnovaResult or FriedmanResult, got {type(result).__name__}")
+    eta = f"η²G = {_no_zero(result.ng2, 2)}"
+    if result.sphericity_violated:
+        return (
+            f"F({_fmt_df(result.df1_gg)}, {_fmt_df(result.df2_gg)}) = {result.f:.2f}, {_fmt_p(result.p_gg)}, {eta} "
+            f"(Greenhouse-Geisser corrected, ε = {_no_zero(result.gg_epsilon, 2)}; sphericity violated, "
+            f"Mauchly's W = {_no_zero(result.mauchly_w, 2)}, {_fmt_p(result.mauchly_p)})"
+        )
+    return f"F({_fmt_df(result.df1)}, {_fmt_df(result.df2)}) = {result.f:.2f}, {_fmt_p(result.p)}, {eta}"
