@@ -8,8 +8,7 @@ Exit codes: 0 success; 2 bad input (one-line message naming the field); 3 the ru
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import importlib
 import os
 import signal
 import sys
@@ -17,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from wattscale.errors import WattscaleError
+from wattscale.jsonout import strict_json
 
 DEFAULT_STORE = "./wattscale.db"
 EXIT_DIVERGED = 3
 EXIT_RUNS_FAILED = 4
+# Modules that add sub-commands: each has add_commands(sub, common).
+_COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def store_url(args: argparse.Namespace) -> str:
@@ -57,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":
         pass  # under torchrun every rank gets the same result; rank 0 prints it
     elif args.json:
-        print(_strict_json({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}))
+        print(strict_json({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}))
     elif result.already_done:
         print(f"run {result.run_id} already {result.status}: final val_loss {_fmt(result.final_val_loss)}")
     else:
@@ -75,7 +77,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     with open_store(store_url(args)) as store:
         runs = store.list_runs(experiment=args.experiment)
     if args.json:
-        print(_strict_json(runs))
+        print(strict_json(runs))
         return 0
     from wattscale.tables import print_runs_table
 
@@ -130,7 +132,7 @@ def cmd_meters(args: argparse.Namespace) -> int:
     finally:
         close_meters(meters)
     if args.json:
-        print(_strict_json({"meters": found, "not_used": reasons}))
+        print(strict_json({"meters": found, "not_used": reasons}))
         return 0
     for meter in found:
         print(f"{meter['name']}: {', '.join(meter['devices'])} (energy source: {meter['energy_source']})")
@@ -150,7 +152,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
     with open_store(store_url(args), create=False) as store:
         report = energy_report(store, args.run_id, args.grid_gco2e_per_kwh, *([rates] if rates else []))
     if args.json:
-        print(_strict_json(report.to_dict()))
+        print(strict_json(report.to_dict()))
         return 0
     from wattscale.tables import print_energy_report
 
@@ -185,7 +187,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from wattscale.tables import plan_summary, print_plan
 
     if args.json:
-        print(_strict_json(plan_summary(plan, estimates, url)))
+        print(strict_json(plan_summary(plan, estimates, url)))
     else:
         print_plan(plan, estimates, url)
     return 0
@@ -225,7 +227,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
             return 0
         rows = store.list_experiments()
     if args.json:
-        print(_strict_json(rows))
+        print(strict_json(rows))
     else:
         for row in rows:
             print(f"{row['name']}: {row['finished_runs']}/{row['planned_runs']} runs finished, "
@@ -362,22 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="quickstart", help="folder for the store, runs and cache (default quickstart)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_quickstart)
+
+    # Commands of the later stages (analysis, scaling laws, report) live in their own modules, each with
+    # add_commands(sub, common); they import their heavy dependencies only when a command runs.
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub, common)
     return parser
-
-
-def _strict_json(data: Any) -> str:
-    """JSON that any parser accepts: non-finite floats (an infinite perplexity) become null."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
-
-    return json.dumps(clean(data), default=str, allow_nan=False)
 
 
 def _fmt(value: float | None) -> str:
