@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wattscale.config import build_run_config
+from wattscale.report import write_report
 from wattscale.store import open_store
 from wattscale.tables import print_runs_table
 from wattscale.train import train
@@ -18,7 +19,7 @@ QUICKSTART_RUNS = (
 
 
 def run_quickstart(out_dir: Path, show_progress: bool = True) -> list[str]:
-    """Train the quickstart runs into `out_dir` and print the runs table; returns the run ids."""
+    """Train the quickstart runs into `out_dir`, print the runs table, write `out_dir/report.html`; return run ids."""
     out_dir.mkdir(parents=True, exist_ok=True)
     store = str(out_dir / "wattscale.db")
     run_ids = []
@@ -38,4 +39,6 @@ def run_quickstart(out_dir: Path, show_progress: bool = True) -> list[str]:
     print(f"checkpoints and final weights: {out_dir / 'runs'}")
     print(f"energy of a run: wattscale --store {store} energy {run_ids[-1]}")
     print(f"next: wattscale --store {store} runs --json   or   wattscale --store {store} export runs.csv")
+    report = write_report(store, out_dir / "report.html")
+    print(f"report ({report.size_bytes / 1e6:.1f} MB, open it in a browser): {report.path.resolve()}")
     return run_ids

@@ -1,0 +1,78 @@
+"""`wattscale report` (the HTML report) and `wattscale watch` (the live view)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wattscale.cli import store_url
+from wattscale.jsonout import strict_json
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the self-contained HTML report and print its path and size."""
+    from wattscale.report import write_report
+
+    result = write_report(store_url(args), Path(args.output), experiment=args.experiment, run_id=args.run,
+                          max_power_points=args.max_power_points)
+    summary = {"path": str(result.path.resolve()), "size_bytes": result.size_bytes, "runs": result.runs,
+               "conditions": result.conditions, "seconds": round(result.seconds, 3),
+               "pending_sections": list(result.pending_sections)}
+    if args.json:
+        print(strict_json(summary))
+    else:
+        print(f"wrote {summary['path']} ({result.size_bytes / 1e6:.1f} MB; {result.runs} runs, "
+              f"{result.conditions} conditions, {result.seconds:.1f} s); open it in a browser")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Show running runs (progress, losses, power, energy) until nothing runs; --once prints one snapshot."""
+    from rich.console import Console
+
+    from wattscale.report.watch import render_snapshot, watch, watch_snapshot
+    from wattscale.store import open_store
+
+    if args.once:
+        with open_store(store_url(args), create=False) as store:
+            snapshot = watch_snapshot(store, args.experiment)
+        if args.json:
+            print(strict_json(snapshot))
+        else:
+            console = Console()
+            # Piped (scripts, logs): print wide rather than wrap at 80 columns and elide run ids.
+            (console if console.is_terminal else Console(width=200)).print(render_snapshot(snapshot))
+        return 0
+    try:
+        watch(store_url(args), args.experiment, interval_s=args.interval_s, grace_s=args.grace_s)
+    except KeyboardInterrupt:
+        pass  # stopping the view stops nothing else: exit 0
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add `report` and `watch` to the `wattscale` parser."""
+    p = sub.add_parser("report", parents=[common], help="write a self-contained HTML report (works offline)")
+    p.add_argument("--experiment", help="one experiment's runs (default: every run in the store)")
+    p.add_argument("--run", metavar="RUN_ID", help="run whose power trace and interval energy are drawn "
+                   "(default: the first finished run)")
+    p.add_argument("-o", "--output", default="report.html", help="output file (default report.html)")
+    p.add_argument("--max-power-points", type=int, default=2_000,
+                   help="points per device in the power figure, thinned by min/max per bucket for display "
+                        "only (default 2000)")
+    p.add_argument("--json", action="store_true", help="print what was written as one JSON object")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("watch", parents=[common], help="live view of running runs: progress, losses, power, energy",
+                       description="Live view of the runs that are running in the store (read-only). The trainer "
+                       "writes steps, evaluations and power samples in batches at evaluations and checkpoints, so "
+                       "'current' power, losses and energy are the latest written, not this second's. Exits when "
+                       "nothing has been running for --grace-s seconds, or on Ctrl-C (exit 0).")
+    p.add_argument("--experiment", help="one experiment's runs, with runs done / planned")
+    p.add_argument("--interval-s", type=float, default=2.0, help="seconds between polls (default 2)")
+    p.add_argument("--grace-s", type=float, default=10.0,
+                   help="exit after nothing has run for this long (covers the gap between runs of a sweep; "
+                        "default 10)")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit (for scripts)")
+    p.add_argument("--json", action="store_true", help="with --once: print the snapshot as one JSON object")
+    p.set_defaults(func=cmd_watch)

@@ -1,0 +1,76 @@
+"""Small numeric summaries for the report: mean with a 95% t-interval, a band across seeds, downsampling.
+
+These are the report's own until ``wattscale.analysis.efficiency`` takes over the per-condition
+summaries; they are deliberately plain (lists in, dicts out) so the figures can use them directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+CONFIDENCE = 0.95
+
+
+def mean_ci(values: Iterable[float | None], confidence: float = CONFIDENCE) -> dict[str, float | int | None]:
+    """Mean, SD and a two-sided Student-t interval of the finite values.
+
+    Returns ``{"n", "mean", "sd", "ci_low", "ci_high"}``; sd and the interval are None for n < 2,
+    everything but n is None for n = 0. The interval is mean +- t(1 - (1 - confidence)/2, n - 1) * sd / sqrt(n).
+    """
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    n = len(finite)
+    if n == 0:
+        return {"n": 0, "mean": None, "sd": None, "ci_low": None, "ci_high": None}
+    mean = math.fsum(finite) / n
+    if n < 2:
+        return {"n": 1, "mean": mean, "sd": None, "ci_low": None, "ci_high": None}
+    # scipy.special.stdtrit is scipy.stats.t.ppf without importing all of scipy.stats (seconds on a small machine).
+    from scipy.special import stdtrit
+
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / (n - 1))
+    half = float(stdtrit(n - 1, 1 - (1 - confidence) / 2)) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def band_across_runs(curves: Mapping[str, Sequence[tuple[int, float | None]]]) -> list[dict[str, Any]]:
+    """Per x (tokens_seen): mean, min and max of the runs' finite y values, and how many runs had one.
+
+    ``curves`` maps run_id -> [(tokens_seen, val_loss), ...]. Returns rows sorted by x:
+    ``{"x", "n", "mean", "min", "max"}``. Runs of one condition evaluate at the same token counts,
+    so values are grouped by exact x.
+    """
+    by_x: dict[int, list[float]] = defaultdict(list)
+    for points in curves.values():
+        for x, y in points:
+            if y is not None and math.isfinite(y):
+                by_x[x].append(float(y))
+    return [{"x": x, "n": len(ys), "mean": math.fsum(ys) / len(ys), "min": min(ys), "max": max(ys)}
+            for x, ys in sorted(by_x.items())]
+
+
+def minmax_downsample(t: Sequence[float], y: Sequence[float], max_points: int) -> tuple[list[float], list[float]]:
+    """Thin a time series for display to at most ``max_points`` points, keeping peaks and dips.
+
+    Min/max per bucket: the samples are cut into ``max_points // 2`` buckets of (nearly) equal count
+    and each bucket keeps its lowest and its highest sample, in time order. A series that already
+    fits is returned as is. Only the figure is thinned; the stored trace is never touched.
+    """
+    n = len(t)
+    if n <= max_points:
+        return list(t), list(y)
+    buckets = max(1, max_points // 2)
+    out_t: list[float] = []
+    out_y: list[float] = []
+    for b in range(buckets):
+        lo, hi = b * n // buckets, (b + 1) * n // buckets
+        if lo >= hi:
+            continue
+        i_min = min(range(lo, hi), key=y.__getitem__)
+        i_max = max(range(lo, hi), key=y.__getitem__)
+        for i in sorted({i_min, i_max}):
+            out_t.append(t[i])
+            out_y.append(y[i])
+    return out_t, out_y
