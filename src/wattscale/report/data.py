@@ -71,6 +71,9 @@ def gather(store: Store, experiment: str | None = None, run_id: str | None = Non
         known = ", ".join(repr(e["name"]) for e in store.list_experiments()) or "none"
         raise ConfigError(f"--experiment: no experiment {experiment!r} in {store.display_url} "
                           f"(experiments there: {known}); see `wattscale experiments`")
+    experiments = store.list_experiments() if experiment is None else []
+    if experiment is None:
+        _label_planned_runs(store, runs, experiments)
     if record is not None:
         record = dict(record)
         record["spec"] = json.loads(record.pop("spec_json"))
@@ -90,8 +93,21 @@ def gather(store: Store, experiment: str | None = None, run_id: str | None = Non
         store=store.display_url, experiment_name=experiment, experiment=record, runs=runs, conditions=conditions,
         curves=val_loss_curves(store, [r["run_id"] for r in runs if r["status"] == "finished"]),
         power_run=power_run, power=power, intervals=intervals,
-        experiments=store.list_experiments() if experiment is None else [],
+        experiments=experiments,
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def _label_planned_runs(store: Store, runs: list[dict[str, Any]], experiments: list[dict[str, Any]]) -> None:
+    """In an all-runs report, give each planned run its experiment's condition (prefixed by the
+    experiment's name when the store holds several)."""
+    by_id = {run["run_id"]: run for run in runs}
+    for exp in experiments:
+        for planned in store.experiment_runs(exp["name"]):
+            run = by_id.get(planned["run_id"])
+            if run is not None and not run.get("condition"):
+                prefix = f"{exp['name']}: " if len(experiments) > 1 else ""
+                run["condition"] = prefix + planned["condition"]
+                run["condition_json"] = planned["condition_json"]
 
 
 def _power_run(store: Store, runs: list[dict[str, Any]], run_id: str | None) -> dict[str, Any] | None:

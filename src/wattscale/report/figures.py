@@ -149,7 +149,8 @@ def efficiency_figure(conditions: Sequence[str], runs_by_condition: Mapping[str,
     data: list[dict[str, Any]] = []
     layout = base_layout("Energy, time and efficiency per condition", "", "",
                          grid={"rows": 1, "columns": len(EFFICIENCY_METRICS), "pattern": "independent"},
-                         legend={"orientation": "h", "y": -0.25})
+                         legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
+                         height=FIGURE_HEIGHT_PX + 60)
     for k, (metric, axis_title) in enumerate(EFFICIENCY_METRICS):
         suffix = "" if k == 0 else str(k + 1)
         xs, ys, names = [], [], []

@@ -86,7 +86,8 @@ def render_snapshot(snapshot: dict[str, Any]) -> RenderableType:
     for row in snapshot["running"]:
         name = f"{row['run_id']}" + (f" {row['name']}" if row["name"] else "")
         progress = row["progress"]
-        bar = Group(ProgressBar(total=1.0, completed=progress or 0.0, width=20),
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(ProgressBar(total=1.0, completed=progress or 0.0, width=16),
                     Text("–" if progress is None else f"{progress:.1%}"))
         power = "–" if row["power_total_w"] is None else (
             f"{row['power_total_w']:,.1f}" + (f" @ {row['power_t_seconds']:,.0f} s" if row["power_t_seconds"] else ""))
