@@ -142,8 +142,12 @@ def test_energy_command_reports_kwh_power_co2e_and_resampling(run_cli, tmp_path:
     assert device["peak_power_w"] >= device["mean_power_w"] * 0.95
     by_rate = {r["rate_hz"]: r for r in report["resampled"]}
     assert by_rate[1000.0]["energy_j"] is None and "skipped" in by_rate[1000.0]["note"]
-    assert by_rate[100.0]["rel_error_vs_full"] == pytest.approx(0.0, abs=0.02)
-    assert by_rate[100.0]["rel_error_vs_counter"] is not None
+    # A constant 40 W: the fastest rate the trace supports reproduces the full trace's energy. (That is 100 Hz
+    # normally; a heavily loaded machine can hold the 100 Hz sampler under its rate, and that row is then skipped.)
+    fastest = max(rate for rate, row in by_rate.items() if row["energy_j"] is not None)
+    assert fastest >= 10.0
+    assert by_rate[fastest]["rel_error_vs_full"] == pytest.approx(0.0, abs=0.02)
+    assert by_rate[fastest]["rel_error_vs_counter"] is not None
     assert report["sampling"]["achieved_hz"] > 50
     table = run_cli("--store", "w.db", "energy", result.run_id)
     assert table.returncode == 0 and "package-0" in table.stdout and "CO2e: not computed" in table.stdout

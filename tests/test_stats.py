@@ -311,3 +311,42 @@ def test_bad_input_raises_config_error(mutate, args, match):
         assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match=match):
         trend_test(df, *args, increasing=False)
+
+
+def test_mixed_model_lr_equals_the_balanced_closed_form_and_uses_every_row():
+    from wattscale.analysis.stats import mixed_model_test
+
+    rng = np.random.default_rng(5)
+    n, k = 9, 3
+    wide = rng.normal(0, 1, (n, k)) + rng.normal(0, 3, (n, 1)) + np.array([0.0, 0.4, 1.1])
+    res = mixed_model_test(to_long(wide), "tokens_per_joule", "data_tokens", "seed")
+    # Balanced, subject variance > 0: the ML likelihood ratio is n (k - 1) ln(1 + F / (n - 1)) (derived in the
+    # docstring of mixed_model_test), with F the RM-ANOVA's F computed by hand.
+    f = hand_anova(wide)["f"]
+    assert res.lr_chi2 == pytest.approx(n * (k - 1) * math.log(1 + f / (n - 1)), rel=1e-5)
+    assert res.df == 2 and res.p == pytest.approx(sps.chi2.sf(res.lr_chi2, 2), rel=1e-9) and res.converged
+    partial = to_long(wide).iloc[1:]  # subject 0 misses a level: the RM tests drop it, the mixed model does not
+    assert mixed_model_test(partial, "tokens_per_joule", "data_tokens", "seed").n_observations == n * k - 1
+    with pytest.raises(ConfigError, match="at least 2"):
+        mixed_model_test(to_long(wide[:1]), "tokens_per_joule", "data_tokens", "seed")
+
+
+def test_degenerate_data_is_not_computable_not_nan():
+    with pytest.raises(ConfigError, match="the same"):
+        rm_anova(to_long(np.full((4, 3), 2.0)), "tokens_per_joule", "data_tokens", "seed")
+    shifted = np.array([[1.0, 2.0, 4.0]]) + np.arange(4.0)[:, None]  # every subject changes by the same amounts
+    with pytest.raises(ConfigError, match="no within-subject error"):
+        rm_anova(to_long(shifted), "tokens_per_joule", "data_tokens", "seed")
+    with pytest.raises(ConfigError, match="paired t-test is undefined"):
+        pairwise(to_long(shifted), "tokens_per_joule", "data_tokens", "seed")
+    with pytest.raises(ConfigError, match="at least 3 ordered levels"):
+        trend_test(to_long(HAND[:, :2]), "tokens_per_joule", "data_tokens", "seed", increasing=True)
+
+
+def test_two_subjects_three_levels_uses_statsmodels_and_gg_without_mauchly():
+    wide = HAND[:2]
+    res = rm_anova(to_long(wide), "tokens_per_joule", "data_tokens", "seed")
+    h = hand_anova(wide)
+    assert res.f == pytest.approx(h["f"]) and res.p == pytest.approx(h["p"]) and res.ng2 == pytest.approx(h["ng2"])
+    assert math.isnan(res.mauchly_w) and "not computable" in res.sphericity_note
+    assert res.gg_epsilon == pytest.approx(hand_gg_epsilon(wide))

@@ -80,6 +80,27 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float | None, str]
     return None, f"unknown GPU {name!r}: add it to PEAK_FLOPS_BF16"
 
 
+# The CPU stand-in for a datasheet peak, measured once when a run is created: square matmuls of this size,
+# timed for this long. Small enough to cost ~0.3 s per run; a benchmark measures with larger sizes and longer.
+RUN_PEAK_MATMUL_SIZE = 1024
+RUN_PEAK_MATMUL_SECONDS = 0.1
+
+
+def run_peak_flops(device: torch.device, precision: str) -> dict[str, object]:
+    """Peak FLOP/s to compute a run's MFU against, with its source: datasheet on CUDA, measured on CPU.
+
+    Returned as ``{"peak_flops": float | None, "peak_flops_source": str}`` for the run's device info.
+    """
+    value, source = peak_flops(device, precision)
+    if device.type == "cuda":
+        return {"peak_flops": value, "peak_flops_source": source}
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    measured = measured_matmul_flops(device, dtype, RUN_PEAK_MATMUL_SIZE, RUN_PEAK_MATMUL_SECONDS)
+    return {"peak_flops": measured, "peak_flops_source": (
+        f"measured {precision} {RUN_PEAK_MATMUL_SIZE}x{RUN_PEAK_MATMUL_SIZE} matmul at run start "
+        f"({torch.get_num_threads()} threads; a CPU has no datasheet peak worth trusting)")}
+
+
 def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 1024,
                           min_seconds: float = 0.5) -> float:
     """Measured dense matmul FLOP/s of `size`x`size` products: the CPU stand-in for a datasheet peak."""

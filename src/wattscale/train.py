@@ -57,7 +57,7 @@ from wattscale.energy import Meter, close_meters
 from wattscale.energy.recorder import EnergyRecorder
 from wattscale.errors import ConfigError
 from wattscale.evaluate import Evaluation, evaluate, validation_windows
-from wattscale.hardware import device_info, git_revision, resolve_precision
+from wattscale.hardware import device_info, git_revision, resolve_precision, run_peak_flops
 from wattscale.locking import run_lock
 from wattscale.model import Llama, count_parameters, flops_per_token
 from wattscale.progress import ProgressHooks, TrainingProgress
@@ -262,12 +262,15 @@ class _Session:
             "params_embedding": counts.embedding, "params_non_embedding": counts.non_embedding,
             "flops_per_token": flops_per_token(self.config.model, self.config.seq_len),
             "device": str(self.device),
-            "device_info_json": json.dumps({**device_info(self.device), "world_size": self.ctx.world_size}),
+            "device_info_json": None,
             "git_revision": git_revision(), "wattscale_version": __version__,
             "torch_version": torch.__version__, "run_dir": str(self.run_dir.resolve()),
             "resume_count": 0, "wall_seconds": 0.0,
         }
         if existing is None:
+            # The peak that MFU is computed against is taken once, when the run is created.
+            record["device_info_json"] = json.dumps({**device_info(self.device), "world_size": self.ctx.world_size,
+                                                     **run_peak_flops(self.device, self.precision)})
             self.store.create_run(record)
         else:
             self.store.mark_running(self.run_id, now, resumed=resumed)

@@ -20,7 +20,8 @@ Defaults and choices, the same for every function:
   W and p are NaN and the note says so (the GG correction is still reported).
 - :func:`pairwise`: two-sided paired t-tests (``scipy.stats.ttest_rel``) for every pair of levels, difference
   ``mean(a - b)`` with a 95% confidence interval; p adjusted over all pairs by Bonferroni and by Holm
-  (``statsmodels.stats.multitest.multipletests``). Effect size is Cohen's d_z = mean(a - b) / sd(a - b),
+  (``pingouin.multicomp``; statsmodels' ``multipletests`` gives the same values but runs a full garbage
+  collection per Holm call, ~0.25 s in a process holding torch). Effect size is Cohen's d_z = mean(a - b) / sd(a - b),
   sd with ddof = 1 (not Hedges g).
 - :func:`friedman`: ``pingouin.friedman`` (chi-squared method, no tie correction beyond pingouin's);
   Kendall's W as effect size.
@@ -48,12 +49,12 @@ SPHERICITY_ALPHA = 0.05
 CI_LEVEL = 0.95
 
 
-def _plain(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """numpy scalars -> Python scalars, tuples -> lists, so ``to_dict()`` goes straight into JSON."""
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if hasattr(value, "item"):
         return value.item()
     return value
@@ -61,7 +62,7 @@ def _plain(value: Any) -> Any:
 
 class _Result:
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dict(vars(self)))
+        return json_ready(dict(vars(self)))
 
 
 @dataclass(frozen=True)
@@ -153,12 +154,12 @@ def _prepare(df: pd.DataFrame, dv: str, within: str, subject: str) -> _Prepared:
         raise ConfigError(f"dv: column {dv!r} has {n_bad} non-finite value(s) (NaN or inf); drop or fix them first")
     if data[[subject, within]].isna().any().any():
         raise ConfigError(f"within/subject: columns {within!r} and {subject!r} must not contain missing values")
-    dup = data.duplicated([subject, within])
-    if dup.any():
-        raise ConfigError(f"subject: {int(dup.sum())} duplicate ({subject!r}, {within!r}) row(s); aggregate first")
     levels = sorted(data[within].unique())
     if len(levels) < 2:
         raise ConfigError(f"within: factor {within!r} has {len(levels)} level(s); at least 2 are needed")
+    dup = data.duplicated([subject, within])
+    if dup.any():
+        raise ConfigError(f"subject: {int(dup.sum())} duplicate ({subject!r}, {within!r}) row(s); aggregate first")
     wide = data.pivot(index=subject, columns=within, values=dv).reindex(columns=levels)
     complete = wide.notna().all(axis=1)
     dropped = tuple(sorted(wide.index[~complete]))
@@ -168,8 +169,35 @@ def _prepare(df: pd.DataFrame, dv: str, within: str, subject: str) -> _Prepared:
             f"subject: {len(wide)} complete subject(s) (with every level of {within!r}); "
             "at least 2 are needed, statistics not computable"
         )
+    values = wide.to_numpy(float)
+    if np.ptp(values) == 0:
+        raise ConfigError(f"dv: {dv!r} is the same ({values.flat[0]:g}) for every subject and level; nothing to test")
     long = data[data[subject].isin(wide.index)].reset_index(drop=True)
     return _Prepared(wide=wide, long=long, dropped=dropped)
+
+
+def _check_error_variance(wide: pd.DataFrame, dv: str, within: str) -> None:
+    """An RM-ANOVA needs within-subject error: if every subject changes by exactly the same amounts, F is infinite."""
+    x = wide.to_numpy(float)
+    residual = x - x.mean(axis=1, keepdims=True) - x.mean(axis=0, keepdims=True) + x.mean()
+    if float((residual**2).sum()) <= 1e-24 * max(float(((x - x.mean()) ** 2).sum()), 1e-300):
+        raise ConfigError(f"dv: every subject's {dv!r} changes across {within!r} by exactly the same amounts (no "
+                          "within-subject error); F and the paired tests are undefined")
+
+
+def _anova_without_sphericity(prep: _Prepared) -> dict[str, float]:
+    """F, dfs and p from statsmodels' AnovaRM; generalised eta squared from the sums of squares (module docstring)."""
+    from statsmodels.stats.anova import AnovaRM
+
+    long = prep.wide.stack().rename("y").reset_index()
+    long.columns = ["subj", "level", "y"]
+    table = AnovaRM(long, "y", "subj", within=["level"]).fit().anova_table.iloc[0]
+    x = prep.wide.to_numpy(float)
+    n, k = x.shape
+    ss_effect = n * float(((x.mean(axis=0) - x.mean()) ** 2).sum())
+    ss_total = float(((x - x.mean()) ** 2).sum())  # = effect + subjects + error
+    return {"F": float(table["F Value"]), "DF": float(table["Num DF"]), "DF2": float(table["Den DF"]),
+            "p_unc": float(table["Pr > F"]), "ng2": ss_effect / ss_total}
 
 
 def rm_anova(df: pd.DataFrame, dv: str, within: str, subject: str) -> RMAnovaResult:
@@ -180,21 +208,35 @@ def rm_anova(df: pd.DataFrame, dv: str, within: str, subject: str) -> RMAnovaRes
     import pingouin as pg
 
     prep = _prepare(df, dv, within, subject)
+    _check_error_variance(prep.wide, dv, within)
     levels = tuple(prep.wide.columns)
     k, n = len(levels), len(prep.wide)
-    with warnings.catch_warnings():  # pingouin 0.7 calls a pandas API that pandas 3 deprecates
-        warnings.filterwarnings("ignore", message="The inplace keyword")
-        aov = pg.rm_anova(data=prep.long, dv=dv, within=within, subject=subject, correction=True, detailed=True)
-    row = aov.iloc[0]
-    df1, df2 = float(row["DF"]), float(aov.iloc[1]["DF"])
+    # Mauchly's test needs more subjects than levels - 1; pingouin always runs it (and divides by zero for n = 2,
+    # k = 3), so without it the F test comes from statsmodels' AnovaRM and epsilon from pingouin alone.
+    mauchly_defined = k == 2 or n > k - 1
+    if mauchly_defined:
+        with warnings.catch_warnings():  # pingouin 0.7 calls a pandas API that pandas 3 deprecates
+            warnings.filterwarnings("ignore", message="The inplace keyword")
+            aov = pg.rm_anova(data=prep.long, dv=dv, within=within, subject=subject, correction=True, detailed=True)
+        row = aov.iloc[0]
+        df1, df2 = float(row["DF"]), float(aov.iloc[1]["DF"])
+    else:
+        row = _anova_without_sphericity(prep)
+        df1, df2 = row["DF"], row["DF2"]
     p = float(row["p_unc"])
-    eps = float(row["eps"])
     if k == 2:
         w, p_w, eps, p_gg = 1.0, 1.0, 1.0, p
         note = "2 levels: sphericity holds trivially (one difference score); no correction needed"
+    elif not mauchly_defined:
+        from scipy import stats
+
+        eps = float(pg.epsilon(data=prep.long, dv=dv, within=within, subject=subject, correction="gg"))
+        w, p_w, p_gg = math.nan, math.nan, float(stats.f.sf(float(row["F"]), eps * df1, eps * df2))
+        note = f"Mauchly's test not computable with {n} subjects and {k} levels; Greenhouse-Geisser reported"
     else:
+        eps = float(row["eps"])
         w, p_w, p_gg = float(row.get("W_spher", math.nan)), float(row.get("p_spher", math.nan)), float(row["p_GG_corr"])
-        if n <= k - 1 or not (math.isfinite(w) and math.isfinite(p_w)):
+        if not (math.isfinite(w) and math.isfinite(p_w)):
             w, p_w = math.nan, math.nan
             note = f"Mauchly's test not computable with {n} subjects and {k} levels; Greenhouse-Geisser reported"
         elif p_w < SPHERICITY_ALPHA:
@@ -226,8 +268,8 @@ def rm_anova(df: pd.DataFrame, dv: str, within: str, subject: str) -> RMAnovaRes
 
 def pairwise(df: pd.DataFrame, dv: str, within: str, subject: str) -> list[PairwiseResult]:
     """Paired t-tests for every pair of levels (in level order), Bonferroni and Holm adjusted over all pairs."""
+    import pingouin as pg
     from scipy import stats
-    from statsmodels.stats.multitest import multipletests
 
     prep = _prepare(df, dv, within, subject)
     n = len(prep.wide)
@@ -238,13 +280,16 @@ def pairwise(df: pd.DataFrame, dv: str, within: str, subject: str) -> list[Pairw
         res = stats.ttest_rel(xa, xb)
         ci = res.confidence_interval(CI_LEVEL)
         sd = float(np.std(diff, ddof=1))
-        dz = float(np.mean(diff)) / sd if sd > 0 else math.nan
+        if sd == 0:
+            raise ConfigError(f"dv: every subject's {dv!r} differs by exactly {float(diff[0]):g} between {within} "
+                              f"{a} and {b}; the paired t-test is undefined")
+        dz = float(np.mean(diff)) / sd
         rows.append(
             (a, b, float(np.mean(diff)), float(ci.low), float(ci.high), float(res.statistic), float(res.pvalue), dz)
         )
     p_unc = [r[6] for r in rows]
-    p_bonf = multipletests(p_unc, method="bonferroni")[1]
-    p_holm = multipletests(p_unc, method="holm")[1]
+    p_bonf = pg.multicomp(p_unc, method="bonf")[1]
+    p_holm = pg.multicomp(p_unc, method="holm")[1]
     return [
         PairwiseResult(
             dv=dv,
@@ -291,6 +336,9 @@ def trend_test(df: pd.DataFrame, dv: str, within: str, subject: str, increasing:
 
     prep = _prepare(df, dv, within, subject)
     levels = tuple(prep.wide.columns)
+    if len(levels) < 3:
+        raise ConfigError(f"within: Page's L needs at least 3 ordered levels of {within!r}, got {len(levels)}; "
+                          "with 2 levels the paired t-test is the trend test")
     data = prep.wide.to_numpy(float)  # (n_subjects, k_levels), columns in level order
     ordered = data if increasing else data[:, ::-1]  # page_trend_test predicts increase left to right
     res = stats.page_trend_test(ordered)
@@ -352,3 +400,58 @@ def apa_sentence(result: RMAnovaResult | FriedmanResult) -> str:
             f"Mauchly's W = {_no_zero(result.mauchly_w, 2)}, {_fmt_p(result.mauchly_p)})"
         )
     return f"F({_fmt_df(result.df1)}, {_fmt_df(result.df2)}) = {result.f:.2f}, {_fmt_p(result.p)}, {eta}"
+
+
+@dataclass(frozen=True)
+class MixedModelResult(_Result):
+    dv: str
+    within: str
+    levels: tuple
+    n_subjects: int
+    n_observations: int
+    lr_chi2: float
+    df: int
+    p: float
+    converged: bool
+    note: str
+
+
+def mixed_model_test(df: pd.DataFrame, dv: str, within: str, subject: str) -> MixedModelResult:
+    """Likelihood-ratio test of the factor in a linear mixed model with a random intercept per subject.
+
+    The test that still applies to unbalanced designs (subjects missing some levels, several runs per
+    cell): it uses every row, unlike the RM-ANOVA, Friedman and Page tests, which use complete subjects.
+    ``statsmodels`` MixedLM ``dv ~ C(within)`` vs ``dv ~ 1``, both fitted by maximum likelihood (not
+    REML, so the likelihoods of models with different fixed effects are comparable); LR = 2 (llf_full -
+    llf_null) against chi-squared with (levels - 1) df. For a balanced design with a positive subject
+    variance this equals n (k - 1) ln(1 + F / (n - 1)), a function of the RM-ANOVA F (tested).
+    """
+    import statsmodels.formula.api as smf
+    from scipy import stats
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+    for role, col in (("dv", dv), ("within", within), ("subject", subject)):
+        if col not in df.columns:
+            raise ConfigError(f"{role}: unknown column {col!r}; columns are {list(df.columns)}")
+    data = pd.DataFrame({"y": pd.to_numeric(df[dv], errors="coerce"), "level": df[within], "subj": df[subject]})
+    data = data[np.isfinite(data["y"].to_numpy(dtype=float))].reset_index(drop=True)
+    levels = tuple(sorted(data["level"].unique()))
+    if len(levels) < 2:
+        raise ConfigError(f"within: factor {within!r} has {len(levels)} level(s); at least 2 are needed")
+    if data["subj"].nunique() < 2:
+        raise ConfigError(f"subject: {data['subj'].nunique()} subject(s); at least 2 are needed for a mixed model")
+    data["level"] = pd.Categorical(data["level"], categories=list(levels))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        full = smf.mixedlm("y ~ C(level)", data, groups=data["subj"]).fit(reml=False)
+        null = smf.mixedlm("y ~ 1", data, groups=data["subj"]).fit(reml=False)
+    converged = bool(full.converged and null.converged) and not any(
+        issubclass(w.category, ConvergenceWarning) for w in caught)
+    lr = max(0.0, 2.0 * (float(full.llf) - float(null.llf)))
+    dof = len(levels) - 1
+    note = "random intercept per subject, ML fits, likelihood-ratio test; uses every observation"
+    if not converged:
+        note += "; WARNING: an optimiser did not converge cleanly (e.g. subject variance at 0), read p with care"
+    return MixedModelResult(dv=dv, within=within, levels=levels, n_subjects=int(data["subj"].nunique()),
+                            n_observations=len(data), lr_chi2=lr, df=dof, p=float(stats.chi2.sf(lr, dof)),
+                            converged=converged, note=note)

@@ -1,0 +1,123 @@
+"""wattscale.analysis.efficiency against hand arithmetic and scipy; the returns on tokens by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from wattscale.analysis.efficiency import mean_ci, metric_names, run_efficiency, summarise
+from wattscale.analysis.returns import metric_returns
+from wattscale.errors import ConfigError
+
+RECORD = {
+    "run_id": "a", "tokens_seen": 8_000, "energy_j": 400.0, "energy_source": "counter", "wall_seconds": 1_800.0,
+    "flops_per_token": 3.0e6, "params_total": 4_000_000, "final_val_loss": math.log(20.0), "final_val_ppl": 20.0,
+    "train_seconds": 1_200.0, "config_json": json.dumps({"model": {"vocab_size": 256}}),
+    "device_info_json": json.dumps({"peak_flops": 1.0e8, "peak_flops_source": "measured"}),
+}
+
+
+def test_every_metric_by_hand() -> None:
+    eff = run_efficiency(RECORD)
+    m = eff.metrics
+    kwh = 400.0 / 3.6e6
+    assert m["tokens_per_joule"] == pytest.approx(20.0)
+    assert m["joules_per_token"] == pytest.approx(0.05)
+    assert m["flops_per_joule"] == pytest.approx(3.0e6 * 8_000 / 400.0)
+    assert m["mfu"] == pytest.approx(3.0e6 * 8_000 / 1_200.0 / 1.0e8)  # step time, not wall time
+    assert m["wall_s"] == 1_800.0 and m["energy_kwh"] == pytest.approx(kwh)
+    # No evaluation at 0 tokens: the initial perplexity is the uniform one, the vocabulary size.
+    assert eff.initial_ppl_source.startswith("uniform")
+    assert m["ppl_gain_per_kwh"] == pytest.approx((256 - 20) / kwh)
+    assert m["pe"] == pytest.approx((1 / 20) / 4.0)
+    assert m["pee"] == pytest.approx((1 / 20) / (4.0 * kwh))
+    assert m["pee_time"] == pytest.approx((1 / 20) / (4.0 * kwh) / 0.5)  # 1,800 s = half an hour
+    assert eff.energy_source == "counter" and eff.not_computable == {}
+
+
+def test_initial_perplexity_from_an_evaluation_at_zero_and_given_peak_wins() -> None:
+    eff = run_efficiency({**RECORD, "initial_val_ppl": 300.0}, peak_flops=2.0e8)
+    assert eff.initial_ppl_source == "evaluation at 0 tokens"
+    assert eff.metrics["ppl_gain_per_kwh"] == pytest.approx(280 / (400 / 3.6e6))
+    assert eff.metrics["mfu"] == pytest.approx(3.0e6 * 8_000 / 1_200.0 / 2.0e8) and eff.peak_flops_source.startswith(
+        "given")
+
+
+def test_missing_energy_and_peak_are_none_with_reasons_never_zero() -> None:
+    record = {**RECORD, "energy_j": None, "energy_source": None, "device_info_json": None}
+    eff = run_efficiency(record)
+    for name in ("tokens_per_joule", "joules_per_token", "flops_per_joule", "energy_j", "pee", "pee_time",
+                 "ppl_gain_per_kwh", "mfu"):
+        assert eff.metrics[name] is None, name
+    assert "no energy measured" in eff.not_computable["energy"] and "--peak-flops" in eff.not_computable["mfu"]
+    assert eff.metrics["pe"] == pytest.approx(1 / 20 / 4.0)  # what needs no energy is still there
+
+
+def test_user_metrics_and_a_failing_one() -> None:
+    extra = {"tokens_per_second": lambda r: r["tokens_seen"] / r["wall_seconds"], "broken": lambda r: r["nope"]}
+    eff = run_efficiency(RECORD, extra)
+    assert eff.metrics["tokens_per_second"] == pytest.approx(8_000 / 1_800)
+    assert eff.metrics["broken"] is None and "KeyError" in eff.not_computable["broken"]
+    assert metric_names(extra)[-2:] == ["tokens_per_second", "broken"]
+    with pytest.raises(ConfigError, match="built-in"):
+        metric_names({"mfu": lambda r: 1.0})
+
+
+def test_mean_ci_is_scipys_t_interval() -> None:
+    values = [3.1, 2.7, 3.9, 3.3, 2.8]
+    mean, sd, lo, hi = mean_ci(values)
+    expected = sps.t.interval(0.95, len(values) - 1, loc=statistics.fmean(values), scale=sps.sem(values))
+    assert mean == pytest.approx(statistics.fmean(values)) and sd == pytest.approx(statistics.stdev(values))
+    assert (lo, hi) == pytest.approx(expected)
+    assert mean_ci([1.0]) == (1.0, None, None, None) and mean_ci([]) == (None, None, None, None)
+
+
+def test_summarise_counts_missing_values_and_mixed_sources() -> None:
+    runs = [run_efficiency({**RECORD, "run_id": "a"}), run_efficiency({**RECORD, "run_id": "b", "energy_j": 800.0,
+                                                                         "energy_source": "estimated"}),
+            run_efficiency({**RECORD, "run_id": "c", "energy_j": None, "energy_source": None})]
+    (row,) = summarise(runs, {"a": 1, "b": 1, "c": 1}, ["tokens_per_joule"])
+    assert row.n == 2 and row.mean == pytest.approx(15.0)
+    assert "1 of 3 run(s) without a value" in row.note and "mixed: counter, estimated" in row.note
+
+
+def _returns_frame() -> pd.DataFrame:
+    rows = []
+    for rep in range(4):
+        for i, tokens in enumerate((1_000, 2_000, 8_000)):
+            rows.append({"rep": rep, "tokens_seen": tokens, "final_val_loss": 5.0 - 0.4 * i + 0.05 * rep * i,
+                         "energy_kwh": tokens * (1 + 0.1 * rep) / 1e6})
+    return pd.DataFrame(rows)
+
+
+def test_returns_on_tokens_by_hand() -> None:
+    frame = _returns_frame()
+    result = metric_returns(frame, "final_val_loss", "tokens_seen", "rep")
+    first, second = result.steps
+    # Step 1: 1,000 -> 2,000 tokens is one doubling; gain = 0.4 - 0.05 rep per subject.
+    gains = [0.4 - 0.05 * rep for rep in range(4)]
+    assert first.kind == "gain" and first.per_doubling.mean == pytest.approx(statistics.fmean(gains))
+    extra_kwh = [1_000 * (1 + 0.1 * rep) / 1e6 for rep in range(4)]
+    per_kwh = [g / e for g, e in zip(gains, extra_kwh, strict=True)]
+    assert first.per_kwh.mean == pytest.approx(statistics.fmean(per_kwh))
+    half = sps.t.ppf(0.975, 3) * statistics.stdev(per_kwh) / 2
+    assert (first.per_kwh.ci95_low, first.per_kwh.ci95_high) == pytest.approx(
+        (statistics.fmean(per_kwh) - half, statistics.fmean(per_kwh) + half))
+    # Step 2: 2,000 -> 8,000 tokens is two doublings; the same gain per step, so half of it per doubling.
+    assert second.per_doubling.mean == pytest.approx(statistics.fmean(gains) / 2)
+    # Two steps: the diminishing-returns test is a paired t-test of the per-doubling gains.
+    expected = sps.ttest_rel([g for g in gains], [g / 2 for g in gains])
+    assert result.diminishing["p_unc"] == pytest.approx(expected.pvalue)
+    assert "falls" in result.note
+
+
+def test_returns_refuse_a_factor_that_does_not_order_tokens() -> None:
+    frame = _returns_frame().assign(preset=lambda f: ["b", "a", "c"] * 4)
+    frame["tokens_seen"] = 1_000
+    with pytest.raises(ConfigError, match="does not order token counts"):
+        metric_returns(frame, "final_val_loss", "preset", "rep")
