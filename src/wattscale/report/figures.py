@@ -121,7 +121,8 @@ def interval_energy_figure(title: str, intervals: Sequence[Mapping[str, Any]]) -
         starts = [r["start_tokens"] if r["start_tokens"] is not None else k for k, r in enumerate(rows)]
         ends = [r["end_tokens"] if r["end_tokens"] is not None else k + 1 for k, r in enumerate(rows)]
         data.append({
-            "type": "bar", "name": plot_text(device), "marker": {"color": colour(i)},
+            "type": "bar", "name": plot_text(device), "marker": {"color": colour(i), "line": {"color": "#fff",
+                                                                                           "width": 0.5}},
             "x": [(s + e) / 2 for s, e in zip(starts, ends, strict=True)],
             "width": [max(e - s, 1) for s, e in zip(starts, ends, strict=True)],
             "y": [r6(r["energy_j"]) for r in rows],
@@ -134,13 +135,16 @@ def interval_energy_figure(title: str, intervals: Sequence[Mapping[str, Any]]) -
                                                 barmode="stack", bargap=0)}
 
 
+# Above this many runs a condition is drawn as a box (quartiles, 1.5 IQR whiskers) instead of one dot per
+# run: thousands of SVG markers take seconds to draw, and a box says more about hundreds of runs.
+MAX_DOTS_PER_CONDITION = 40
 EFFICIENCY_METRICS = (("energy_j", "energy (J)"), ("wall_seconds", "wall time (s)"),
                       ("tokens_per_joule", "tokens per joule"))
 
 
 def efficiency_figure(conditions: Sequence[str], runs_by_condition: Mapping[str, Sequence[Mapping[str, Any]]],
                       summaries: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
-    """Energy, wall time and tokens/J per condition: each run as a dot, the mean with its 95% t-interval.
+    """Energy, wall time and tokens/J per condition: each run as a dot (a box above 40 runs), the mean and 95% CI.
 
     ``summaries[condition][metric]`` is ``mean_ci`` output. Conditions sit at x = 0, 1, ... (labelled
     ticks) so that the dots can stand left of the mean and spread a little, deterministically.
@@ -150,20 +154,30 @@ def efficiency_figure(conditions: Sequence[str], runs_by_condition: Mapping[str,
     layout = base_layout("Energy, time and efficiency per condition", "", "",
                          grid={"rows": 1, "columns": len(EFFICIENCY_METRICS), "pattern": "independent"},
                          legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
-                         height=FIGURE_HEIGHT_PX + 60)
+                         height=FIGURE_HEIGHT_PX + 80, margin={"l": 64, "r": 16, "t": 48, "b": 120})
     for k, (metric, axis_title) in enumerate(EFFICIENCY_METRICS):
         suffix = "" if k == 0 else str(k + 1)
-        xs, ys, names = [], [], []
+        xs, ys, names, box_x, box_y = [], [], [], [], []
         for i, condition in enumerate(conditions):
             runs = [run for run in runs_by_condition.get(condition, ()) if run.get(metric) is not None]
+            if len(runs) > MAX_DOTS_PER_CONDITION:
+                box_x.extend([i - 0.18] * len(runs))
+                box_y.extend(r6(run[metric]) for run in runs)
+                continue
             for j, run in enumerate(runs):
                 xs.append(r6(i - 0.18 + 0.12 * ((j * 0.618034) % 1.0 - 0.5)))  # golden-ratio spread, no RNG
                 ys.append(r6(run[metric]))
                 names.append([labels[i], plot_text(run.get("run_id", ""))])
-        data.append({"type": "scatter", "mode": "markers", "name": "runs", "legendgroup": "runs",
-                     "showlegend": k == 0, "x": xs, "y": ys, "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
-                     "marker": {"color": colour(7, 0.7), "size": 6}, "customdata": names,
-                     "hovertemplate": "%{y:.4g}<br>run %{customdata[1]}<extra>%{customdata[0]}</extra>"})
+        if xs:
+            data.append({"type": "scatter", "mode": "markers", "name": "runs", "legendgroup": "runs",
+                         "showlegend": k == 0, "x": xs, "y": ys, "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
+                         "marker": {"color": colour(7, 0.7), "size": 6}, "customdata": names,
+                         "hovertemplate": "%{y:.4g}<br>run %{customdata[1]}<extra>%{customdata[0]}</extra>"})
+        if box_x:
+            data.append({"type": "box", "name": f"runs (box; conditions with over {MAX_DOTS_PER_CONDITION} runs)",
+                         "legendgroup": "box", "showlegend": k == 0, "x": box_x, "y": box_y, "width": 0.2,
+                         "boxpoints": False, "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
+                         "marker": {"color": colour(7)}, "line": {"color": colour(7), "width": 1.2}})
         stats = [summaries.get(c, {}).get(metric, {}) for c in conditions]
         data.append({
             "type": "scatter", "mode": "markers", "name": "mean ± 95% CI (t)", "legendgroup": "mean",

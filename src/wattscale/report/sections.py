@@ -251,7 +251,9 @@ def efficiency_section(summary: Mapping[str, Any]) -> Section:
     html = table(columns, rows, numeric=[False, True] + [False] * len(metrics) + [False])
     html += paragraph(f"{summary.get('method', '')}; n = 1 gives no interval.")
     figure = figures.efficiency_figure(conditions, summary.get("runs", {}), summary["summaries"])
-    html += figure_slot("fig-efficiency", "Dots: single runs; diamonds: mean with its 95% t-interval.")
+    html += figure_slot("fig-efficiency", f"Dots: single runs (a box of quartiles with 1.5 IQR whiskers for a "
+                        f"condition with over {figures.MAX_DOTS_PER_CONDITION} runs); diamonds: mean with its 95% "
+                        "t-interval.")
     return Section("efficiency", "Energy, time and efficiency per condition", html, {"fig-efficiency": figure})
 
 
