@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from statsmodels.stats.anova import AnovaRM
 
 from conftest import SHARED_DATA
 
@@ -33,6 +36,17 @@ def test_dynamics_4m_smoke(run_cli, tmp_path: Path, cache_dir: Path) -> None:
     # Six seeds: six different runs, each learning (far below the uniform 8.3 nats of a 4096 vocabulary).
     losses = [r["final_val_loss"] for r in runs]
     assert len(set(losses)) == 6 and max(losses) < 6.0
+
+    # The analysis of the real runs: one condition, dynamics over 22 evaluations, spread across the six seeds.
+    res = run_cli("--store", "dynamics_4m.db", "analyze", "--experiment", "dynamics_4m-smoke", "--json")
+    assert res.returncode == 0, res.stderr
+    analysis = json.loads(res.stdout)
+    assert analysis["factor"] is None and "one condition" in analysis["not_computable"]["statistics"]
+    (dynamics,) = analysis["dynamics"]
+    assert len(dynamics["run_ids"]) == 6 and len(dynamics["across_seeds"]) == 22
+    assert dynamics["across_seeds"][-1]["val_loss_sd"] == pytest.approx(statistics.stdev(losses))
+    assert dynamics["rm_anova"]["val_loss"]["df1"] == 21 and dynamics["rm_anova"]["val_loss"]["apa"].startswith("F(")
+    assert dynamics["stable_phase"]["across_seeds"]["reason"]
 
 
 def test_three_term_law_smoke(run_cli, cache_dir: Path) -> None:
@@ -63,6 +77,20 @@ def test_token_scale_energy_smoke(run_cli, cache_dir: Path) -> None:
     for r in runs:
         blocks.setdefault(r["block"], []).append(r["data_tokens"])
     assert all(sorted(b) == [2_048, 4_096, 8_192] for b in blocks.values())  # each block holds every condition
+
+    # The analysis of the real runs, checked against statsmodels on the numbers `runs --json` printed.
+    res = run_cli("--store", "token_scale_energy.db", "analyze", "--experiment", "token_scale_energy-smoke", "--json")
+    assert res.returncode == 0, res.stderr
+    analysis = json.loads(res.stdout)
+    assert analysis["factor"] == "tokens_seen" and analysis["levels"] == [2_048, 4_096, 8_192]
+    long = pd.DataFrame({"rep": [r["repetition"] for r in runs], "tokens": [r["tokens_seen"] for r in runs],
+                         "tpj": [r["tokens_seen"] / r["joules"] for r in runs]})
+    expected = AnovaRM(long, "tpj", "rep", within=["tokens"]).fit().anova_table.iloc[0]
+    tpj = next(s for s in analysis["statistics"] if s["metric"] == "tokens_per_joule")
+    assert tpj["rm_anova"]["f"] == pytest.approx(expected["F Value"], rel=1e-9)
+    assert all(run["mfu"] is not None and 0 < run["mfu"] for run in analysis["runs"])  # each run recorded its peak
+    assert {r["metric"] for r in analysis["returns"]} == {"final_val_loss", "final_val_ppl", "tokens_per_joule",
+                                                           "pee"}
 
 
 @pytest.mark.parametrize("study", ["dynamics_4m", "three_term_law", "token_scale_energy"])

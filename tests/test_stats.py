@@ -350,3 +350,7 @@ def test_two_subjects_three_levels_uses_statsmodels_and_gg_without_mauchly():
     assert res.f == pytest.approx(h["f"]) and res.p == pytest.approx(h["p"]) and res.ng2 == pytest.approx(h["ng2"])
     assert math.isnan(res.mauchly_w) and "not computable" in res.sphericity_note
     assert res.gg_epsilon == pytest.approx(hand_gg_epsilon(wide))
+    eps = hand_gg_epsilon(wide)  # sphericity unknown: the sentence is the conservative, GG-corrected one
+    assert eps == pytest.approx(0.5)  # two subjects: a rank-one covariance, epsilon at its bound 1 / (k - 1)
+    assert apa_sentence(res).startswith(f"F(1, 1) = {h['f']:.2f}, p = ")
+    assert apa_sentence(res).endswith("sphericity not testable with 2 subjects and 3 levels)")

@@ -385,14 +385,21 @@ def _fmt_df(x: float) -> str:
 def apa_sentence(result: RMAnovaResult | FriedmanResult) -> str:
     """APA-style report, e.g. ``F(2, 98) = 77.32, p < .001, η²G = .53``.
 
-    When Mauchly's test rejects sphericity (p < .05) the dfs and p are Greenhouse-Geisser corrected and the
-    sentence says so. A Friedman result gives ``χ²(2) = 7.00, p = .030, W = .44``.
+    When Mauchly's test rejects sphericity (p < .05), or cannot be computed with 3+ levels (too few subjects, so
+    sphericity is unknown), the dfs and p are Greenhouse-Geisser corrected and the sentence says why. A Friedman
+    result gives ``χ²(2) = 7.00, p = .030, W = .44``.
     """
     if isinstance(result, FriedmanResult):
         return f"χ²({result.df}) = {result.chi2:.2f}, {_fmt_p(result.p)}, W = {_no_zero(result.kendall_w, 2)}"
     if not isinstance(result, RMAnovaResult):
         raise ConfigError(f"result: expected RMAnovaResult or FriedmanResult, got {type(result).__name__}")
     eta = f"η²G = {_no_zero(result.ng2, 2)}"
+    if len(result.levels) > 2 and not math.isfinite(result.mauchly_w):
+        return (
+            f"F({_fmt_df(result.df1_gg)}, {_fmt_df(result.df2_gg)}) = {result.f:.2f}, {_fmt_p(result.p_gg)}, {eta} "
+            f"(Greenhouse-Geisser corrected, ε = {_no_zero(result.gg_epsilon, 2)}; sphericity not testable with "
+            f"{result.n_subjects_used} subjects and {len(result.levels)} levels)"
+        )
     if result.sphericity_violated:
         return (
             f"F({_fmt_df(result.df1_gg)}, {_fmt_df(result.df2_gg)}) = {result.f:.2f}, {_fmt_p(result.p_gg)}, {eta} "
