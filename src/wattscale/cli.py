@@ -22,7 +22,7 @@ DEFAULT_STORE = "./wattscale.db"
 EXIT_DIVERGED = 3
 EXIT_RUNS_FAILED = 4
 # Modules that add sub-commands: each has add_commands(sub, common).
-_COMMAND_MODULES: tuple[str, ...] = ("wattscale.cli_analysis", "wattscale.cli_report")
+_COMMAND_MODULES: tuple[str, ...] = ("wattscale.cli_analysis", "wattscale.cli_report", "wattscale.cli_laws")
 
 
 def store_url(args: argparse.Namespace) -> str:

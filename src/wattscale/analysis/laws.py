@@ -12,7 +12,9 @@ Built-in forms (N parameters, D tokens, M batch size in tokens, K optimiser step
   Default starts: the full Hoffmann grid of Besiroglu et al. 2024 (e in -1..1 step 0.5, a and b in 0..25
   step 5, alpha and beta in 0..2 step 0.5: 4,500 starts).
 - ``kaplan``: ``L = ((Nc/N)^(alpha_N/alpha_D) + Dc/D)^alpha_D`` (Kaplan et al. 2020, eq. 1.5), fitted with
-  ``nc = log Nc``, ``dc = log Dc``. No irreducible term.
+  ``nc = log Nc``, ``dc = log Dc`` and ``r = alpha_N/alpha_D`` (the ratio, not alpha_N, is what the inner sum
+  sees: this decouples the two exponents). No irreducible term. Default starts: nc, dc in {10, 20, 30, 40},
+  r in {0.5, 1, 2}, alpha_D in {0.05, 0.1, 0.3, 0.6} (192 starts).
 - ``three-term``: ``L = E + A/N^alpha + B/M^beta + C/K^gamma`` (Schaipp 2026), fitted as a 4-way LSE.
   Default starts: e in {-1, 0, 1}, a, b, c in {0, 8, 16, 24}, alpha, beta, gamma in {0.25, 0.75, 1.5}
   (5,184 starts; the Hoffmann-style full product would be 135,000).
@@ -90,15 +92,18 @@ class LawForm:
         """The default grid of starting points, [S, P] in fit space."""
         return np.array(list(product(*self.start_grid)), dtype=np.float64)
 
-    def predict(self, params: ParamMap, **variables: np.ndarray) -> np.ndarray:
-        """Predicted loss from natural parameters and variables given by name (arrays broadcast)."""
+    def predict(self, law_params: ParamMap, /, **variables: np.ndarray) -> np.ndarray:
+        """Predicted loss from natural parameters and variables given by name (arrays broadcast).
+
+        Example: ``get_form("chinchilla").predict(fit.params, params=1e9, tokens=2e10)``.
+        """
         missing = [v for v in self.variables if v not in variables]
         if missing:
             raise ConfigError(f"form {self.name!r} needs variable(s) {missing}")
         cols = np.broadcast_arrays(*(np.asarray(variables[v], dtype=np.float64) for v in self.variables))
         shape = cols[0].shape
         log_x = torch.from_numpy(np.stack([np.log(c).ravel() for c in cols], axis=1))
-        theta = self.from_natural(np.array([float(params[k]) for k in self.names]))
+        theta = self.from_natural(np.array([float(law_params[k]) for k in self.names]))
         out = self.log_loss(torch.from_numpy(theta[None, :]), log_x)[0].exp().numpy()
         return out.reshape(shape)
 
@@ -186,22 +191,39 @@ def _lse_natural(n_exp_terms: int) -> tuple[Callable, Callable]:
 
 
 def _kaplan_log_loss(theta: torch.Tensor, log_x: torch.Tensor) -> torch.Tensor:
-    """alpha_D * log((Nc/N)^(alpha_N/alpha_D) + Dc/D) for theta = (nc, dc, alpha_N, alpha_D)."""
-    nc, dc, a_n, a_d = (theta[:, i:i + 1] for i in range(4))
-    t_n = (a_n / a_d) * (nc - log_x[None, :, 0])  # [S, n]
-    t_d = dc - log_x[None, :, 1]
-    return a_d * torch.logaddexp(t_n, t_d)
+    """alpha_D * log((Nc/N)^r + Dc/D) for theta = (nc, dc, r, alpha_D), r = alpha_N / alpha_D."""
+    return _kaplan_log_loss_vjp(theta, log_x)[0]
+
+
+def _kaplan_log_loss_vjp(theta: torch.Tensor, log_x: torch.Tensor):
+    """Kaplan log-loss [S, n] and its analytic vector-Jacobian product (see LawForm.log_loss_vjp)."""
+    nc, dc, r, a_d = (theta[:, i:i + 1] for i in range(4))
+    gap_n = nc - log_x[:, 0]  # [S, n]: log(Nc/N)
+    t_n, t_d = r * gap_n, dc - log_x[:, 1]
+    inner = torch.logaddexp(t_n, t_d)
+    share_n = torch.sigmoid(t_n - t_d)  # d inner / d t_n
+
+    def vjp(u: torch.Tensor) -> torch.Tensor:
+        ua = u * a_d
+        un = ua * share_n
+        return torch.stack([(un * r).sum(1), (ua - un).sum(1), (un * gap_n).sum(1), (u * inner).sum(1)], dim=1)
+
+    return a_d * inner, vjp
 
 
 def _kaplan_to_natural(theta: np.ndarray) -> np.ndarray:
+    """(nc, dc, r, alpha_D) -> (Nc, Dc, alpha_N, alpha_D)."""
     out = np.array(theta, dtype=np.float64, copy=True)
     out[..., :2] = np.exp(out[..., :2])
+    out[..., 2] = out[..., 2] * out[..., 3]
     return out
 
 
 def _kaplan_from_natural(nat: np.ndarray) -> np.ndarray:
+    """(Nc, Dc, alpha_N, alpha_D) -> (nc, dc, r, alpha_D)."""
     out = np.array(nat, dtype=np.float64, copy=True)
     out[..., :2] = np.log(out[..., :2])
+    out[..., 2] = out[..., 2] / out[..., 3]
     return out
 
 
@@ -233,14 +255,15 @@ KAPLAN = LawForm(
     name="kaplan",
     formula="L = ((Nc/N)^(alpha_N/alpha_D) + Dc/D)^alpha_D",
     variables=("params", "tokens"),
-    fit_names=("nc", "dc", "alpha_N", "alpha_D"),
+    fit_names=("nc", "dc", "r", "alpha_D"),
     names=("Nc", "Dc", "alpha_N", "alpha_D"),
     log_loss=_kaplan_log_loss,
+    log_loss_vjp=_kaplan_log_loss_vjp,
     to_natural=_kaplan_to_natural,
     from_natural=_kaplan_from_natural,
-    start_grid=((10.0, 20.0, 30.0, 40.0), (10.0, 20.0, 30.0, 40.0), (0.05, 0.1, 0.3, 0.6), (0.05, 0.1, 0.3, 0.6)),
+    start_grid=((10.0, 20.0, 30.0, 40.0), (10.0, 20.0, 30.0, 40.0), (0.5, 1.0, 2.0), (0.05, 0.1, 0.3, 0.6)),
     lower=(-20.0, -20.0, 1e-3, 1e-3),
-    upper=(120.0, 120.0, 5.0, 5.0),
+    upper=(120.0, 120.0, 50.0, 5.0),
 )
 
 _three_nat = _lse_natural(3)
@@ -297,29 +320,34 @@ def implied_chinchilla(params: ParamMap) -> dict[str, np.ndarray]:
             "B": b * k ** (-beta) + c * k ** gamma, "beta": beta * gamma / (beta + gamma)}
 
 
-def _band_x(beta: float, gamma: float, ratio: float) -> tuple[float, float]:
-    """Solve (x^-beta - 1)/beta + (x^gamma - 1)/gamma = ratio for x < 1 and x > 1."""
-    from scipy.optimize import brentq
+def _band_x(beta: np.ndarray, gamma: np.ndarray, ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solve (x^-beta - 1)/beta + (x^gamma - 1)/gamma = ratio for x < 1 and x > 1 (vectorised bisection in log x).
 
-    def h(log_x: float) -> float:
-        x = math.exp(log_x)
-        return (x ** -beta - 1.0) / beta + (x ** gamma - 1.0) / gamma - ratio
+    The left side is 0 at x = 1 and increases monotonically away from it on both sides, so each root is unique.
+    """
+    def h(log_x: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return (np.exp(-beta * log_x) - 1.0) / beta + (np.exp(gamma * log_x) - 1.0) / gamma - ratio
 
-    lo_bound, hi_bound = -1.0, 1.0
-    while h(lo_bound) < 0 and lo_bound > -700:
-        lo_bound *= 2
-    while h(hi_bound) < 0 and hi_bound < 700:
-        hi_bound *= 2
-    return math.exp(brentq(h, lo_bound, 0.0)), math.exp(brentq(h, 0.0, hi_bound))
+    roots = []
+    for far in (-200.0, 200.0):  # x from e^-200 to e^200: far beyond any batch size
+        shape = np.broadcast(beta, gamma, ratio).shape
+        inner, outer = np.zeros(shape), np.full(shape, far)
+        for _ in range(100):  # interval 200 / 2^100: exact to float precision
+            mid = 0.5 * (inner + outer)
+            above = h(mid) > 0
+            outer, inner = np.where(above, mid, outer), np.where(above, inner, mid)
+        roots.append(np.exp(0.5 * (inner + outer)))
+    return roots[0], roots[1]
 
 
-def batch_band(params: ParamMap, tokens: float, epsilon: float = 0.01) -> tuple[float, float]:
-    """Three-term law: (M_low, M_high), the batch sizes (tokens) whose loss at fixed D is within epsilon."""
+def batch_band(params: ParamMap, tokens: np.ndarray, epsilon: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Three-term law: (M_low, M_high) in tokens, the batch sizes whose loss at fixed D is within epsilon of M*(D)."""
     if not epsilon > 0:
         raise ConfigError(f"epsilon: must be > 0 (loss units), got {epsilon}")
-    b, beta, gamma = (float(np.asarray(params[k])) for k in ("B", "beta", "gamma"))
-    m_opt = float(optimal_batch_tokens(params, np.asarray(float(tokens))))
-    q = beta * b * m_opt ** (-beta)
+    b, beta, gamma = (_a(params, k) for k in ("B", "beta", "gamma"))
+    m_opt = optimal_batch_tokens(params, tokens)
+    q = beta * b * m_opt ** (-beta)  # excess loss = q * ((x^-beta - 1)/beta + (x^gamma - 1)/gamma), x = M/M*
     x_lo, x_hi = _band_x(beta, gamma, epsilon / q)
     return m_opt * x_lo, m_opt * x_hi
 
@@ -340,13 +368,13 @@ def compute_optimal(form: str | LawForm, params: ParamMap, flops: np.ndarray) ->
         nc, dc, a_n, a_d = (_a(params, k) for k in ("Nc", "Dc", "alpha_N", "alpha_D"))
         r = a_n / a_d
         n_opt = (r * nc ** r * c6 / dc) ** (1.0 / (r + 1.0))
-        d_opt = c6 / n_opt
+        d_opt = (r * nc ** r / dc) ** (-1.0 / (r + 1.0)) * c6 ** (r / (r + 1.0))  # = c6 / n_opt, also at C = inf
         return {"params": n_opt, "tokens": d_opt, "loss": ((nc / n_opt) ** r + dc / d_opt) ** a_d}
     p = _chinchilla_params(form, params)
     s = p["alpha"] + p["beta"]
     g = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1.0 / s)
     n_opt = g * c6 ** (p["beta"] / s)
-    d_opt = c6 / n_opt
+    d_opt = c6 ** (p["alpha"] / s) / g  # = c6 / n_opt, also at C = inf
     loss = p["E"] + p["A"] * n_opt ** -p["alpha"] + p["B"] * d_opt ** -p["beta"]
     return {"params": n_opt, "tokens": d_opt, "loss": loss}
 
@@ -371,3 +399,29 @@ def flops_for_loss(form: str | LawForm, params: ParamMap, loss: np.ndarray) -> n
     with np.errstate(divide="ignore", invalid="ignore"):
         excess = np.where(loss > p["E"], loss - p["E"], np.nan)
         return FLOPS_PER_PARAM_TOKEN * (excess / k) ** (-s / (p["alpha"] * p["beta"]))
+
+
+def tokens_for_loss(form: str | LawForm, params: ParamMap, n_params: np.ndarray, batch_tokens: np.ndarray,
+                    loss: float) -> np.ndarray:
+    """Training tokens D at which the law reaches ``loss`` for model size N and batch size M (inf: never).
+
+    Closed forms: chinchilla ``D = (B / (L - E - A/N^alpha))^(1/beta)``; three-term
+    ``D = M (C / (L - E - A/N^alpha - B/M^beta))^(1/gamma)``; kaplan ``D = Dc / (L^(1/alpha_D) - (Nc/N)^r)``.
+    """
+    form = get_form(form)
+    n, m = np.asarray(n_params, dtype=np.float64), np.asarray(batch_tokens, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if form.name == "chinchilla":
+            rem = loss - _a(params, "E") - _a(params, "A") / n ** _a(params, "alpha")
+            d = (_a(params, "B") / rem) ** (1.0 / _a(params, "beta"))
+        elif form.name == "three-term":
+            rem = (loss - _a(params, "E") - _a(params, "A") / n ** _a(params, "alpha")
+                   - _a(params, "B") / m ** _a(params, "beta"))
+            d = m * (_a(params, "C") / rem) ** (1.0 / _a(params, "gamma"))
+        elif form.name == "kaplan":
+            r = _a(params, "alpha_N") / _a(params, "alpha_D")
+            rem = loss ** (1.0 / _a(params, "alpha_D")) - (_a(params, "Nc") / n) ** r
+            d = _a(params, "Dc") / rem
+        else:
+            raise ConfigError(f"form {form.name!r} has no closed form for the tokens that reach a loss")
+        return np.where(rem > 0, d, np.inf)

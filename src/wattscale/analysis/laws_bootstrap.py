@@ -68,14 +68,21 @@ class LawBootstrap(Result):
 
 
 def estimate(value: float, replicates: np.ndarray, level: float = CI_LEVEL) -> Estimate:
-    """Point value with the percentile interval and sd of its replicate values (NaNs ignored)."""
+    """Point value with the percentile interval and sd of its replicate values.
+
+    NaN replicates (quantity undefined) are dropped; +-inf ones (e.g. a loss the replicate never reaches) are
+    kept, so an interval end can be infinite (printed as null in JSON), and the SE is then infinite too.
+    """
     reps = np.asarray(replicates, dtype=np.float64).ravel()
-    reps = reps[np.isfinite(reps)]
+    reps = reps[~np.isnan(reps)]
     if reps.size < 2:
         return Estimate(value=float(value), ci_low=float("nan"), ci_high=float("nan"), se=float("nan"))
     tail = 100 * (1 - level) / 2
-    low, high = np.percentile(reps, [tail, 100 - tail])
-    return Estimate(value=float(value), ci_low=float(low), ci_high=float(high), se=float(np.std(reps, ddof=1)))
+    big = np.finfo(np.float64).max / 4  # stand-in for inf so that percentiles interpolate without inf - inf
+    low, high = np.percentile(np.clip(reps, -big, big), [tail, 100 - tail])
+    low, high = (np.inf if v >= big else -np.inf if v <= -big else v for v in (low, high))
+    se = float(np.std(reps, ddof=1)) if np.isfinite(reps).all() else float("inf")
+    return Estimate(value=float(value), ci_low=float(low), ci_high=float(high), se=se)
 
 
 def estimates(values: np.ndarray, replicates: np.ndarray, level: float = CI_LEVEL) -> list[Estimate]:
