@@ -211,3 +211,26 @@ def test_report_cli_errors_are_one_line_with_exit_2(study_db: Path, run_cli, tmp
     missing = run_cli("--store", str(tmp_path / "none.db"), "report")
     assert missing.returncode == 2 and "no results database" in missing.stderr
     assert not (tmp_path / "none.db").exists()
+
+
+def test_quickstart_ends_by_writing_the_report_and_printing_its_path(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The quickstart's last step, with training replaced by synthetic runs (the real one takes minutes)."""
+    import wattscale.quickstart as quickstart
+
+    class Result:
+        def __init__(self, run_id: str) -> None:
+            self.run_id = run_id
+
+    def fake_train(config, store_url: str, **_: object) -> Result:
+        run_id = config.model.name
+        with open_store(store_url) as store:
+            add_synthetic_run(store, run_id, preset=config.model.name, name="quickstart")
+        return Result(run_id)
+
+    monkeypatch.setattr(quickstart, "train", fake_train)
+    run_ids = quickstart.run_quickstart(tmp_path / "qs", show_progress=False)
+    report = tmp_path / "qs" / "report.html"
+    assert report.is_file() and run_ids == ["llama-1m", "llama-4m"]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.endswith(str(report.resolve())) and last.startswith("report (")
+    assert "llama-1m, 10,000 tokens" in report.read_text(encoding="utf-8")

@@ -65,7 +65,8 @@ def _finite(value: Any) -> Any:
 
 
 def fmt(value: Cell, digits: int = 4) -> str:
-    """A cell's display text: thousands separators for integers, 4 significant digits for floats, '–' for None."""
+    """A cell's display text: thousands separators, 4 significant digits for floats (all digits from 1,000 up,
+    exponent beyond 1e9 or below 1e-3), '–' for None."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, bool):
@@ -73,7 +74,9 @@ def fmt(value: Cell, digits: int = 4) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:,.{digits}g}" if 1e-3 <= abs(value) < 1e7 or value == 0 else f"{value:.{digits - 1}e}"
+        if 10 ** (digits - 1) <= abs(value) < 1e9:
+            return f"{value:,.0f}"  # 12,346 rather than 1.235e+04
+        return f"{value:,.{digits}g}" if 1e-3 <= abs(value) or value == 0 else f"{value:.{digits - 1}e}"
     return str(value)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from wattscale.report import figures
 from wattscale.report.data import ReportData
-from wattscale.report.html import definition_list, figure_slot, paragraph, table, text
+from wattscale.report.html import definition_list, figure_slot, fmt, paragraph, table, text
 from wattscale.report.summary import CONFIDENCE, band_across_runs, mean_ci
 
 
@@ -192,7 +192,7 @@ def power_section(data: ReportData) -> Section:
     title = f"Power and energy per interval: {label}"
     shown = ", ".join(f"{d}: {p['n_samples']:,} samples, {len(p['t_seconds']):,} shown" for d, p in data.power.items())
     energy = run.get("energy_j")
-    energy_text = (f"{energy:,.4g} J ({run.get('energy_source')})" if energy is not None else "not measured")
+    energy_text = (f"{fmt(energy)} J ({run.get('energy_source')})" if energy is not None else "not measured")
     html = paragraph(f"{label}, condition {run['condition']}, status {run['status']}; energy {energy_text}. "
                      "Choose another run with `wattscale report --run RUN_ID`.")
     figs: dict[str, dict[str, Any]] = {}
@@ -261,8 +261,8 @@ def _mean_ci_text(stats: Mapping[str, Any]) -> str:
     if stats.get("mean") is None:
         return "–"
     if stats.get("ci_low") is None:
-        return f"{stats['mean']:,.4g}"
-    return f"{stats['mean']:,.4g} [{stats['ci_low']:,.4g}, {stats['ci_high']:,.4g}]"
+        return fmt(stats["mean"])
+    return f"{fmt(stats['mean'])} [{fmt(stats['ci_low'])}, {fmt(stats['ci_high'])}]"
 
 
 # --- sections filled by wattscale.analysis (pending until wired) ----------------------------------
