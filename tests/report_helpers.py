@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from wattscale.store import Store, open_store
 
 XSS_RUN_NAME = "<script>alert(1)</script>"
+FIGURES_RE = re.compile(r'<script type="application/json" id="wattscale-figures">(.*?)</script>', re.S)
 # Payloads that set a flag instead of alerting, for the check that no injected script ran.
 XSS_PAYLOADS = {
     "experiment": "exp<img src=x onerror=\"window.__xss=1\">&amp;",
@@ -49,6 +51,13 @@ sample_hz = 20
 [grid]
 "train.data_tokens" = [2048, 4096]
 """
+
+
+def embedded_figures(html: str) -> dict:
+    """The figure JSON exactly as the page's script reads it (JSON.parse of the element's text)."""
+    match = FIGURES_RE.search(html)
+    assert match is not None
+    return json.loads(match.group(1))
 
 
 def real_study_store(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:

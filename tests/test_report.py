@@ -11,20 +11,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from report_helpers import XSS_PAYLOADS, XSS_RUN_NAME, add_synthetic_run, real_study_store, xss_store
+from report_helpers import XSS_PAYLOADS, XSS_RUN_NAME, add_synthetic_run, embedded_figures, real_study_store, xss_store
 from wattscale.report import build_report, write_report
 from wattscale.report.html import plot_text, script_json, text
 from wattscale.report.summary import band_across_runs, mean_ci, minmax_downsample
 from wattscale.store import open_store
-
-FIGURES_RE = re.compile(r'<script type="application/json" id="wattscale-figures">(.*?)</script>', re.S)
-
-
-def embedded_figures(html: str) -> dict:
-    """The figure JSON exactly as the page's script reads it (JSON.parse of the element's text)."""
-    match = FIGURES_RE.search(html)
-    assert match is not None
-    return json.loads(match.group(1))
 
 
 @pytest.fixture(scope="module")
@@ -120,18 +111,24 @@ def test_report_cli_over_a_real_study(study_db: Path, run_cli) -> None:
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["runs"] == 4 and summary["conditions"] == 2
-    assert summary["pending_sections"] == ["statistics", "dynamics", "laws"]
+    assert summary["pending_sections"] == ["laws"]
     html = Path(summary["path"]).read_text(encoding="utf-8")
     assert summary["size_bytes"] == Path(summary["path"]).stat().st_size
     # Self-contained: no external scripts, styles, images or frames.
     assert not re.search(r"<(script|img|iframe|link)[^>]*\s(src|href)=", html)
     for section in ("design", "runs", "loss", "power", "efficiency", "statistics", "dynamics", "laws"):
         assert f'<section id="{section}"' in html
-    assert html.count("Section pending.") == 3
+    assert html.count("Section pending.") == 1
+    # The statistics and dynamics sections are `wattscale analyze` on the same runs.
+    analysis = json.loads(run_cli("--store", str(study_db), "analyze", "--experiment", "report-study", "--json").stdout)
+    sentences = [f"{s['metric']}: {s['apa']}" for s in analysis["statistics"] if s["apa"]]
+    assert sentences and all(text(sentence) in html for sentence in sentences)
+    assert text(analysis["dynamics"][0]["stable_phase"]["across_seeds"]["reason"]) in html
     assert "report-study" in html and "random-blocks" in html and "train.data_tokens" in html
     assert "AMD" in html or "cpu" in html  # the machine table
     figures = embedded_figures(html)
-    assert set(figures) == {"fig-loss", "fig-power", "fig-interval-energy", "fig-efficiency"}
+    assert {"fig-loss", "fig-power", "fig-interval-energy", "fig-efficiency", "fig-statistics-1",
+            "fig-dynamics-1"} <= set(figures)
     means = [t for t in figures["fig-loss"]["data"] if t.get("mode") == "lines+markers"]
     assert [t["name"] for t in means] == ["data_tokens=2048", "data_tokens=4096"]
     assert all(len(t["x"]) >= 5 for t in means)

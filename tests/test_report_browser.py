@@ -22,13 +22,14 @@ from report_helpers import (
     XSS_RUN_NAME,
     artifacts_dir,
     chromium_path,
+    embedded_figures,
     real_study_store,
     xss_store,
 )
 from wattscale.report import write_report
 from wattscale.store import open_store
 
-MAIN_FIGURES = ("fig-loss", "fig-power", "fig-interval-energy", "fig-efficiency")
+MAIN_FIGURES = ("fig-loss", "fig-power", "fig-interval-energy", "fig-efficiency", "fig-dynamics-5")
 LOAD_TIMEOUT_MS = 60_000
 
 
@@ -95,7 +96,9 @@ def test_report_loads_offline_draws_its_figures_and_shows_a_script_name_as_text(
         assert page.errors == []
         assert page.foreign_requests() == []
         assert page.dialogs == []
-        assert page.page.get_attribute("body", "data-figures-ready") == str(len(MAIN_FIGURES))
+        every_figure = embedded_figures(study_report.read_text(encoding="utf-8"))
+        assert set(MAIN_FIGURES) <= set(every_figure)
+        assert page.page.get_attribute("body", "data-figures-ready") == str(len(every_figure))
         for figure_id in MAIN_FIGURES:
             drawn = page.page.eval_on_selector(
                 f"#{figure_id}", "el => el.querySelectorAll('.main-svg .trace path, .main-svg .trace .point').length")

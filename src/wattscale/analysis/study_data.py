@@ -16,9 +16,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wattscale.errors import ConfigError
+
+if TYPE_CHECKING:
+    from wattscale.store import Store
 
 REQUIRED_RUN_COLUMNS = ("run_id", "status", "tokens_seen", "seed")
 
@@ -42,19 +45,24 @@ def load_from_store(url: str, experiment: str | None = None) -> StudyData:
     from wattscale.store import open_store
 
     with open_store(url, create=False) as store:
-        if experiment is not None and store.get_experiment(experiment) is None and not store.list_runs(experiment):
-            known = [row["name"] for row in store.list_experiments()]
-            raise ConfigError(f"--experiment: no experiment {experiment!r} in the store; known: {known or 'none'}")
-        records = store.list_runs(experiment=experiment)
-        planned = store.experiment_runs(experiment) if experiment is not None else []
-        spec_row = store.get_experiment(experiment) if experiment is not None else None
-        finished = [r for r in records if r.get("status") == "finished"]
-        evaluations = {r["run_id"]: store.evaluations(r["run_id"]) for r in finished}
-        steps = {r["run_id"]: store.train_steps(r["run_id"]) for r in finished}
+        return load_study(store, experiment, source=f"store {url}")
+
+
+def load_study(store: Store, experiment: str | None = None, source: str | None = None) -> StudyData:
+    """`load_from_store` on an open `Store`."""
+    if experiment is not None and store.get_experiment(experiment) is None and not store.list_runs(experiment):
+        known = [row["name"] for row in store.list_experiments()]
+        raise ConfigError(f"--experiment: no experiment {experiment!r} in the store; known: {known or 'none'}")
+    records = store.list_runs(experiment=experiment)
+    planned = store.experiment_runs(experiment) if experiment is not None else []
+    spec_row = store.get_experiment(experiment) if experiment is not None else None
+    finished = [r for r in records if r.get("status") == "finished"]
+    evaluations = {r["run_id"]: store.evaluations(r["run_id"]) for r in finished}
+    steps = {r["run_id"]: store.train_steps(r["run_id"]) for r in finished}
     spec = json.loads(spec_row["spec_json"]) if spec_row and spec_row.get("spec_json") else None
     for record in finished:
         _add_step_facts(record, evaluations[record["run_id"]], steps[record["run_id"]])
-    return StudyData(experiment=experiment, source=f"store {url}", runs=finished,
+    return StudyData(experiment=experiment, source=source or f"store {store.display_url}", runs=finished,
                      unfinished=[r for r in records if r.get("status") != "finished"], planned=planned,
                      evaluations=evaluations, train_steps=steps, spec=spec)
 

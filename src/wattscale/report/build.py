@@ -70,12 +70,20 @@ def render(data: ReportData, sections: Sequence[Section]) -> str:
 
 def build_report(store: Store, experiment: str | None = None, run_id: str | None = None, *,
                  statistics: Mapping[str, Any] | None = None, dynamics: Mapping[str, Any] | None = None,
-                 laws: Mapping[str, Any] | None = None,
+                 laws: Mapping[str, Any] | None = None, analyze: bool = True,
                  max_power_points: int = DEFAULT_MAX_POWER_POINTS) -> tuple[str, ReportData, list[Section]]:
-    """Read the store and return (html, data, sections) for an experiment (or all runs)."""
+    """Read the store and return (html, data, sections) for an experiment (or all runs).
+
+    With ``analyze`` (default) and no ``statistics``/``dynamics`` given, those sections come from
+    `wattscale.analysis` run on the same runs (`report.analysis_content`).
+    """
     if max_power_points < 2:
         raise ConfigError(f"--max-power-points: must be at least 2, got {max_power_points}")
     data = gather(store, experiment=experiment, run_id=run_id, max_power_points=max_power_points)
+    if analyze and statistics is None and dynamics is None:
+        from wattscale.report.analysis_content import study_content
+
+        statistics, dynamics = study_content(store, experiment)
     sections = default_sections(data, statistics=statistics, dynamics=dynamics, laws=laws)
     return render(data, sections), data, sections
 

@@ -20,19 +20,11 @@ def mean_ci(values: Iterable[float | None], confidence: float = CONFIDENCE) -> d
     Returns ``{"n", "mean", "sd", "ci_low", "ci_high"}``; sd and the interval are None for n < 2,
     everything but n is None for n = 0. The interval is mean +- t(1 - (1 - confidence)/2, n - 1) * sd / sqrt(n).
     """
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    n = len(finite)
-    if n == 0:
-        return {"n": 0, "mean": None, "sd": None, "ci_low": None, "ci_high": None}
-    mean = math.fsum(finite) / n
-    if n < 2:
-        return {"n": 1, "mean": mean, "sd": None, "ci_low": None, "ci_high": None}
-    # scipy.special.stdtrit is scipy.stats.t.ppf without importing all of scipy.stats (seconds on a small machine).
-    from scipy.special import stdtrit
+    from wattscale.analysis.efficiency import mean_ci as sample_mean_ci
 
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / (n - 1))
-    half = float(stdtrit(n - 1, 1 - (1 - confidence) / 2)) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half}
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    mean, sd, low, high = sample_mean_ci(finite, confidence)
+    return {"n": len(finite), "mean": mean, "sd": sd, "ci_low": low, "ci_high": high}
 
 
 def band_across_runs(curves: Mapping[str, Sequence[tuple[int, float | None]]]) -> list[dict[str, Any]]:
