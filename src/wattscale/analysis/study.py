@@ -28,7 +28,7 @@ from wattscale.analysis.dynamics import DynamicsConfig
 from wattscale.analysis.dynamics_study import condition_dynamics
 from wattscale.analysis.returns import metric_returns, token_levels
 from wattscale.analysis.stats import json_ready
-from wattscale.analysis.study_data import StudyData
+from wattscale.analysis.study_data import StudyData, condition_of
 from wattscale.errors import ConfigError
 
 RETURN_METRICS = ("final_val_loss", "final_val_ppl", "tokens_per_joule", "pee")
@@ -94,7 +94,7 @@ def _run_frame(data: StudyData, options: AnalysisOptions) -> tuple[pd.DataFrame,
     for record, eff in zip(data.runs, per_run, strict=True):
         row = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
         row.update(_condition_values(record))
-        row["condition"] = record.get("condition") or "all runs"
+        row["condition"] = condition_of(record)
         row.update(eff.metrics)
         rows.append(row)
     return pd.DataFrame(rows), per_run
@@ -215,6 +215,9 @@ def _design_note(frame: pd.DataFrame, factor: str | None, subject: str) -> str:
     complete = int(cells.notna().all(axis=1).sum())
     total = len(cells)
     several = bool((cells.fillna(0) > 1).to_numpy().any())
+    if complete < 2:
+        return (f"{complete} of {total} subject(s) ({subject}) have every level of {factor!r}: the repeated-measures "
+                "tests need at least 2 (not computable); descriptive statistics use every run")
     if complete == total and not several:
         return (f"balanced: all {total} subjects ({subject}) have every level of {factor!r}; "
                 "RM-ANOVA, Friedman, Page's L and the paired tests use every run")

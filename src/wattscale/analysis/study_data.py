@@ -40,6 +40,14 @@ class StudyData:
     spec: dict[str, Any] | None = None
 
 
+def condition_of(run: dict[str, Any]) -> str:
+    """A run's condition label: the experiment's, else "<preset>, <tokens_budget> tokens" (runs outside a study)."""
+    if run.get("condition"):
+        return str(run["condition"])
+    budget = run.get("tokens_budget")
+    return f"{run.get('preset')}, {budget:,} tokens" if isinstance(budget, int) else f"{run.get('preset')}, {budget}"
+
+
 def load_from_store(url: str, experiment: str | None = None) -> StudyData:
     """Read one experiment's runs (or every run) with evaluations and steps from the store at ``url``."""
     from wattscale.store import open_store

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from wattscale.analysis.study_data import condition_of
 from wattscale.errors import ConfigError
 from wattscale.report.queries import val_loss_curves
 from wattscale.report.summary import minmax_downsample
@@ -37,13 +38,6 @@ class ReportData:
     intervals: list[dict[str, Any]]
     experiments: list[dict[str, Any]] = field(default_factory=list)
     generated_at: str = ""
-
-
-def condition_of(run: dict[str, Any]) -> str:
-    """A run's condition label: the experiment's, else "<preset>, <tokens_budget> tokens"."""
-    if run.get("condition"):
-        return str(run["condition"])
-    return f"{run['preset']}, {run['tokens_budget']:,} tokens"
 
 
 def _condition_sort_key(run: dict[str, Any]) -> tuple:
