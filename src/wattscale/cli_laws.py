@@ -81,7 +81,8 @@ def _print_fit(analysis: Any) -> None:
                            if boot else ["-", "-", "-"])] for k, v in fit.params.items()]
     _table(f"parameters ({level})", ["parameter", "value", "ci_low", "ci_high", "se"], rows)
     print(f"objective {fit.objective:.6g} (sum of Huber, delta {fit.huber_delta:g}); {fit.n_starts_at_best} of "
-          f"{fit.n_starts} starts reached it; {fit.n_starts_converged} converged; best: {fit.stop_reason}; "
+          f"{fit.n_starts} starts reached it ({fit.n_starts_near_best} within 0.1%); {fit.n_starts_converged} "
+          f"converged; best: {fit.stop_reason}; "
           f"at bound: {', '.join(fit.at_bound) or 'none'}; RMSE(log loss) {fit.rmse_log_loss:.4g}; {fit.seconds:.1f} s")
 
 

@@ -165,9 +165,9 @@ def _lse_power_law_vjp(theta: torch.Tensor, log_x: torch.Tensor):
         grad = torch.empty(theta.shape, dtype=theta.dtype)
         grad[:, 0] = const[:, 0] * ut.sum(1)
         for j in range(v):
-            # one matmul gives both sum_i w_i and sum_i w_i * (-log x_ij) for w = u_i * share of term j
-            both = (ut * powers[j]) @ torch.stack([torch.ones_like(log_x[:, j]), -log_x[:, j]], dim=1)
-            grad[:, 1 + j], grad[:, 1 + v + j] = both[:, 0], both[:, 1]
+            w = ut * powers[j]  # u_i times the share of term j in the sum
+            grad[:, 1 + j] = w.sum(1)
+            grad[:, 1 + v + j] = -(w @ log_x[:, j])
         return grad
 
     return log_loss, vjp

@@ -8,9 +8,9 @@
 - :func:`identifiability_warnings`: plain sentences for what makes a fit untrustworthy: a variable spanning
   under a decade (``SPAN_WARNING`` = 10x), fewer than 3 distinct values of a variable, nearly collinear log
   variables (|r| > 0.95), fewer than 3 points per parameter, parameters on a bound, a best start that did not
-  converge or that no other start reached, fewer than 10 runs to bootstrap, bootstrap replicates that did not
-  converge (> 10%), and parameters whose bootstrap interval spans more than a factor of 10 (or whose exponent
-  interval reaches 0).
+  converge or that no other start reached (within 1e-5 relative), fewer than 10 runs to bootstrap, bootstrap
+  replicates that did not converge (> 10%), and parameters whose bootstrap interval spans more than a factor of
+  10 (or whose exponent interval reaches 0).
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ def _fit_warnings(fit: LawFit) -> list[str]:
     if not fit.converged:
         out.append(f"the best start did not converge ({fit.stop_reason}); raise max_iter")
     if fit.n_starts_at_best < 2 and fit.n_starts > 1:
-        out.append(f"only {fit.n_starts_at_best} of {fit.n_starts} starts reached the best objective; "
-                   "the optimum may be fragile")
+        out.append(f"only {fit.n_starts_at_best} of {fit.n_starts} starts reached the best objective (within "
+                   f"1e-5) and {fit.n_starts_near_best} came within 0.1%: the objective is flat or rugged around "
+                   "the optimum; judge the parameters by their bootstrap intervals")
     return out
 
 

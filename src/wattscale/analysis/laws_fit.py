@@ -42,6 +42,7 @@ from wattscale.errors import ConfigError
 
 HUBER_DELTA = 1e-3
 AGREE_RTOL = 1e-5
+NEAR_RTOL = 1e-3
 N_CANDIDATES = 8  # distinct local optima kept from the grid (bootstrap starts)
 POLISH = {"ftol": 1e-13, "gtol": 1e-10, "max_iter": 1000}
 CHUNK_ROWS = 256  # starts per tensor block: keeps each [rows, points] block near the cache
@@ -111,7 +112,8 @@ class LawFit(Result):
     n_points: int
     n_runs: int
     n_starts: int
-    n_starts_at_best: int
+    n_starts_at_best: int  # grid starts whose objective is within agree_rtol (1e-5) of the best
+    n_starts_near_best: int  # ... within 0.1%
     n_starts_converged: int
     converged: bool  # the polished best ended by a stopping test (not the iteration cap or a failure)
     stop_reason: str
@@ -229,6 +231,7 @@ def fit_law(data: LawData, form: str | LawForm = "chinchilla", options: FitOptio
         raise ConfigError(f"form {form.name!r}: the objective is not finite from any start; check the data")
     f_grid = float(np.min(np.where(np.isfinite(result.f), result.f, np.inf)))
     at_best = int((result.f <= f_grid + options.agree_rtol * abs(f_grid)).sum())
+    near_best = int((result.f <= f_grid + NEAR_RTOL * abs(f_grid)).sum())
     cand_x, _ = _candidates(result, N_CANDIDATES)
     polished = run_starts(form, data, cand_x, replace(options, **POLISH))
     seconds = time.perf_counter() - t0
@@ -243,7 +246,7 @@ def fit_law(data: LawData, form: str | LawForm = "chinchilla", options: FitOptio
         fit_params=dict(zip(form.fit_names, map(float, theta), strict=True)),
         objective=f_best, huber_delta=options.huber_delta, n_points=len(data), n_runs=data.n_runs,
         n_starts=int(x0.shape[0]),
-        n_starts_at_best=at_best,
+        n_starts_at_best=at_best, n_starts_near_best=near_best,
         n_starts_converged=int(result.converged.sum()), converged=bool(polished.converged[best]),
         stop_reason=STATUS_NAMES[int(polished.status[best])], iterations=int(polished.iterations[best]),
         at_bound=at_bound(form, theta), rmse_log_loss=rmse_log_loss(form, theta, data),

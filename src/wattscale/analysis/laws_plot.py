@@ -41,9 +41,10 @@ def _panel_tokens(ax, data: LawData, fit: LawFit, cmap, norm) -> None:
     ax.set(xscale="log", yscale="log", xlabel="tokens D", ylabel="loss", title=f"{fit.form}: {fit.formula}")
 
 
-def _groups(data: LawData) -> list[tuple[float, float]]:
+def _groups(data: LawData, limit: int | None = MAX_CURVES) -> list[tuple[float, float]]:
+    """(N, D) pairs, those with the most points first (D matched to 0.1%)."""
     keys, counts = np.unique(np.stack([data.params, np.round(np.log(data.tokens), 3)]), axis=1, return_counts=True)
-    order = np.argsort(-counts)[:MAX_CURVES]
+    order = np.argsort(-counts, kind="stable")[:limit]
     return [(float(keys[0, i]), float(np.exp(keys[1, i]))) for i in order]
 
 
@@ -66,8 +67,10 @@ def _panel_optimum(ax, data: LawData, fit: LawFit, boot: LawBootstrap | None) ->
         d = np.geomspace(data.tokens.min() / 3, data.tokens.max() * 3, 100)
         ax.plot(d, optimal_batch_tokens(fit.params, d), "k-", label="M*(D)")
         band = _band(optimal_batch_tokens(reps, d[None, :]) if reps else None, level)
-        for n, dd in _groups(data):
+        for n, dd in _groups(data, limit=None):
             sel = (data.params == n) & np.isclose(data.tokens, dd, rtol=1e-3)
+            if np.unique(data.batch_tokens[sel]).size < 3:
+                continue  # a best batch needs several batch sizes at this (N, D)
             ax.plot(dd, data.batch_tokens[sel][np.argmin(data.loss[sel])], "o", ms=4, color="tab:red")
         ax.set(xlabel="tokens D", ylabel="batch size M (tokens)", title="optimal batch (o: best observed)")
     else:
