@@ -40,6 +40,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boot", type=int, default=4000)
     args = parser.parse_args()
+    if not EPOCH.is_file():
+        raise SystemExit(f"Epoch AI's Chinchilla data not found at {EPOCH}; set WATTSCALE_SHARED_DATA to the "
+                         "shared data folder")
     data = law_data_from_csv(EPOCH, {"params": "Model Size", "flops": "Training FLOP"}, param_counting="total")
     data = data.subset(data.loss < np.sort(data.loss)[-5])
     analysis = analyze_law(data, "chinchilla", n_boot=args.boot, losses=[2.0])

@@ -38,7 +38,7 @@ def test_clustered_bootstrap_is_not_fooled_by_repeated_checkpoints():
     single = chinchilla_points(np.geomspace(1e7, 1e10, 6), np.geomspace(1e8, 1e11, 6))
     triple = chinchilla_points(np.geomspace(1e7, 1e10, 6), np.geomspace(1e8, 1e11, 6), repeat=3)
     fit1, fit3 = fit_law(single, "chinchilla", COARSE), fit_law(triple, "chinchilla", COARSE)
-    b1, b3 = bootstrap_law(single, fit1, n_boot=150, seed=3), bootstrap_law(triple, fit3, n_boot=150, seed=3)
+    b1, b3 = bootstrap_law(single, fit1, n_boot=40, seed=3), bootstrap_law(triple, fit3, n_boot=40, seed=3)
     for name in ("alpha", "beta", "E"):
         assert b3.params[name].se == pytest.approx(b1.params[name].se, rel=0.02), name
 

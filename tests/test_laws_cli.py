@@ -13,7 +13,6 @@ from wattscale.store import open_store
 
 TRUTH = {"E": 1.8, "A": 300.0, "B": 50.0, "C": 20.0, "alpha": 0.3, "beta": 0.3, "gamma": 0.4}
 SEQ_LEN = 512
-FAST = ["--grid", "coarse", "--boot", "40", "--no-plot"]
 
 
 def truth_loss(n, m, k):
@@ -41,6 +40,11 @@ def law_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         "config_json": json.dumps({"train": {"batch_size": batch, "seq_len": SEQ_LEN}}),
                         "config_hash": f"h{i}", "tokens_budget": int(tokens), "params_total": int(n * 1.1),
                         "params_non_embedding": int(n), "params_embedding": int(n * 0.1)})
+                    if i < 3:  # two intermediate evaluations, for --checkpoints
+                        for frac in (0.25, 0.5):
+                            store.add_evaluation(run_id, {"step": int(k * frac), "tokens_seen": int(tokens * frac),
+                                                          "val_loss": float(truth_loss(n, m, k * frac)),
+                                                          "val_ppl": 10.0, "wall_seconds": 1.0})
                     store.finish_run(run_id, "finished", {"tokens_seen": int(tokens), "steps": int(round(k)),
                                                           "final_val_loss": float(loss), "energy_j": float(joules),
                                                           "energy_source": "estimated"})
@@ -50,9 +54,21 @@ def law_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def test_store_points_runs_checkpoints_and_parameter_counting(law_store):
+    from wattscale.analysis.laws_data import law_data_from_store
+
+    finals = law_data_from_store(str(law_store), "laws")
+    assert len(finals) == 60 and finals.n_runs == 60 and finals.param_counting == "non_embedding"
+    assert finals.batch_tokens.min() == 16 * SEQ_LEN and finals.energy_source == "estimated"
+    with_checkpoints = law_data_from_store(str(law_store), "laws", checkpoints=True, param_counting="total")
+    assert len(with_checkpoints) == 66 and with_checkpoints.n_runs == 60  # 6 checkpoints cluster with their runs
+    assert with_checkpoints.params.max() == pytest.approx(1.1e9, rel=1e-6)
+    assert np.isnan(with_checkpoints.energy_j[with_checkpoints.tokens < 4e9]).all()  # no energy on checkpoints
+
+
 def test_fit_three_term_from_store_json(run_cli, law_store, tmp_path):
     res = run_cli("--store", str(law_store), "fit", "--form", "three-term", "--from-store", "--grid", "coarse",
-                  "--boot", "40", "--compare", "chinchilla", "--plot", str(tmp_path / "fit.png"), "--json")
+                  "--boot", "20", "--compare", "chinchilla", "--plot", str(tmp_path / "fit.png"), "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["data"]["n_points"] == 60 and out["fit"]["param_counting"] == "non_embedding"
@@ -62,18 +78,21 @@ def test_fit_three_term_from_store_json(run_cli, law_store, tmp_path):
     assert out["batch_law"]["coefficient"]["value"] == pytest.approx(coef, rel=0.3)
     assert out["batch_law"]["exponent"]["ci_low"] < out["batch_law"]["exponent"]["ci_high"]
     assert {"E", "A", "B", "alpha", "beta"} == set(out["batch_law"]["implied_chinchilla"])
-    assert out["bootstrap"]["n_boot"] == 40 and set(out["bootstrap"]["params"]) == set(TRUTH)
+    assert out["bootstrap"]["n_boot"] == 20 and set(out["bootstrap"]["params"]) == set(TRUTH)
     assert out["validation"]["n_test"] >= 12  # the largest size's runs
     assert [c["form"] for c in out["comparison"]][0] == "three-term"  # the true form wins on AIC
     assert out["batch_optima"] and out["compute_optima"]
     assert Path(out["plot"]).stat().st_size > 10_000
 
 
-def test_plan_compute_matches_implied_chinchilla(run_cli, law_store):
-    res = run_cli("--store", str(law_store), "plan-compute", "--form", "three-term", "--flops", "1e20", "--json",
-                  "--grid", "coarse", "--boot", "0")
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout)
+def test_plan_compute_matches_implied_chinchilla(law_store, capsys):
+    """In this process through main() (plan-compute's subprocess path is test_human_readable_tables)."""
+    from wattscale.cli import main
+
+    code = main(["--store", str(law_store), "plan-compute", "--form", "three-term", "--flops", "1e20", "--json",
+                 "--grid", "coarse", "--boot", "0"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
     p = out["fit"]["params"]
     # Independent reference: the implied Chinchilla law at M* (DESIGN.md), then Hoffmann's N*(C) formula.
     k = (p["beta"] * p["B"] / (p["gamma"] * p["C"])) ** (1 / (p["beta"] + p["gamma"]))

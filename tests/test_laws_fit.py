@@ -53,6 +53,29 @@ def test_epoch_bootstrap_standard_errors_match_published():
         assert boot.params[name].se == pytest.approx(se, rel=0.25), name
 
 
+STEPLAW_CSV = SHARED_DATA / "external" / "steplaw" / "dense_lr_bs_loss.csv"
+
+
+def test_steplaw_batch_exponent_reported(record_property):
+    """A reported comparison, not a tuned test: M*(D)'s exponent next to the published 0.566."""
+    if not STEPLAW_CSV.is_file():
+        pytest.skip(f"Step-Law run data not found at {STEPLAW_CSV} (set WATTSCALE_SHARED_DATA)")
+    import pandas as pd
+
+    from wattscale.analysis.laws import batch_law_exponent
+
+    runs = pd.read_csv(STEPLAW_CSV)
+    runs = runs[runs["smooth loss"] <= 4]
+    runs = runs.loc[runs.groupby(["N", "D", "bs"])["smooth loss"].idxmin()]  # best LR per (N, D, bs)
+    data = make_law_data(params=runs["N"], batch_tokens=runs["bs"] * 2048, steps=runs["ti"], loss=runs["smooth loss"])
+    fit = fit_law(data, "three-term", FitOptions(grid="coarse"))
+    exponent = float(batch_law_exponent(fit.params))
+    record_property("steplaw_m_star_exponent", exponent)
+    print(f"Step-Law M*(D) exponent {exponent:.3f} (published: 0.566 Schaipp, 0.571 Step-Law; "
+          "benchmarks/steplaw_batch_law.py has the bootstrap interval)")
+    assert fit.converged and 0 < exponent < 1
+
+
 def chinchilla_truth_data(rng, noise=0.002, irreducible=1.7):
     n, d = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 1e10, 8), np.geomspace(1e8, 1e11, 8)))
     loss = irreducible + 400.0 / n**0.34 + 1500.0 / d**0.30
@@ -109,9 +132,9 @@ def test_fit_is_a_minimum_that_scipy_cannot_improve():
     args = (np.log(data.params), np.log(data.tokens), np.log(data.loss))
     ours = np.array([fit.fit_params[k] for k in ("e", "a", "b", "alpha", "beta")])
     assert numpy_objective(ours, *args) == pytest.approx(fit.objective, rel=1e-12)
-    polished = minimize(numpy_objective, ours, args=args, method="Powell", options={"xtol": 1e-8, "ftol": 1e-14})
+    polished = minimize(numpy_objective, ours, args=args, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-12})
     assert polished.fun >= fit.objective * (1 - 1e-7)
-    starts = get_form("chinchilla").starts()[::450]  # 10 of the Hoffmann starts, one scipy run each
+    starts = get_form("chinchilla").starts()[::900]  # 5 of the Hoffmann starts, one scipy run each
     best = min(minimize(numpy_objective, s, args=args, method="L-BFGS-B").fun for s in starts)
     assert fit.objective <= best * (1 + 1e-9)
 
