@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--grid", choices=("full", "coarse"), default="full")
     args = parser.parse_args()
     if not (STEPLAW / "dense_lr_bs_loss.csv").is_file():
-        raise SystemExit(f"Step-Law run data not found in {STEPLAW}; set WATTSCALE_SHARED_DATA to the shared data folder")
+        raise SystemExit(f"Step-Law run data not found in {STEPLAW}; set WATTSCALE_SHARED_DATA to the shared data")
     runs = select_runs(pd.read_csv(STEPLAW / "dense_lr_bs_loss.csv"))
     data = make_law_data(params=runs["N"], batch_tokens=runs["bs"] * SEQ_LEN, steps=runs["ti"],
                          loss=runs["smooth loss"], run_id=runs["exp_name"], param_counting="non_embedding",
