@@ -111,14 +111,15 @@ def test_report_cli_over_a_real_study(study_db: Path, run_cli) -> None:
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["runs"] == 4 and summary["conditions"] == 2
-    assert summary["pending_sections"] == ["laws"]
+    assert summary["pending_sections"] == []
     html = Path(summary["path"]).read_text(encoding="utf-8")
     assert summary["size_bytes"] == Path(summary["path"]).stat().st_size
     # Self-contained: no external scripts, styles, images or frames.
     assert not re.search(r"<(script|img|iframe|link)[^>]*\s(src|href)=", html)
     for section in ("design", "runs", "loss", "power", "efficiency", "statistics", "dynamics", "laws"):
         assert f'<section id="{section}"' in html
-    assert html.count("Section pending.") == 1
+    assert html.count("Section pending.") == 0
+    assert "no law fitted: the runs have 1 model size(s)" in html  # one preset: the law section says why
     # The statistics and dynamics sections are `wattscale analyze` on the same runs.
     analysis = json.loads(run_cli("--store", str(study_db), "analyze", "--experiment", "report-study", "--json").stdout)
     sentences = [f"{s['metric']}: {s['apa']}" for s in analysis["statistics"] if s["apa"]]

@@ -165,30 +165,38 @@ def law_data_from_store(url: str, experiment: str | None = None, *, param_counti
     """LawData from the finished runs in a store (see the module docstring for what each column is)."""
     from wattscale.store import open_store
 
+    with open_store(url, create=False) as store:
+        return law_data_from_open_store(store, experiment, param_counting=param_counting, checkpoints=checkpoints,
+                                        source=f"store {url}")
+
+
+def law_data_from_open_store(store: Any, experiment: str | None = None, *, param_counting: str = "non_embedding",
+                             checkpoints: bool = False, source: str | None = None) -> LawData:
+    """`law_data_from_store` on an open `wattscale.store.Store`."""
     if param_counting not in ("total", "non_embedding"):
         raise ConfigError(f"--param-counting: {param_counting!r}; use total or non_embedding")
+    label = source or f"store {store.display_url}"
     rows: dict[str, list[Any]] = {k: [] for k in ("params", "tokens", "batch_tokens", "loss", "run_id", "energy_j")}
     skipped = 0
     sources: set[str] = set()
-    with open_store(url, create=False) as store:
-        runs = [r for r in store.list_runs(experiment=experiment) if r.get("status") == "finished"]
-        for run in runs:
-            n_params = run.get(f"params_{param_counting}")
-            m = _batch_tokens(run)
-            points = [(run.get("tokens_seen"), run.get("final_val_loss"))]
-            if checkpoints:
-                points += [(e["tokens_seen"], e["val_loss"]) for e in store.evaluations(run["run_id"])
-                           if e["tokens_seen"] != run.get("tokens_seen")]
-            for tokens, loss in points:
-                if not all(v is not None and math.isfinite(float(v)) and float(v) > 0 for v in (n_params, m, tokens,
-                                                                                                 loss)):
-                    skipped += 1
-                    continue
-                energy = run.get("energy_j") if tokens == run.get("tokens_seen") else None
-                if energy is not None:
-                    sources.add(str(run.get("energy_source")))
-                for key, value in zip(rows, (n_params, tokens, m, loss, run["run_id"], energy), strict=True):
-                    rows[key].append(value)
+    runs = [r for r in store.list_runs(experiment=experiment) if r.get("status") == "finished"]
+    for run in runs:
+        n_params = run.get(f"params_{param_counting}")
+        m = _batch_tokens(run)
+        points = [(run.get("tokens_seen"), run.get("final_val_loss"))]
+        if checkpoints:
+            points += [(e["tokens_seen"], e["val_loss"]) for e in store.evaluations(run["run_id"])
+                       if e["tokens_seen"] != run.get("tokens_seen")]
+        for tokens, loss in points:
+            if not all(v is not None and math.isfinite(float(v)) and float(v) > 0 for v in (n_params, m, tokens,
+                                                                                             loss)):
+                skipped += 1
+                continue
+            energy = run.get("energy_j") if tokens == run.get("tokens_seen") else None
+            if energy is not None:
+                sources.add(str(run.get("energy_source")))
+            for key, value in zip(rows, (n_params, tokens, m, loss, run["run_id"], energy), strict=True):
+                rows[key].append(value)
     if not rows["loss"]:
         where = f"experiment {experiment!r}" if experiment else "the store"
         raise ConfigError(f"--from-store: no finished runs with params, tokens, batch size and loss in {where}; "
@@ -196,7 +204,7 @@ def law_data_from_store(url: str, experiment: str | None = None, *, param_counti
     energy = np.array([np.nan if e is None else float(e) for e in rows["energy_j"]])
     data = make_law_data(params=rows["params"], tokens=rows["tokens"], batch_tokens=rows["batch_tokens"],
                          loss=rows["loss"], run_id=rows["run_id"], energy_j=energy, param_counting=param_counting,
-                         source=f"store {url}" + (f" experiment {experiment}" if experiment else ""))
+                         source=label + (f" experiment {experiment}" if experiment else ""))
     note = (f"{skipped} point(s) without params, tokens, batch size or a finite loss were skipped",) if skipped else ()
     least_direct = next((s for s in ("estimated", "integrated", "counter") if s in sources), "")
     return LawData(**{k: getattr(data, k) for k in ("params", "tokens", "loss", "run_id", "weight", "batch_tokens",

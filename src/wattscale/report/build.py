@@ -74,8 +74,8 @@ def build_report(store: Store, experiment: str | None = None, run_id: str | None
                  max_power_points: int = DEFAULT_MAX_POWER_POINTS) -> tuple[str, ReportData, list[Section]]:
     """Read the store and return (html, data, sections) for an experiment (or all runs).
 
-    With ``analyze`` (default) and no ``statistics``/``dynamics`` given, those sections come from
-    `wattscale.analysis` run on the same runs (`report.analysis_content`).
+    With ``analyze`` (default), sections not given come from `wattscale.analysis` run on the same runs:
+    statistics and dynamics (`report.analysis_content`), the scaling law (`report.laws_content`).
     """
     if max_power_points < 2:
         raise ConfigError(f"--max-power-points: must be at least 2, got {max_power_points}")
@@ -84,6 +84,10 @@ def build_report(store: Store, experiment: str | None = None, run_id: str | None
         from wattscale.report.analysis_content import study_content
 
         statistics, dynamics = study_content(store, experiment)
+    if analyze and laws is None:
+        from wattscale.report.laws_content import laws_content
+
+        laws = laws_content(store, experiment)
     sections = default_sections(data, statistics=statistics, dynamics=dynamics, laws=laws)
     return render(data, sections), data, sections
 
