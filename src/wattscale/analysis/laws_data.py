@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from wattscale.errors import ConfigError, DataError
+from wattscale.errors import ConfigError
 
 COLUMNS = ("params", "tokens", "batch_tokens", "steps", "loss", "run_id", "weight", "flops", "energy_j")
 PARAM_COUNTINGS = ("total", "non_embedding", "unspecified")
@@ -140,15 +140,9 @@ def law_data_from_frame(frame: Any, columns: dict[str, str] | None = None, *, pa
 def law_data_from_csv(path: str | Path, columns: dict[str, str] | None = None, *,
                       param_counting: str = "unspecified") -> LawData:
     """LawData from a CSV file with the documented column names (or a mapping to the file's headers)."""
-    import pandas as pd
+    from wattscale.analysis.table_files import read_table
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"--csv: no file {str(path)!r}; give the path of a CSV file")
-    try:
-        frame = pd.read_csv(path)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"--csv: cannot read {str(path)!r} as CSV ({str(exc).splitlines()[0]})") from None
+    frame = read_table(path, "--csv")
     return law_data_from_frame(frame, columns, param_counting=param_counting, source=str(path))
 
 

@@ -87,22 +87,9 @@ def _add_step_facts(record: dict[str, Any], evaluations: list[dict], steps: list
 
 def load_from_export(path: Path, experiment: str | None = None) -> StudyData:
     """Read run records from a ``runs`` export (.csv, .parquet) or ``runs --json`` output (.json)."""
-    import pandas as pd
+    from wattscale.analysis.table_files import read_table
 
-    if not path.is_file():
-        raise ConfigError(f"--runs-file: {path} does not exist; write one with `wattscale export runs.csv`")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".json":
-            frame = pd.DataFrame(json.loads(path.read_text()))
-        elif suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif suffix == ".csv":
-            frame = pd.read_csv(path)
-        else:
-            raise ConfigError(f"--runs-file: {path.name}: expected .csv, .parquet or .json (runs --json)")
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"--runs-file: cannot read {path}: {exc}") from None
+    frame = read_table(path, "--runs-file", (".csv", ".parquet", ".json"))
     missing = [c for c in REQUIRED_RUN_COLUMNS if c not in frame.columns]
     if missing:
         raise ConfigError(f"--runs-file: {path.name} lacks column(s) {missing}; export the runs table "

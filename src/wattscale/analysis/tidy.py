@@ -107,12 +107,9 @@ def write_outputs(analysis: dict[str, Any], folder: Path, json_text: str) -> lis
 
 def load_long_csv(path: Path, metric: str, factor: str, subject: str) -> pd.DataFrame:
     """A long-format CSV (one row per observation) with the three named columns; errors name the flag."""
-    if not path.is_file():
-        raise ConfigError(f"--csv: {path} does not exist")
-    try:
-        frame = pd.read_csv(path)
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"--csv: cannot read {path} as CSV: {exc}") from None
+    from wattscale.analysis.table_files import read_table
+
+    frame = read_table(path, "--csv")
     for flag, column in (("--metric", metric), ("--factor", factor), ("--subject", subject)):
         if column not in frame.columns:
             raise ConfigError(f"{flag}: column {column!r} is not in {path.name}; columns: {list(frame.columns)}")
