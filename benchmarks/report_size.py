@@ -185,8 +185,9 @@ def main() -> None:
             "build_seconds": {"cold_first_call": round(build_times[0], 3),
                               "warm_median": round(statistics.median(build_times[1:]), 3),
                               "warm_rounds": [round(t, 3) for t in build_times[1:]],
-                              "note": "write_report: read the store, compute summaries, render, write; cold "
-                                      "includes importing plotly and scipy"},
+                              "note": "write_report: read the store, run wattscale.analysis (efficiency, "
+                                      "statistics, dynamics; the scaling law when the runs allow one), render, "
+                                      "write; cold includes importing plotly, scipy, pandas and pingouin"},
             "browser_load": browser or "chromium not found: not measured",
             "machine": {**device_info(torch.device("cpu")), "cpu_count": os.cpu_count()},
         }
