@@ -188,14 +188,19 @@ def _pairs(fit: LawFit, boot: LawBootstrap | None, data: LawData, model: EnergyM
     return reps, _energy_replicates(data, boot.replicates.shape[0], boot.seed + 1)
 
 
-def plan_energy(fit: LawFit, boot: LawBootstrap | None, data: LawData, energy_kwh: Sequence[float],
-                extrapolate: float = 1.0) -> list[EnergyPlan]:
-    """The lowest-loss (N, D, M) for each energy budget (kWh), with intervals."""
+def _plan_inputs(fit: LawFit, boot: LawBootstrap | None, data: LawData, extrapolate: float):
+    """What both planners search over: the energy model, the (N, M) grid, the point and replicate coefficients."""
     model = fit_energy_model(data)
     n, m = _grid(model, extrapolate)
     point_coef = np.array([[model.intercept, model.coef_log_params, model.coef_log_batch]])
-    pairs = _pairs(fit, boot, data, model)
     level = 0.95 if boot is None else boot.level
+    return model, n, m, point_coef, _pairs(fit, boot, data, model), level
+
+
+def plan_energy(fit: LawFit, boot: LawBootstrap | None, data: LawData, energy_kwh: Sequence[float],
+                extrapolate: float = 1.0) -> list[EnergyPlan]:
+    """The lowest-loss (N, D, M) for each energy budget (kWh), with intervals."""
+    model, n, m, point_coef, pairs, level = _plan_inputs(fit, boot, data, extrapolate)
     out = []
     for kwh in energy_kwh:
         if not kwh > 0:
@@ -212,8 +217,7 @@ def plan_energy(fit: LawFit, boot: LawBootstrap | None, data: LawData, energy_kw
 
         value = best(fit.params, point_coef)
         reps = best(pairs[0], pairs[1]) if pairs else None
-        est = {k: (estimate(value[k][0], reps[k], level) if reps else estimate(value[k][0], np.array([]), level))
-               for k in value}
+        est = {k: estimate(value[k][0], reps[k] if reps else np.array([]), level) for k in value}
         out.append(EnergyPlan(energy_kwh=float(kwh), form=fit.form, energy_source=model.energy_source,
                               at_edge=_at_edge(value["params"][0], value["batch_tokens"][0], n, m), **est))
     return out
@@ -222,11 +226,7 @@ def plan_energy(fit: LawFit, boot: LawBootstrap | None, data: LawData, energy_kw
 def energy_for_losses(fit: LawFit, boot: LawBootstrap | None, data: LawData, losses: Sequence[float],
                       extrapolate: float = 1.0) -> list[EnergyTarget]:
     """The least energy (kWh) reaching each target loss, and the (N, D, M) that does it, with intervals."""
-    model = fit_energy_model(data)
-    n, m = _grid(model, extrapolate)
-    point_coef = np.array([[model.intercept, model.coef_log_params, model.coef_log_batch]])
-    pairs = _pairs(fit, boot, data, model)
-    level = 0.95 if boot is None else boot.level
+    model, n, m, point_coef, pairs, level = _plan_inputs(fit, boot, data, extrapolate)
     out = []
     for target in losses:
         def least(params: dict, coef: np.ndarray, target: float = target) -> dict[str, np.ndarray]:
