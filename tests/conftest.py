@@ -41,5 +41,32 @@ def run_cli(tmp_path: Path):
     return _run
 
 
+@pytest.fixture
+def run_cli_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """Run `wattscale ...` through `wattscale.cli.main` in this process, in tmp_path; returns a CliResult.
+
+    The same parsing, error handling and exit codes as the console script, without a new interpreter importing
+    torch, pandas and pingouin again (seconds per call): for commands whose process-level behaviour (signals,
+    kills) is not what the test is about.
+    """
+    import signal
+
+    from wattscale.cli import main
+
+    def _run(*args: str) -> CliResult:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("WATTSCALE_STORE", raising=False)
+        capsys.readouterr()  # drop anything printed before
+        previous = signal.getsignal(signal.SIGTERM)
+        try:
+            code = main(list(args))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+
+    return _run
+
+
 # Small but real settings shared by trainer tests: the llama-tiny preset on a 0.3 MB generated corpus.
 TINY_DATA = ["--data", "synthetic", "--synthetic-mb", "0.3", "--eval-tokens", "2048", "--idle-seconds", "0"]

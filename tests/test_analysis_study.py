@@ -125,7 +125,8 @@ def test_cli_json_out_files_and_terminal(run_cli, tmp_path: Path) -> None:
     (["--factor", "x"], "--factor"),
     (["--alpha", "2"], "alpha"),
 ])
-def test_cli_bad_input_is_one_line_exit_2(run_cli, tmp_path: Path, args: list[str], field: str) -> None:
+def test_cli_bad_input_is_one_line_exit_2(run_cli_in_process, tmp_path: Path, args: list[str], field: str) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     _study_store(tmp_path, repetitions=2)
     before = (tmp_path / "s.db").read_bytes()
     res = run_cli("--store", "s.db", "analyze", *(["--experiment", "toy"] if "--experiment" not in args else []),
@@ -134,7 +135,8 @@ def test_cli_bad_input_is_one_line_exit_2(run_cli, tmp_path: Path, args: list[st
     assert (tmp_path / "s.db").read_bytes() == before
 
 
-def test_cli_one_level_factor_and_one_subject_are_marked_not_computable(run_cli, tmp_path: Path) -> None:
+def test_cli_one_level_factor_and_one_subject_are_marked_not_computable(run_cli_in_process, tmp_path: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     _study_store(tmp_path, repetitions=1)
     res = run_cli("--store", "s.db", "analyze", "--experiment", "toy", "--json", "--metric", "tokens_per_joule")
     assert res.returncode == 0, res.stderr
@@ -145,7 +147,8 @@ def test_cli_one_level_factor_and_one_subject_are_marked_not_computable(run_cli,
     assert all("1 level(s)" in s["not_computable"]["rm_anova"] for s in json.loads(one.stdout)["statistics"])
 
 
-def test_metrics_hook_and_runs_export(run_cli, tmp_path: Path) -> None:
+def test_metrics_hook_and_runs_export(run_cli_in_process, tmp_path: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     _study_store(tmp_path, repetitions=3)
     (tmp_path / "hook.py").write_text("METRICS = {'tokens_per_second': lambda run: run['tokens_seen'] / "
                                       "run['wall_seconds']}\n")
@@ -172,7 +175,8 @@ def test_metrics_hook_and_runs_export(run_cli, tmp_path: Path) -> None:
         json.loads(from_store.stdout)["statistics"][0]["rm_anova"]["f"])
 
 
-def test_long_csv_against_statsmodels_scipy_and_bad_columns(run_cli, tmp_path: Path) -> None:
+def test_long_csv_against_statsmodels_scipy_and_bad_columns(run_cli_in_process, tmp_path: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     rng = np.random.default_rng(11)
     wide = rng.normal(0, 1, (8, 4)) + rng.normal(0, 2, (8, 1)) + np.array([0.0, 0.4, 0.9, 1.6])
     long = pd.DataFrame([{"who": s, "dose": d, "score": wide[s, j]} for s in range(8)

@@ -28,7 +28,7 @@ def run_smoke(run_cli, cache_dir: Path, study: str) -> list[dict]:
 def test_dynamics_4m_smoke(run_cli, tmp_path: Path, cache_dir: Path) -> None:
     runs = run_smoke(run_cli, cache_dir, "dynamics_4m")
     assert len(runs) == 6 and {r["seed"] for r in runs} == set(range(6))
-    assert all(r["status"] == "finished" and r["tokens_seen"] == 86_016 for r in runs)
+    assert all(r["status"] == "finished" and r["tokens_seen"] == 43_008 for r in runs)
     with_evals = run_cli("--store", "dynamics_4m.db", "export", "evals.csv", "--table", "evaluations")
     assert with_evals.returncode == 0
     rows = (tmp_path / "evals.csv").read_text().strip().splitlines()[1:]
