@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from conftest import TINY_DATA
 from wattscale.budget import IGNORE_INDEX, mask_targets
 from wattscale.config import build_run_config, run_id_for
-from wattscale.distributed import (
+from wattscale.train.parallel import (
     DistributedContext,
     RankMeter,
     energy_state_for_rank,
@@ -122,7 +122,7 @@ def test_fsdp_trains_the_same_run_and_writes_single_process_checkpoints(one_proc
     torch.testing.assert_close(torch.tensor([s["loss"] for s in steps], dtype=torch.float64),
                                torch.tensor([s["loss"] for s in one_steps], dtype=torch.float64), rtol=5e-5, atol=0.0)
     # The sharded state was gathered into the single-process format: a plain model and optimiser load it.
-    from wattscale.checkpoint import load_checkpoint
+    from wattscale.train.checkpoints import load_checkpoint
     from wattscale.model import Llama, ModelConfig
     from wattscale.train import make_optimizer
 

@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from wattscale.checkpoint import list_checkpoints
+from wattscale.train.checkpoints import list_checkpoints
 from wattscale.config import RunConfig
 from wattscale.errors import ConfigError, WattscaleError
 from wattscale.locking import run_lock

@@ -6,7 +6,7 @@ it again with the same settings resumes that run from its last checkpoint, or re
 the run already ended.
 
 Started by torchrun on several processes, every rank calls `train` and they train one run
-together (see `wattscale.distributed`): rank 0 alone writes the store and the run folder.
+together (see `wattscale.train.parallel`): rank 0 alone writes the store and the run folder.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import torch
 
 from wattscale import __version__
 from wattscale.budget import IGNORE_INDEX, StepPlan, mask_targets
-from wattscale.checkpoint import CheckpointMeta, list_checkpoints, write_weights
+from wattscale.train.checkpoints import CheckpointMeta, list_checkpoints, write_weights
 from wattscale.config import RunConfig, run_id_for
 from wattscale.data import PreparedData, TokenShard, prepare_data, sequence_batch, training_subset
-from wattscale.distributed import (
+from wattscale.train.parallel import (
     DistributedContext,
     ParallelModel,
     all_reduce_sum,

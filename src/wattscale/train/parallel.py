@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from wattscale.budget import IGNORE_INDEX
-from wattscale.checkpoint import (
+from wattscale.train.checkpoints import (
     CheckpointMeta,
     list_checkpoints,
     load_checkpoint,
