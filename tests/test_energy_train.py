@@ -76,14 +76,31 @@ def test_counter_energy_of_a_run_at_a_known_wattage(tmp_path: Path, cache_dir: P
     (run_row,) = [r for r in rows if r["scope"] == "run"]
     (idle_row,) = [r for r in rows if r["scope"] == "idle"]
     intervals = [r for r in rows if r["scope"] == "interval"]
+    phases = {r["phase"]: r for r in rows if r["scope"] == "phase"}
     # The counter rises at exactly `watts`: energy = watts x measured window length (ms-level write lag).
     run_seconds = run_row["end_seconds"] - run_row["start_seconds"]
     assert run_row["energy_j"] == pytest.approx(watts * run_seconds, rel=0.05, abs=0.1)
-    assert idle_row["energy_j"] == pytest.approx(watts * 0.5, rel=0.05)
+    assert idle_row["energy_j"] == pytest.approx(watts * 0.5, rel=0.05) and idle_row["phase"] == "idle"
     assert record["energy_j"] == pytest.approx(run_row["energy_j"]) and record["energy_source"] == "counter"
-    assert [r["end_tokens"] for r in intervals] == [4096, 8192, 12288, 16384]
-    assert [r["start_tokens"] for r in intervals] == [0, 4096, 8192, 12288]
-    assert sum(r["energy_j"] for r in intervals) == pytest.approx(run_row["energy_j"], rel=0.05, abs=0.1)
+    assert run_row["component"] == "cpu_package" and run_row["phase"] is None
+    # Intervals end at each evaluation, split by phase; each holds its training steps and its evaluation.
+    by_interval: dict[tuple, dict[str, float]] = {}
+    for r in intervals:
+        by_interval.setdefault((r["start_tokens"], r["end_tokens"]), {})[r["phase"]] = r["energy_j"]
+    assert sorted(by_interval) == [(0, 4096), (4096, 8192), (8192, 12288), (12288, 16384)]
+    assert all({"train", "eval"} <= set(split) for split in by_interval.values())
+    # The phases add up to the job exactly (one reading ends a phase and starts the next), and the intervals
+    # to the job but for what ran after the last evaluation (the final save).
+    assert set(phases) == {"warmup", "train", "eval", "checkpoint", "save", "other"}
+    assert sum(r["energy_j"] for r in phases.values()) == pytest.approx(run_row["energy_j"], rel=1e-9)
+    assert sum(r["phase_seconds"] for r in phases.values()) == pytest.approx(run_seconds, rel=1e-9)
+    after_last = phases["save"]["energy_j"]
+    assert sum(r["energy_j"] for r in intervals) == pytest.approx(run_row["energy_j"] - after_last, rel=0.02, abs=0.5)
+    # The run's training-phase figures: energy at the driven wattage over the training phase's seconds.
+    assert record["train_seconds"] == pytest.approx(phases["train"]["phase_seconds"])
+    assert record["train_energy_j"] == pytest.approx(phases["train"]["energy_j"])
+    assert record["train_energy_j"] == pytest.approx(watts * record["train_seconds"], rel=0.05, abs=0.2)
+    assert record["train_tokens"] == 16_384 - 4 * 32  # the first step of the session is the warm-up
     assert all(r["complete"] for r in rows)
     # The trace: samples of the package at ~watts, inside the run's time frame.
     assert samples and {s["device"] for s in samples} == {"package-0"}

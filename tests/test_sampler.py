@@ -170,7 +170,7 @@ def test_one_stall_skips_grid_slots_instead_of_bursting():
 def test_samples_rows_and_on_samples_receive_every_row_exactly_once():
     batches: list[list[dict]] = []
     meter = SineMeter(devices=("gpu0", "gpu1"), counter=True)
-    sampler = PowerSampler([meter], sample_hz=200, on_samples=batches.append, flush_every=7)
+    sampler = PowerSampler([meter], sample_hz=200, on_samples=batches.append, flush_every=7, keep_trace=True)
     stats = run_for(sampler, 0.3)
     rows = sampler.samples()
     assert len(rows) == 2 * stats.n_samples
@@ -255,7 +255,7 @@ def test_window_with_counter_uses_the_counter_not_the_samples():
 def test_failing_meter_records_a_gap_keeps_sampling_and_marks_windows_incomplete(error: type[Exception]):
     flaky = SineMeter(devices=("package-0",), counter=True, fail_between_s=(0.15, 0.3), error=error)
     steady = SineMeter(devices=("gpu0",), counter=True)
-    sampler = PowerSampler([flaky, steady], sample_hz=100)
+    sampler = PowerSampler([flaky, steady], sample_hz=100, keep_trace=True)
     sampler.start()
     sampler.begin_window("spans-gap")
     while time.monotonic() - flaky.t_open < 0.4:
@@ -273,7 +273,8 @@ def test_failing_meter_records_a_gap_keeps_sampling_and_marks_windows_incomplete
     expected = "fake: device lost" if error is MeterError else "fake: OSError: fake: device lost"
     assert stats.gap_messages == [expected]
     assert not spanning.complete
-    assert after.complete and after.source == "counter"
+    assert spanning.errors == (expected,)  # the failed reads' error text travels with the incomplete window
+    assert after.complete and after.source == "counter" and after.errors == ()
     # Sampling went on through and after the gap, for both meters.
     late = [r for r in sampler.samples() if r["t_s"] > end_s + 0.05]
     assert {r["device"] for r in late} == {"package-0", "gpu0"}
@@ -290,6 +291,7 @@ def test_meter_failing_at_the_window_boundary_and_until_stop():
     window = sampler.end_window("w")  # the end read fails: no counter difference possible
     stats = sampler.stop()
     assert not window.complete
+    assert "fake: device lost" in window.errors
     assert window.sources["gpu0"] == "integrated"
     assert window.energy_j["gpu0"] > 0.0  # the samples before the failure, never a silent zero
     assert len(stats.gaps) == 1 and stats.gaps[0][1] == pytest.approx(stats.duration_s, abs=0.01)
@@ -311,7 +313,7 @@ def test_counter_that_goes_backwards_falls_back_to_samples_and_is_incomplete():
 
 def test_trace_arrays_feed_resample_energy():
     meter = SineMeter(devices=("gpu0",))
-    sampler = PowerSampler([meter], sample_hz=200)
+    sampler = PowerSampler([meter], sample_hz=200, keep_trace=True)
     stats = run_for(sampler, 0.5)
     t, p = sampler.trace("gpu0")
     assert len(t) == stats.n_samples and np.all(np.diff(t) > 0)
@@ -340,8 +342,90 @@ def test_on_samples_failure_does_not_stop_sampling():
     def broken(rows: list[dict]) -> None:
         raise RuntimeError("store is down")
 
-    sampler = PowerSampler([SineMeter()], sample_hz=100, on_samples=broken, flush_every=5)
+    sampler = PowerSampler([SineMeter()], sample_hz=100, on_samples=broken, flush_every=5, keep_trace=True)
     with pytest.warns(RuntimeWarning, match="store is down"):
         stats = run_for(sampler, 0.2)
     assert stats.callback_errors >= 2
     assert len(sampler.samples()) == stats.n_samples >= 10
+
+
+def test_windows_that_share_marks_add_up_exactly_to_the_window_that_spans_them():
+    counter = SineMeter(devices=("gpu0",), counter=True)
+    integrated = SineMeter(devices=("package-0",), counter=False)
+    estimate = SineMeter(devices=("cpu",), energy_source="estimated")
+    sampler = PowerSampler([counter, integrated, estimate], sample_hz=200)
+    sampler.start()
+    marks = [sampler.mark()]
+    for _ in range(4):
+        time.sleep(0.07)
+        marks.append(sampler.mark())
+    sampler.stop()
+    parts = [sampler.energy_between(a, b) for a, b in zip(marks, marks[1:], strict=False)]
+    whole = sampler.energy_between(marks[0], marks[-1])
+    for device in ("gpu0", "package-0", "cpu"):
+        assert sum(p.energy_j[device] for p in parts) == pytest.approx(whole.energy_j[device], rel=1e-12)
+    assert whole.sources == {"gpu0": "counter", "package-0": "integrated", "cpu": "estimated"}
+    assert whole.energy_j["package-0"] == pytest.approx(energy_j(marks[0].t_s, marks[-1].t_s), rel=0.01)
+
+
+class ClockedMeter:
+    """A constant 250 W meter on a fake clock, with a counter; counts its reads."""
+
+    name, energy_source, devices = "fake", "counter", ("gpu0",)
+
+    def __init__(self, clock) -> None:
+        self.clock, self.t0 = clock, clock()
+
+    def read(self) -> PowerReading:
+        now = self.clock()
+        return PowerReading(t_s=now, power_w={"gpu0": 250.0}, energy_j={"gpu0": 250.0 * (now - self.t0)})
+
+    def describe(self) -> dict:
+        return {"kind": "fake"}
+
+    def close(self) -> None:
+        pass
+
+
+def _drive(hz: float, ticks: int, chunk: int) -> tuple[int, int, int, float]:
+    """Tick a sampler `ticks` times on a fake clock at `hz`; return (rows delivered, chunks, memory still
+    held by the sampler in bytes, window energy in J)."""
+    import tracemalloc
+
+    now = [1000.0]
+    delivered = [0, 0]
+
+    def sink(rows: list[dict]) -> None:  # a store would write them; the sampler must not keep them
+        delivered[0] += len(rows)
+        delivered[1] += 1
+
+    sampler = PowerSampler([ClockedMeter(lambda: now[0])], hz, on_samples=sink, flush_every=chunk,
+                           clock=lambda: now[0])
+    sampler.start(background=False)
+    begin = sampler.mark()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(ticks):
+        sampler.tick()
+        now[0] += 1.0 / hz
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    window = sampler.energy_between(begin, sampler.mark())
+    sampler.stop()
+    held = sum(stat.size_diff for stat in after.compare_to(before, "filename")
+               if "wattscale/energy/sampler.py" in stat.traceback[0].filename)
+    return delivered[0], delivered[1], held, window.energy_j["gpu0"]
+
+
+def test_memory_stays_bounded_at_1khz_and_over_a_simulated_day():
+    # 1 kHz on a fake clock: 10 s and 50 s of sampling hold the same memory (one chunk at most); every
+    # sample reaches the sink in chunks of 1000; the window energy is the counter's (250 W x the time).
+    short = _drive(1000.0, 10_000, 1000)
+    long = _drive(1000.0, 50_000, 1000)
+    assert short[0] == 10_000 and long[0] == 50_000 and long[1] == 50
+    assert long[2] < 64_000 and long[2] <= short[2] + 16_000
+    assert long[3] == pytest.approx(250.0 * 50.0, rel=1e-9)
+    # A whole simulated day at 1 Hz: 86,400 samples delivered, memory as small.
+    day = _drive(1.0, 86_400, 60)
+    assert day[0] == 86_400 and day[2] < 64_000
+    assert day[3] == pytest.approx(250.0 * 86_400, rel=1e-9)

@@ -269,7 +269,9 @@ def test_create_steps_evaluations_finish(store: Store) -> None:
         "wall_seconds": 12.5, "tokens_seen": 40_960, "steps": 10, "final_val_loss": 2.5,
         "final_val_ppl": math.exp(2.5), "energy_j": 321.5, "energy_source": "integrated", "run_dir": None,
         "message": None, "resume_count": 0, "wattscale_version": wattscale.__version__,
-        "params": 4_262_144, "joules": 321.5, "data_tokens": None, "epochs": None, "repeat": None}
+        "params": 4_262_144, "joules": 321.5, "data_tokens": None, "epochs": None, "repeat": None,
+        "kind": "train", "train_energy_j": None, "train_seconds": None, "train_tokens": None, "energy_json": None,
+        "command_line": None, "phases": {}}
     assert run == expected
     assert store.train_steps("run-a") == [row | {"run_id": "run-a"} for row in step_rows(range(1, 11))]
     assert [(e["step"], e["val_loss"], e["val_ppl"]) for e in store.evaluations("run-a")] == [

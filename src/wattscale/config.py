@@ -55,6 +55,11 @@ class TrainConfig:
     `repeat` tells apart runs that are otherwise identical (same settings, same seed): a study of
     pure hardware and energy variance repeats one run with repeat = 0, 1, 2, ...
 
+    `eval_interval_tokens` (default: a tenth of the budget) and `checkpoint_interval_tokens` (default: the
+    evaluation interval) may be 0: only the final evaluation, and no intermediate checkpoints (a killed
+    run then starts again from zero). Evaluations and checkpoints are phases of their own, apart from the
+    training phase that efficiency is computed from.
+
     `parallel` is how a run started with torchrun on several processes spreads the model: "ddp"
     (replicas) or "fsdp" (FSDP2 sharding, for models that do not fit one device). Both compute the
     same run, so it is not part of the run id; one process ignores it.
@@ -138,11 +143,15 @@ def _train_problems(c: TrainConfig) -> list[str]:
     for name in ("batch_size", "eval_tokens"):
         if getattr(c, name) <= 0:
             p.append(f"train.{name}: {getattr(c, name)!r} must be positive")
-    for name in ("micro_batch_size", "seq_len", "eval_interval_tokens", "checkpoint_interval_tokens",
-                 "threads"):
+    for name in ("micro_batch_size", "seq_len", "threads"):
         value = getattr(c, name)
         if value is not None and value <= 0:
             p.append(f"train.{name}: {value!r} must be positive (or omitted for the default)")
+    for name, zero in (("eval_interval_tokens", "only the final evaluation"),
+                       ("checkpoint_interval_tokens", "no intermediate checkpoints")):
+        value = getattr(c, name)
+        if value is not None and value < 0:
+            p.append(f"train.{name}: {value!r} must be >= 0 (0: {zero}; omit it for the default)")
     if c.micro_batch_size is not None and c.micro_batch_size > c.batch_size:
         p.append(f"train.micro_batch_size: {c.micro_batch_size} exceeds batch_size {c.batch_size}")
     if c.lr <= 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -41,6 +42,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row, make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.schema import CreateTable
 
 from wattscale import __version__
 from wattscale.errors import StoreError
@@ -50,8 +52,10 @@ from wattscale.store_schema import (
     FINAL_FIELDS,
     FINAL_STATUSES,
     OPEN_STATUSES,
+    RUN_KINDS,
     RUN_RECREATE_FIELDS,
     RUN_REQUIRED,
+    RUN_REQUIRED_TRAIN,
     SCHEMA_VERSION,
     arrow_schema,
     coerce_row,
@@ -225,27 +229,107 @@ def _prepare_schema(store: Store, create: bool) -> None:
 def _migrate_1_to_2(conn: Connection) -> None:
     """Schema 2: runs gain data_tokens, epochs and repeat; the experiments and experiment_runs tables."""
     for column in (runs.c.data_tokens, runs.c.epochs, runs.c.repeat):
-        coltype = column.type.compile(dialect=conn.dialect)
-        conn.exec_driver_sql(f'ALTER TABLE runs ADD COLUMN "{column.name}" {coltype}')
+        _add_column(conn, column)
     metadata.create_all(conn, tables=[experiments, experiment_runs])
 
 
+def _migrate_2_to_3(conn: Connection) -> None:
+    """Schema 3: runs of kind "measured", phase energy and components.
+
+    runs gain kind, command_line, train_energy_j/train_seconds/train_tokens and energy_json; preset, seed
+    and tokens_budget become optional (a measured run has none); energy_source may be "mixed".
+    energy_measurements gain component, phase and phase_seconds, and the scopes "phase" and "window".
+    Stored FLOPs per token are recomputed with the output-head term (see wattscale.flops).
+    """
+    if conn.dialect.name == "sqlite":
+        # SQLite cannot change a column's NOT NULL or a CHECK: rebuild the two tables (foreign keys are off
+        # for the whole migration, see _migrate).
+        for table in (runs, energy_measurements):
+            _rebuild_sqlite_table(conn, table)
+    else:
+        for name in ("preset", "seed", "tokens_budget"):
+            conn.exec_driver_sql(f'ALTER TABLE runs ALTER COLUMN "{name}" DROP NOT NULL')
+        for column in (runs.c.kind, runs.c.command_line, runs.c.train_energy_j, runs.c.train_seconds,
+                       runs.c.train_tokens, runs.c.energy_json, energy_measurements.c.component,
+                       energy_measurements.c.phase, energy_measurements.c.phase_seconds):
+            _add_column(conn, column)
+        for table, name in ((runs, "energy_source"), (energy_measurements, "scope")):
+            constraint = f"ck_{table.name}_{name}"
+            conn.exec_driver_sql(f'ALTER TABLE {table.name} DROP CONSTRAINT "{constraint}"')
+        for table, name in ((runs, "energy_source"), (runs, "kind"), (energy_measurements, "scope")):
+            check = next(c for c in table.constraints if c.name == f"ck_{table.name}_{name}")
+            conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD CONSTRAINT "{check.name}" CHECK ({check.sqltext})')
+    _recount_flops(conn)
+
+
+def _add_column(conn: Connection, column: Any) -> None:
+    coltype = column.type.compile(dialect=conn.dialect)
+    default = f" DEFAULT '{column.server_default.arg}'" if column.server_default is not None else ""
+    null = "" if column.nullable else " NOT NULL"
+    conn.exec_driver_sql(f'ALTER TABLE {column.table.name} ADD COLUMN "{column.name}" {coltype}{default}{null}')
+
+
+def _rebuild_sqlite_table(conn: Connection, table: Table) -> None:
+    """Replace a SQLite table by one with its current definition, keeping its rows (the columns both have)."""
+    old_columns = {row[1] for row in conn.exec_driver_sql(f'PRAGMA table_info("{table.name}")')}
+    columns = ", ".join(f'"{c.name}"' for c in table.columns if c.name in old_columns)
+    ddl = str(CreateTable(table).compile(dialect=conn.dialect)).strip()
+    temporary = f"{table.name}__new"
+    conn.exec_driver_sql(ddl.replace(f"CREATE TABLE {table.name} (", f"CREATE TABLE {temporary} (", 1))
+    conn.exec_driver_sql(f"INSERT INTO {temporary} ({columns}) SELECT {columns} FROM {table.name}")
+    conn.exec_driver_sql(f"DROP TABLE {table.name}")
+    conn.exec_driver_sql(f"ALTER TABLE {temporary} RENAME TO {table.name}")
+    for index in table.indexes:
+        index.create(conn)
+
+
+def _recount_flops(conn: Connection) -> None:
+    """Stored train FLOPs per token with the output-head matmul (schema 2 runs left it out)."""
+    from wattscale.flops import flops_per_token_from_config
+
+    rows = conn.execute(select(runs.c.run_id, runs.c.config_json).where(runs.c.flops_per_token.is_not(None))).all()
+    for run_id, config_json in rows:
+        try:
+            config = json.loads(config_json)
+            flops = flops_per_token_from_config(config["model"], _seq_len(config))
+        except (ValueError, KeyError, TypeError):
+            continue  # not a wattscale-trained config: its figure stays as stored
+        conn.execute(update(runs).where(runs.c.run_id == run_id).values(flops_per_token=flops))
+
+
+def _seq_len(config: dict[str, Any]) -> int:
+    return config.get("train", {}).get("seq_len") or config["model"]["context_length"]
+
+
 # version -> the step that brings a database at that version to the next one.
-_MIGRATIONS = {1: _migrate_1_to_2}
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def _migrate(store: Store, version: int) -> None:
     """Bring an older database to SCHEMA_VERSION in one transaction (all steps or none)."""
-    with store.write_engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
-        # Re-read under the lock: another process may have migrated it meanwhile.
-        version = conn.execute(select(schema_version.c.version).where(schema_version.c.id == 1)).scalar()
-        while version < SCHEMA_VERSION:
-            _MIGRATIONS[version](conn)
-            version += 1
-        conn.execute(update(schema_version).where(schema_version.c.id == 1).values(
-            version=SCHEMA_VERSION, wattscale_version=__version__))
+    sqlite = store.backend == "sqlite"
+    with store.write_engine.connect() as conn:
+        if sqlite:
+            # Outside any transaction (a PRAGMA inside one is ignored): rebuilding a parent table must not
+            # cascade into its children. Checked again below before the commit.
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+                # Re-read under the lock: another process may have migrated it meanwhile.
+                version = conn.execute(select(schema_version.c.version).where(schema_version.c.id == 1)).scalar()
+                while version < SCHEMA_VERSION:
+                    _MIGRATIONS[version](conn)
+                    version += 1
+                if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    raise StoreError(f"{STORE_OPTION}: migrating {store.display_url} broke a foreign key; "
+                                     "the database was left as it was")
+                conn.execute(update(schema_version).where(schema_version.c.id == 1).values(
+                    version=SCHEMA_VERSION, wattscale_version=__version__))
+        finally:
+            if sqlite:
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys = ON")
 
 
 class Store:
@@ -307,7 +391,11 @@ class Store:
         raw.setdefault("status", "running")
         raw.setdefault("created_at", _now())
         raw.setdefault("wattscale_version", __version__)
-        values = coerce_row(runs, raw, _RUN_COLUMNS, required=RUN_REQUIRED)
+        raw.setdefault("kind", "train")
+        required = RUN_REQUIRED + (RUN_REQUIRED_TRAIN if raw["kind"] == "train" else ())
+        values = coerce_row(runs, raw, _RUN_COLUMNS, required=required)
+        if values["kind"] not in RUN_KINDS:
+            raise StoreError(f"store: runs.kind must be one of {', '.join(RUN_KINDS)}, got {values['kind']!r}")
         if values["status"] not in OPEN_STATUSES:
             raise StoreError(
                 f"store: create_run status must be one of {', '.join(OPEN_STATUSES)}, got "
@@ -464,14 +552,16 @@ class Store:
                 conn.execute(energy_measurements.insert(), values)
 
     def truncate_energy_after(self, run_id: str, t_seconds: float) -> None:
-        """Delete power samples after ``t_seconds`` and run/interval energy ending after it (a resume)."""
+        """Delete power samples after ``t_seconds``, interval and window energy ending after it, and the
+        whole-run rows (run, phase), which the run's end writes again (a resume)."""
+        scope = energy_measurements.c.scope
         with self._tx(f"truncate_energy_after({run_id!r})") as conn:
             self._run_row(conn, run_id, lock=True)
             conn.execute(delete(power_samples).where(power_samples.c.run_id == run_id,
                                                      power_samples.c.t_seconds > t_seconds))
             conn.execute(delete(energy_measurements).where(
-                energy_measurements.c.run_id == run_id, energy_measurements.c.scope != "idle",
-                (energy_measurements.c.end_seconds > t_seconds) | (energy_measurements.c.scope == "run")))
+                energy_measurements.c.run_id == run_id, scope != "idle",
+                (energy_measurements.c.end_seconds > t_seconds) | scope.in_(("run", "phase"))))
 
     def power_samples(self, run_id: str) -> list[dict[str, Any]]:
         """The run's power samples ordered by time."""
@@ -693,8 +783,24 @@ def _jsonable(row: Row[Any]) -> dict[str, Any]:
 def _run_dict(row: Row[Any]) -> dict[str, Any]:
     record = _jsonable(row)
     record["params"] = record["params_total"]
-    record["joules"] = record["energy_j"]
+    record["joules"] = record["energy_j"]  # the whole job
+    record["phases"] = phase_summary(record.get("energy_json"))
     return record
+
+
+def phase_summary(energy_json: str | None) -> dict[str, dict[str, Any]]:
+    """{phase: {joules, seconds, tokens, source}} from a run's energy_json (idle included); {} without it."""
+    if not energy_json:
+        return {}
+    try:
+        energy = json.loads(energy_json)
+    except ValueError:
+        return {}
+    phases = dict(energy.get("phases") or {})
+    if energy.get("idle"):
+        phases = {"idle": energy["idle"], **phases}
+    return {name: {"joules": p.get("energy_j"), "seconds": p.get("seconds"), "tokens": p.get("tokens"),
+                   "source": p.get("source")} for name, p in phases.items()}
 
 
 def _first_line(exc: BaseException | None) -> str:

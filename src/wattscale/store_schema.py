@@ -37,7 +37,7 @@ from wattscale.errors import StoreError
 
 # Bump when a table or column changes; a database written by a newer wattscale is refused, an
 # older one is migrated (store.py, _MIGRATIONS).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 RUN_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
 # Statuses a run can be created with or set to outside finish_run.
@@ -46,7 +46,12 @@ OPEN_STATUSES = ("pending", "running", "interrupted")
 END_STATUSES = ("finished", "diverged", "failed", "interrupted")
 FINAL_STATUSES = ("finished", "diverged", "failed")
 ENERGY_SOURCES = ("counter", "integrated", "estimated")
-ENERGY_SCOPES = ("run", "interval", "idle")
+# A run's total may add an estimate to measured components (meter.total = "all"): it is then "mixed".
+TOTAL_SOURCES = (*ENERGY_SOURCES, "mixed")
+# run: the whole job per device; phase: the whole run per device and phase; interval: between evaluations,
+# per device and phase; idle: the baseline before the job; window: a user's named window, per phase.
+ENERGY_SCOPES = ("run", "phase", "interval", "idle", "window")
+RUN_KINDS = ("train", "measured")  # trained by wattscale, or code measured through wattscale.Monitor
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -104,18 +109,19 @@ runs = Table(
     "runs",
     metadata,
     Column("run_id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False, server_default="train"),
     Column("experiment", String, nullable=True, index=True),
     Column("name", String, nullable=True),
-    Column("preset", String(64), nullable=False),
+    Column("preset", String(64), nullable=True),  # required for kind "train"
     Column("status", String(16), nullable=False),
     Column("config_json", Text, nullable=False),
     Column("config_hash", String(64), nullable=False),
-    Column("seed", BigInteger, nullable=False),
+    Column("seed", BigInteger, nullable=True),  # required for kind "train"
     Column("created_at", UTCDateTime(), nullable=False),
     Column("started_at", UTCDateTime(), nullable=True),
     Column("finished_at", UTCDateTime(), nullable=True),
     Column("wall_seconds", Double, nullable=False, default=0.0),
-    Column("tokens_budget", BigInteger, nullable=False),
+    Column("tokens_budget", BigInteger, nullable=True),  # required for kind "train"
     Column("data_tokens", BigInteger, nullable=True),  # unique training tokens, when the set size was fixed
     Column("epochs", Double, nullable=True),  # passes over data_tokens (tokens_budget = data_tokens x epochs)
     Column("repeat", Integer, nullable=True),  # tells apart runs with identical settings and seed
@@ -132,13 +138,20 @@ runs = Table(
     Column("torch_version", String(64), nullable=True),
     Column("final_val_loss", Double, nullable=True),
     Column("final_val_ppl", Double, nullable=True),
-    Column("energy_j", Double, nullable=True),
+    Column("energy_j", Double, nullable=True),  # the whole job (every phase but the idle baseline)
     Column("energy_source", String(16), nullable=True),
+    # The training phase (optimiser steps after the warm-up): what efficiency uses by default.
+    Column("train_energy_j", Double, nullable=True),
+    Column("train_seconds", Double, nullable=True),
+    Column("train_tokens", BigInteger, nullable=True),
+    Column("energy_json", Text, nullable=True),  # phases x components with sources, idle, shared host, rule
+    Column("command_line", Text, nullable=True),
     Column("run_dir", Text, nullable=True),
     Column("message", Text, nullable=True),
     Column("resume_count", Integer, nullable=False, default=0),
     CheckConstraint(_in("status", RUN_STATUSES), name="status"),
-    CheckConstraint(f"energy_source IS NULL OR {_in('energy_source', ENERGY_SOURCES)}", name="energy_source"),
+    CheckConstraint(_in("kind", RUN_KINDS), name="kind"),
+    CheckConstraint(f"energy_source IS NULL OR {_in('energy_source', TOTAL_SOURCES)}", name="energy_source"),
     # Every energy figure carries its source: never a bare number of unknown origin.
     CheckConstraint("energy_j IS NULL OR energy_source IS NOT NULL", name="energy_has_source"),
 )
@@ -198,7 +211,10 @@ energy_measurements = Table(
     Column("id", _ID, primary_key=True, autoincrement=True),
     _run_fk(),
     Column("device", String(64), nullable=False),
+    Column("component", String(32), nullable=True),  # gpu, cpu_package, dram, cpu_estimate
     Column("scope", String(16), nullable=False),
+    Column("phase", String(32), nullable=True),  # NULL for scope "run" (all job phases)
+    Column("phase_seconds", Double, nullable=True),  # seconds spent in the phase within the scope's bounds
     Column("start_tokens", BigInteger, nullable=True),
     Column("end_tokens", BigInteger, nullable=True),
     Column("start_seconds", Double, nullable=False),
@@ -239,8 +255,9 @@ experiment_runs = Table(
     UniqueConstraint("experiment", "run_id"),
 )
 
-# Columns a new run must have.
-RUN_REQUIRED = ("run_id", "preset", "config_json", "config_hash", "seed", "tokens_budget")
+# Columns a new run must have; a trained run (kind "train") also RUN_REQUIRED_TRAIN.
+RUN_REQUIRED = ("run_id", "config_json", "config_hash")
+RUN_REQUIRED_TRAIN = ("preset", "seed", "tokens_budget")
 # What create_run may refresh on an existing run: where and with what it runs, never what it trains.
 RUN_RECREATE_FIELDS = (
     "experiment",
@@ -251,6 +268,7 @@ RUN_RECREATE_FIELDS = (
     "wattscale_version",
     "torch_version",
     "run_dir",
+    "command_line",
 )
 # What finish_run may set besides the status.
 FINAL_FIELDS = (
@@ -262,6 +280,10 @@ FINAL_FIELDS = (
     "final_val_ppl",
     "energy_j",
     "energy_source",
+    "train_energy_j",
+    "train_seconds",
+    "train_tokens",
+    "energy_json",
     "message",
 )
 

@@ -45,18 +45,37 @@ def print_presets_table(as_json: bool = False) -> None:
 
 
 def print_energy_report(report) -> None:
-    """Print a run's energy per device, its CO2e and the sampling-frequency table."""
+    """Print a run's energy by phase and component, per device, its CO2e and the sampling-frequency table."""
     console = _console()
-    table = Table(title=f"energy of run {report.run_id} ({report.duration_s:,.1f} s of training)")
-    for column in ("device", "energy_j", "energy_kwh", "source", "complete", "mean_power_w", "peak_power_w",
-                   "idle_power_w", "n_samples"):
-        table.add_column(column, justify="left" if column in ("device", "source") else "right")
+    components = [c for c in ("gpu", "cpu_package", "dram", "cpu_estimate")
+                  if any(c in p["components"] for p in report.phases)]
+    phases = Table(title=f"energy of run {report.run_id} by phase ({report.duration_s:,.1f} s of the job)")
+    for column in ("phase", "seconds", "tokens", *[f"{c}_j" for c in components], "total_j", "source",
+                   "mean_power_w", "j_per_token"):
+        phases.add_column(column, justify="left" if column in ("phase", "source") else "right")
+    for p in ([report.idle] if report.idle else []) + report.phases:
+        phases.add_row(p["phase"], _cell(p["seconds"]), _cell(p["tokens"]),
+                       *[_cell(p["components"].get(c, {}).get("energy_j")) for c in components],
+                       _cell(p["energy_j"]), _cell(p["source"]), _cell(p["mean_power_w"]), _cell(p["joules_per_token"]))
+    console.print(phases)
+    table = Table(title="per device, whole job")
+    for column in ("device", "component", "energy_j", "energy_kwh", "source", "complete", "mean_power_w",
+                   "peak_power_w", "idle_power_w", "n_samples"):
+        table.add_column(column, justify="left" if column in ("device", "component", "source") else "right")
     for d in report.devices:
-        table.add_row(d.device, _cell(d.energy_j), f"{d.energy_kwh:.3e}", d.source, _cell(d.complete),
-                      _cell(d.mean_power_w), _cell(d.peak_power_w), _cell(d.idle_power_w), _cell(d.n_samples))
+        table.add_row(d.device, d.component or "-", _cell(d.energy_j), f"{d.energy_kwh:.3e}", d.source,
+                      _cell(d.complete), _cell(d.mean_power_w), _cell(d.peak_power_w), _cell(d.idle_power_w),
+                      _cell(d.n_samples))
     console.print(table)
-    console.print(f"total: {report.energy_j:,.2f} J = {report.energy_kwh:.3e} kWh, source {report.source}"
+    parts = " + ".join(report.total_components) or "-"
+    console.print(f"job total: {report.energy_j:,.2f} J = {report.energy_kwh:.3e} kWh, source {report.source} "
+                  f"({parts}; rule {report.total_rule or '-'})"
                   + ("" if report.complete else " (INCOMPLETE: a meter failed during the run)"))
+    train = report.train
+    if train.get("seconds") is not None:
+        console.print(f"training phase: {_cell(train['energy_j'])} J over {_cell(train['seconds'])} s and "
+                      f"{_cell(train['tokens'])} tokens = {_cell(train['joules_per_token'])} J/token "
+                      "(what efficiency uses by default; warm-up, evaluations, checkpoints and saving excluded)")
     if report.co2e_g is None:
         console.print("CO2e: not computed (give --grid-gco2e-per-kwh; wattscale never guesses a grid intensity)")
     else:
@@ -64,6 +83,11 @@ def print_energy_report(report) -> None:
     s = report.sampling
     console.print(f"sampling: requested {s.get('sample_hz')} Hz, achieved {_cell(s.get('achieved_hz'))} Hz, "
                   f"{s.get('n_samples')} samples, {s.get('missed_deadlines')} missed deadlines")
+    for overlap in report.shared_host:
+        console.print(f"shared host: measurement {overlap['id']} (pid {overlap['pid']}) overlapped for "
+                      f"{overlap['overlap_s']:,.1f} s")
+    for note in report.notes:
+        console.print(f"note: {note}")
     rates = Table(title="energy re-computed at lower sampling rates (signed relative error)")
     for column in ("device", "rate_hz", "n_samples", "energy_j", "rel_error_vs_full", "rel_error_vs_counter", "note"):
         rates.add_column(column)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from wattscale.energy.cpu_estimate import CpuEstimateMeter
+from wattscale.energy.gpus import GpuSelection
 from wattscale.energy.meter import METER_KINDS, Meter, MeterConfig, MeterError
 from wattscale.energy.nvml import NvmlMeter
 from wattscale.energy.rapl import RaplMeter
 
 
-def discover_meters(config: MeterConfig, gpu_uuid: str | None = None) -> tuple[list[Meter], list[str]]:
+def discover_meters(config: MeterConfig, gpus: GpuSelection = "auto") -> tuple[list[Meter], list[str]]:
     """The meters that open here, in config.kinds order, and one line per kind not used saying why.
 
-    NVML measures GPUs (every GPU, or only the one with `gpu_uuid`: a rank of a multi-GPU run) and RAPL
-    measures CPU packages; the CPU estimate is used only when no measured CPU meter (RAPL) opened, so
-    estimated and measured CPU power are never mixed.
+    NVML measures the GPUs `gpus` selects (see `wattscale.energy.gpus`; ``[]``: none, as for a CPU run) and
+    RAPL the CPU packages and DRAM; the CPU estimate is used only when no measured CPU meter (RAPL) opened,
+    so estimated and measured CPU power never describe the same component.
     """
     if not config.enabled:
         return [], ["metering disabled (meter.kinds = none)"]
@@ -22,8 +23,11 @@ def discover_meters(config: MeterConfig, gpu_uuid: str | None = None) -> tuple[l
     for kind in config.kinds:
         if kind == "cpu-estimate":
             continue  # decided last: it depends on whether RAPL opened
+        if kind == "nvml" and not isinstance(gpus, str) and len(gpus) == 0:
+            reasons.append("nvml: not used, this process uses no GPU")
+            continue
         try:
-            meters.append(_open(kind, config, gpu_uuid))
+            meters.append(_open(kind, config, gpus))
         except MeterError as exc:
             reasons.append(str(exc))
     if "cpu-estimate" in config.kinds:
@@ -50,9 +54,9 @@ def close_meters(meters: list[Meter]) -> None:
             pass  # closing is best effort; the readings already taken stand
 
 
-def _open(kind: str, config: MeterConfig, gpu_uuid: str | None = None) -> Meter:
+def _open(kind: str, config: MeterConfig, gpus: GpuSelection = "auto") -> Meter:
     if kind == "nvml":
-        return NvmlMeter(device_uuid=gpu_uuid)
+        return NvmlMeter(gpus)
     if kind == "rapl":
         return RaplMeter(config.powercap_root)
     if kind == "cpu-estimate":

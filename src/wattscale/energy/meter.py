@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 from wattscale.errors import ConfigError, WattscaleError
 
 METER_KINDS = ("nvml", "rapl", "cpu-estimate")
+TOTAL_RULES = ("measured", "all")
 MIN_SAMPLE_HZ = 1.0
 MAX_SAMPLE_HZ = 1000.0
 
@@ -39,6 +40,9 @@ class Meter(Protocol):
     name: str  # "nvml" | "rapl" | "cpu-estimate"
     energy_source: str  # "counter" (nvml, rapl) | "estimated" (cpu-estimate)
     devices: tuple[str, ...]
+    # Optional (read with getattr): `components`, parallel to devices ("gpu", "cpu_package", "dram",
+    # "cpu_estimate"; derived from name and device by component_of when absent), `uuids` (GPU UUIDs or None)
+    # and `notes` (how the devices were chosen).
 
     def read(self) -> PowerReading:
         """Read power (and the energy counter, if any) now; raises MeterError."""
@@ -63,6 +67,11 @@ class MeterConfig:
     powercap_root: str = "/sys/class/powercap"
     grid_gco2e_per_kwh: float | None = None  # user-given; never a guessed default
     idle_seconds: float = 3.0  # idle baseline sampled before a run's first session (0 skips it)
+    # How a total adds components: "measured" leaves an estimate beside measured components instead of
+    # absorbing it (it is the total only when nothing was measured); "all" adds everything ("mixed").
+    total: str = "measured"
+    warmup_steps: int = 1  # the first steps of each session count as the warm-up phase, not train
+    host_registry: str | None = None  # folder where the host's measurements register (default <tmp>/wattscale-host)
 
     def __post_init__(self) -> None:
         _check_number("meter.sample_hz", self.sample_hz)
@@ -100,6 +109,14 @@ class MeterConfig:
         if not 0 <= self.idle_seconds <= 600:
             raise ConfigError(f"meter.idle_seconds: {self.idle_seconds} must lie in [0, 600] seconds (0 skips "
                               "the idle baseline)")
+        if self.total not in TOTAL_RULES:
+            raise ConfigError(f"meter.total: {self.total!r} is not a rule; choose 'measured' (an estimate stays "
+                              "beside measured components) or 'all' (add everything, labelled mixed)")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError(f"meter.warmup_steps: {self.warmup_steps!r} must be a whole number >= 0 (steps of "
+                              "each session counted as warm-up)")
+        if self.host_registry is not None and (not isinstance(self.host_registry, str) or not self.host_registry):
+            raise ConfigError("meter.host_registry: must be a folder path, or left unset for the default")
 
     @property
     def enabled(self) -> bool:
@@ -110,6 +127,18 @@ class MeterConfig:
 def _check_number(field: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"meter.{field.split('.', 1)[1]}: expected a finite number, got {value!r}")
+
+
+def component_of(meter_name: str, device: str) -> str:
+    """The component a device's energy belongs to: gpu, cpu_package, dram or cpu_estimate."""
+    base = device.rsplit("/", 1)[-1]  # a rank prefix ("rank1/package-0") does not change the component
+    if meter_name == "nvml":
+        return "gpu"
+    if meter_name == "cpu-estimate":
+        return "cpu_estimate"
+    if meter_name == "rapl":
+        return "dram" if base.startswith("dram") else "cpu_package"
+    return "unknown"
 
 
 def wait_first_window(ref_t_s: float, power_window_s: float) -> None:

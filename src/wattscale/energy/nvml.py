@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from types import ModuleType
 
+from wattscale.energy.gpus import GpuSelection, NvmlGpu, choose_gpus, torch_visible_uuids
 from wattscale.energy.meter import MeterError, PowerReading, describe_header
 
 
@@ -29,12 +30,18 @@ def import_pynvml() -> ModuleType:
 
 
 class NvmlMeter:
-    """Per-GPU power (W) and energy (J, from the hardware counter) for the GPUs NVML sees."""
+    """Per-GPU power (W) and energy (J, from the hardware counter) for the GPUs this process uses.
+
+    ``gpus`` selects them (see `wattscale.energy.gpus`): ``"auto"`` (the rank's GPU under torchrun, else
+    the GPUs visible to the process, ``CUDA_VISIBLE_DEVICES`` honoured), or CUDA indexes / UUIDs. NVML
+    itself numbers every GPU of the host in PCI order and ignores ``CUDA_VISIBLE_DEVICES``, so the choice
+    is resolved to UUIDs; devices are named ``gpu<NVML index>``.
+    """
 
     name = "nvml"
     energy_source = "counter"
 
-    def __init__(self, device_indices: Sequence[int] | None = None, device_uuid: str | None = None) -> None:
+    def __init__(self, gpus: GpuSelection = "auto", env: Mapping[str, str] | None = None) -> None:
         self._nvml = import_pynvml()
         try:
             self._nvml.nvmlInit()
@@ -42,7 +49,7 @@ class NvmlMeter:
             raise MeterError(f"nvml: no NVIDIA GPU ({type(exc).__name__})") from exc
         self._open = True
         try:
-            self._setup(device_indices, device_uuid)
+            self._setup(gpus, env)
         except self._nvml.NVMLError as exc:
             self.close()
             raise MeterError(f"nvml: cannot open the GPUs ({type(exc).__name__}: {exc})") from exc
@@ -50,26 +57,24 @@ class NvmlMeter:
             self.close()
             raise
 
-    def _setup(self, device_indices: Sequence[int] | None, device_uuid: str | None) -> None:
+    def _setup(self, gpus: GpuSelection, env: Mapping[str, str] | None) -> None:
         nvml = self._nvml
         count = nvml.nvmlDeviceGetCount()
         if count == 0:
             raise MeterError("nvml: no NVIDIA GPU (NVML found 0 devices)")
-        indices = list(range(count)) if device_indices is None else list(device_indices)
-        if device_uuid is not None:
-            # NVML numbers GPUs in PCI order, CUDA (and CUDA_VISIBLE_DEVICES) may not: match by UUID.
-            wanted = device_uuid.removeprefix("GPU-").lower()
-            indices = [i for i in range(count) if _text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i)))
-                       .removeprefix("GPU-").lower() == wanted]
-            if not indices:
-                raise MeterError(f"nvml: no GPU with UUID {device_uuid} among the {count} NVML sees")
-        bad = [i for i in indices if not 0 <= i < count]
-        if bad:
-            raise MeterError(f"nvml: GPU index {bad[0]} does not exist; NVML sees {count} GPU(s)")
-        self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
-        self.devices = tuple(f"gpu{i}" for i in indices)
-        self._names = [_text(nvml.nvmlDeviceGetName(h)) for h in self._handles]
-        self._uuids = [_text(nvml.nvmlDeviceGetUUID(h)) for h in self._handles]
+        host = [NvmlGpu(i, _text(nvml.nvmlDeviceGetUUID(h)), _text(nvml.nvmlDeviceGetName(h)))
+                for i, h in ((i, nvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count))]
+        choice = choose_gpus(gpus, host, env, torch_visible_uuids())
+        if not choice.uuids:
+            raise MeterError("nvml: no GPU selected (this process uses none: gpus=[] or CUDA_VISIBLE_DEVICES is "
+                             "empty)")
+        chosen = [next(g for g in host if g.uuid == uuid) for uuid in choice.uuids]
+        self.notes = choice.notes
+        self._handles = [nvml.nvmlDeviceGetHandleByIndex(g.index) for g in chosen]
+        self.devices = tuple(f"gpu{g.index}" for g in chosen)
+        self.components = ("gpu",) * len(chosen)
+        self._names = [g.name for g in chosen]
+        self.uuids = tuple(g.uuid for g in chosen)
         self._start_mj = []
         for device, name, handle in zip(self.devices, self._names, self._handles, strict=True):
             try:
@@ -101,11 +106,12 @@ class NvmlMeter:
             **describe_header(self),
             "inputs": {
                 "gpus": [{"device": d, "name": n, "uuid": u, "power": "instant" if inst else "power_usage"}
-                         for d, n, u, inst in zip(self.devices, self._names, self._uuids, self._instant,
+                         for d, n, u, inst in zip(self.devices, self._names, self.uuids, self._instant,
                                                   strict=True)],
                 "energy": "nvmlDeviceGetTotalEnergyConsumption (mJ), relative to the value at open",
                 "power": "NVML_FI_DEV_POWER_INSTANT if supported, else nvmlDeviceGetPowerUsage (mW; "
                          "a 1 s average on Ampere and newer)",
+                "selection": list(self.notes),
             },
             "units": {"power": "W", "energy": "J"},
         }

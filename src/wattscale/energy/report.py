@@ -1,10 +1,12 @@
-"""A run's energy from the store: joules, kWh, mean and peak watts per device with their source,
-CO2e from a user-given grid intensity, and the energy re-computed at lower sampling rates."""
+"""A run's energy from the store: the job and each phase per component with sources, the training phase,
+every device with its mean, peak and idle watts, CO2e from a user-given grid intensity, and the energy
+re-computed at lower sampling rates."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,9 +20,10 @@ DEFAULT_RESAMPLE_HZ = (1000.0, 100.0, 10.0, 1.0, 0.1)
 
 @dataclass(frozen=True)
 class DeviceEnergy:
-    """One device's energy over a whole run."""
+    """One device's energy over the whole job."""
 
     device: str
+    component: str | None
     energy_j: float
     energy_kwh: float
     source: str
@@ -33,19 +36,28 @@ class DeviceEnergy:
 
 @dataclass(frozen=True)
 class EnergyReport:
-    """A run's energy, per device and in total; `co2e_g` only when a grid intensity was given."""
+    """A run's energy: the job total (by its rule), phases x components, devices; `co2e_g` only when a grid
+    intensity was given."""
 
     run_id: str
+    kind: str
     energy_j: float
     energy_kwh: float
     source: str | None
+    total_components: list[str]
+    total_rule: str | None
     complete: bool
     duration_s: float
+    train: dict[str, Any]
+    phases: list[dict[str, Any]]
+    idle: dict[str, Any] | None
     devices: list[DeviceEnergy]
     grid_gco2e_per_kwh: float | None
     co2e_g: float | None
     sampling: dict
     resampled: list[dict]
+    shared_host: list[dict]
+    notes: list[str]
 
     def to_dict(self) -> dict:
         """JSON-ready."""
@@ -65,6 +77,7 @@ def energy_report(store: Store, run_id: str, grid_gco2e_per_kwh: float | None = 
                          "metering off, or the run has not finished)")
     if grid_gco2e_per_kwh is None:
         grid_gco2e_per_kwh = json.loads(record["config_json"]).get("meter", {}).get("grid_gco2e_per_kwh")
+    energy = json.loads(record.get("energy_json") or "{}")
     samples = store.power_samples(run_id)
     idle = {r["device"]: r for r in rows if r["scope"] == "idle"}
     devices, resampled = [], []
@@ -75,23 +88,48 @@ def energy_report(store: Store, run_id: str, grid_gco2e_per_kwh: float | None = 
                   if idle_row and idle_row["end_seconds"] > idle_row["start_seconds"] else None)
         duration = row["end_seconds"] - row["start_seconds"]
         devices.append(DeviceEnergy(
-            device=row["device"], energy_j=row["energy_j"], energy_kwh=row["energy_j"] / JOULES_PER_KWH,
-            source=row["source"], complete=bool(row["complete"]),
+            device=row["device"], component=row.get("component"), energy_j=row["energy_j"],
+            energy_kwh=row["energy_j"] / JOULES_PER_KWH, source=row["source"], complete=bool(row["complete"]),
             mean_power_w=row["energy_j"] / duration if duration > 0 else None,
             peak_power_w=float(p.max()) if p.size else None, idle_power_w=idle_w, n_samples=int(p.size)))
         if p.size >= 2:
             counter = row["energy_j"] if row["source"] == "counter" else None
             for r in resample_energy(t, p, resample_hz, counter_energy_j=counter):
                 resampled.append({"device": row["device"], **r})
-    total_j = sum(d.energy_j for d in devices)
+    total_j = record["energy_j"] if record["energy_j"] is not None else sum(d.energy_j for d in devices)
     details = json.loads(run_rows[0]["details_json"] or "{}")
-    sampling = {k: details.get(k) for k in ("sample_hz", "achieved_hz", "n_samples", "missed_deadlines", "gaps")}
+    sampling = details.get("sampling") or {}
+    if "ranks" in sampling:  # several ranks: the first rank's rate, every rank's gaps
+        sampling = {**(sampling["ranks"][0] or {}), "ranks": sampling["ranks"]}
+    job = energy.get("job") or {}
     return EnergyReport(
-        run_id=run_id, energy_j=total_j, energy_kwh=total_j / JOULES_PER_KWH, source=record["energy_source"],
-        complete=all(d.complete for d in devices), duration_s=run_rows[0]["end_seconds"] - run_rows[0]["start_seconds"],
+        run_id=run_id, kind=record.get("kind") or "train", energy_j=total_j, energy_kwh=total_j / JOULES_PER_KWH,
+        source=record["energy_source"], total_components=list(job.get("total_components") or []),
+        total_rule=energy.get("total_rule"), complete=all(d.complete for d in devices),
+        duration_s=run_rows[0]["end_seconds"] - run_rows[0]["start_seconds"],
+        train={"energy_j": record.get("train_energy_j"), "seconds": record.get("train_seconds"),
+               "tokens": record.get("train_tokens"),
+               "joules_per_token": _ratio(record.get("train_energy_j"), record.get("train_tokens"))},
+        phases=[_phase_summary(p) for p in (energy.get("phases") or {}).values()],
+        idle=_phase_summary(energy["idle"]) if energy.get("idle") else None,
         devices=devices, grid_gco2e_per_kwh=grid_gco2e_per_kwh,
         co2e_g=None if grid_gco2e_per_kwh is None else total_j / JOULES_PER_KWH * grid_gco2e_per_kwh,
-        sampling=sampling, resampled=resampled)
+        sampling={k: sampling.get(k) for k in ("sample_hz", "achieved_hz", "n_samples", "missed_deadlines", "gaps",
+                                               "gap_messages")},
+        resampled=resampled, shared_host=list(energy.get("shared_host") or []), notes=list(energy.get("notes") or []))
+
+
+def _phase_summary(phase: dict[str, Any]) -> dict[str, Any]:
+    """A phase from energy_json: its figures and per component joules with sources."""
+    return {"phase": phase["phase"], "seconds": phase["seconds"], "tokens": phase["tokens"],
+            "energy_j": phase["energy_j"], "source": phase["source"], "mean_power_w": phase.get("mean_power_w"),
+            "joules_per_token": phase.get("joules_per_token"), "complete": phase.get("complete", True),
+            "components": {name: {"energy_j": c["energy_j"], "source": c["source"]}
+                           for name, c in (phase.get("components") or {}).items()}}
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num is not None and den else None
 
 
 def _trace(samples: list[dict], device: str) -> tuple[np.ndarray, np.ndarray]:

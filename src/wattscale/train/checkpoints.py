@@ -39,7 +39,7 @@ class CheckpointMeta:
     wall_seconds: float
     best_loss_ema: float | None
     loss_ema: float | None
-    energy: dict | None = None  # EnergyRecorder.checkpoint(): run and open-interval energy so far, if metered
+    energy: dict | None = None  # Monitor.state() of every rank, merged: the measurement up to this checkpoint
 
 
 def rng_state() -> dict[str, object]:
@@ -166,3 +166,31 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+ENERGY_STATE_FILE = "energy.json"
+
+
+def write_energy_state(run_dir: Path, step: int, state: dict | None) -> None:
+    """Save the measurement as it stood after checkpoint `step` was written (its write included), durably.
+
+    meta.json carries the state from before the write; a resume prefers this one. A process killed
+    between the two loses only the checkpoint write's energy.
+    """
+    if state is None:
+        return
+    folder = run_dir / CHECKPOINT_DIR / f"step-{step:08d}"
+    tmp = folder / (ENERGY_STATE_FILE + ".tmp")
+    _write_json_durably(tmp, state)
+    os.replace(tmp, folder / ENERGY_STATE_FILE)
+    _fsync_dir(folder)
+
+
+def read_energy_state(run_dir: Path, step: int) -> dict | None:
+    """The state saved by `write_energy_state` for checkpoint `step`, or None (missing or unreadable)."""
+    path = run_dir / CHECKPOINT_DIR / f"step-{step:08d}" / ENERGY_STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None

@@ -7,7 +7,8 @@ ranks, every rank divides by the step's global count of tokens, and the update e
 single-process one up to float summation order.
 
 Only rank 0 touches the store and the run folder; it decides (run id, resume point, "already
-finished") and broadcasts. Energy is measured by every rank on its own devices and gathered to rank 0.
+finished") and broadcasts. Energy is measured by every rank on its own devices and gathered to rank 0
+(`wattscale.train.metering`, `wattscale.energy.ranks`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import torch.distributed as dist
 from torch import nn
 
 from wattscale.budget import IGNORE_INDEX
+from wattscale.errors import ConfigError, WattscaleError
+from wattscale.hardware import resolve_device
+from wattscale.model import Llama
 from wattscale.train.checkpoints import (
     CheckpointMeta,
     list_checkpoints,
@@ -36,11 +40,6 @@ from wattscale.train.checkpoints import (
     set_rng_state,
     write_checkpoint,
 )
-from wattscale.energy import Meter, MeterConfig, PowerReading, close_meters, discover_meters
-from wattscale.energy.recorder import RunEnergy
-from wattscale.errors import ConfigError, WattscaleError
-from wattscale.hardware import resolve_device
-from wattscale.model import Llama
 
 T = TypeVar("T")
 
@@ -346,89 +345,3 @@ def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str
     """Parameter names in the optimiser's index order (a tied weight under its first name)."""
     names = {id(p): name for name, p in model.named_parameters()}
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-
-
-# --- energy: every rank measures its own devices -------------------------------------------------------
-
-
-class RankMeter:
-    """A meter whose devices carry the rank ("rank1/cpu"), so ranks' rows and samples never collide."""
-
-    def __init__(self, meter: Meter, rank: int) -> None:
-        self._meter, self._prefix, self.rank = meter, f"rank{rank}/", rank
-        self.name, self.energy_source = meter.name, meter.energy_source
-        self.devices = tuple(self._prefix + d for d in meter.devices)
-
-    def read(self) -> PowerReading:
-        r = self._meter.read()
-        return PowerReading(r.t_s, {self._prefix + d: w for d, w in r.power_w.items()},
-                            None if r.energy_j is None else {self._prefix + d: j for d, j in r.energy_j.items()})
-
-    def describe(self) -> dict:
-        return {**self._meter.describe(), "devices": list(self.devices), "rank": self.rank}
-
-    def close(self) -> None:
-        self._meter.close()
-
-
-def rank_meters(config: MeterConfig, ctx: DistributedContext) -> tuple[list[Meter], list[str]]:
-    """This rank's meters, and why the others are not used.
-
-    Each rank reads NVML for its own GPU only and the CPU estimate for its own process. Meters of the
-    whole host (RAPL; NVML when training on CPU) are read by local rank 0 alone, so nothing is counted twice.
-    """
-    if ctx.world_size == 1:
-        return discover_meters(config)
-    gpu_uuid = str(torch.cuda.get_device_properties(ctx.device).uuid) if ctx.device.type == "cuda" else None
-    meters, reasons = discover_meters(config, gpu_uuid=gpu_uuid)
-    if ctx.local_rank != 0:
-        host_wide = {"rapl"} if gpu_uuid else {"rapl", "nvml"}
-        dropped = [m for m in meters if m.name in host_wide]
-        close_meters(dropped)
-        meters = [m for m in meters if m.name not in host_wide]
-        reasons += [f"{m.name}: measures the whole host; local rank 0 reads it" for m in dropped]
-    return [RankMeter(m, ctx.rank) for m in meters], reasons
-
-
-def merge_energy_states(states: list[dict | None]) -> dict | None:
-    """One checkpoint energy state from every rank's `EnergyRecorder.checkpoint()` (devices are disjoint)."""
-    present = [s for s in states if s]
-    if not present:
-        return None
-    merged: dict[str, Any] = {"interval_start": present[0]["interval_start"]}
-    for key in ("run", "interval"):
-        merged[key] = merge_energy([RunEnergy.from_json(s[key]) for s in present]).to_json()
-    return merged
-
-
-def merge_energy(parts: list[RunEnergy]) -> RunEnergy:
-    """Energies of disjoint device sets as one (per-device joules, sources, all complete)."""
-    energy, sources, complete = {}, {}, True
-    for part in parts:
-        energy.update(part.energy_j)
-        sources.update(part.sources)
-        complete = complete and part.complete
-    return RunEnergy(energy, sources, complete)
-
-
-def energy_state_for_rank(state: dict | None, ctx: DistributedContext) -> dict | None:
-    """This rank's share of a checkpoint's merged energy state: its own devices ("rankR/...").
-
-    Rank 0 also takes every device no live rank claims (those of a run resumed with fewer processes,
-    or unprefixed ones from a single-process session), so no energy is lost or counted twice.
-    """
-    if not state or ctx.world_size == 1:
-        return state
-
-    def owner(device: str) -> int:
-        head, _, rest = device.partition("/")
-        rank = int(head[4:]) if rest and head.startswith("rank") and head[4:].isdigit() else -1
-        return rank if 0 <= rank < ctx.world_size else 0
-
-    def mine(data: dict) -> dict:
-        energy = RunEnergy.from_json(data)
-        keep = [d for d in energy.energy_j if owner(d) == ctx.rank]
-        return RunEnergy({d: energy.energy_j[d] for d in keep}, {d: energy.sources[d] for d in keep},
-                         energy.complete).to_json()
-
-    return {"run": mine(state["run"]), "interval": mine(state["interval"]), "interval_start": state["interval_start"]}

@@ -1,0 +1,165 @@
+"""The step loop: one optimiser step, the loss function, the optimiser, and divergence checks.
+
+`StepLoop.run_until_boundary` runs optimiser steps inside the Monitor's ``train`` phase until an evaluation
+or a checkpoint is due (or the budget is spent); the session does the evaluation and the checkpoint
+outside it, in their own phases.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from wattscale.budget import IGNORE_INDEX, StepPlan
+from wattscale.config import RunConfig
+from wattscale.model import Llama
+from wattscale.schedule import learning_rate
+from wattscale.train.parallel import ParallelModel
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EMA_ALPHA = 0.1
+DIVERGENCE_MIN_STEPS = 10
+
+
+class Diverged(Exception):
+    """Raised inside the loop when the loss is non-finite or blew up."""
+
+    def __init__(self, reason: str, step: int = 0, tokens_seen: int = 0, wall_seconds: float = 0.0) -> None:
+        super().__init__(reason)
+        self.reason, self.step, self.tokens_seen, self.wall_seconds = reason, step, tokens_seen, wall_seconds
+
+
+@dataclass
+class LoopPosition:
+    """Where training stands: steps, tokens and sequences consumed, the smoothed loss and its best."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    sequences: int = 0
+    loss_ema: float | None = None
+    best_loss_ema: float | None = None
+    pending_rows: list[dict] = field(default_factory=list)  # train_steps rows not yet written
+
+
+def next_boundary(tokens_seen: int, interval: int | None) -> float:
+    """The next multiple of `interval` tokens after `tokens_seen`; infinity for no interval."""
+    return math.inf if not interval else (tokens_seen // interval + 1) * interval
+
+
+class StepLoop:
+    """Runs optimiser steps of a plan; `one_step(first_sequence, n_seq, n_tok)` does one and returns its loss
+    and gradient norm."""
+
+    def __init__(self, plan: StepPlan, lr: float, schedule: str, warmup_steps: int, min_lr_ratio: float,
+                 decay_fraction: float, divergence_factor: float, optimizer: torch.optim.Optimizer,
+                 one_step: Callable[[int, int, int], tuple[float, float]]) -> None:
+        self.plan, self.optimizer, self.one_step = plan, optimizer, one_step
+        self.lr_args = (lr, schedule, warmup_steps, min_lr_ratio, decay_fraction)
+        self.divergence_factor = divergence_factor
+
+    def run_until(self, pos: LoopPosition, stop_at_tokens: float, wall: Callable[[], float],
+                  on_step: Callable[[int, float], None]) -> None:
+        """Step until tokens_seen reaches `stop_at_tokens` or the plan ends; raises Diverged.
+
+        `on_step(tokens, loss)` is told about every step (the Monitor's token count, progress).
+        """
+        plan = self.plan
+        while pos.step < plan.total_steps and pos.tokens_seen < stop_at_tokens:
+            step_start = time.perf_counter()
+            lr = learning_rate(pos.step, plan.total_steps, *self.lr_args)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            n_seq, n_tok = plan.sequences_in_step(pos.step), plan.tokens_in_step(pos.step)
+            loss, grad_norm = self.one_step(pos.sequences, n_seq, n_tok)
+            pos.step += 1
+            pos.tokens_seen += n_tok
+            pos.sequences += n_seq
+            pos.loss_ema = loss if pos.loss_ema is None else (1 - EMA_ALPHA) * pos.loss_ema + EMA_ALPHA * loss
+            pos.best_loss_ema = pos.loss_ema if pos.best_loss_ema is None else min(pos.best_loss_ema, pos.loss_ema)
+            pos.pending_rows.append({"step": pos.step, "tokens_seen": pos.tokens_seen, "loss": loss, "lr": lr,
+                                     "grad_norm": grad_norm, "step_seconds": time.perf_counter() - step_start})
+            on_step(n_tok, loss)
+            try:
+                check_divergence(pos.step, loss, grad_norm, pos.loss_ema, pos.best_loss_ema, self.divergence_factor)
+            except Diverged as exc:
+                raise Diverged(exc.reason, pos.step, pos.tokens_seen, wall()) from None
+
+
+def summed_loss_fn(model: Llama | ParallelModel, compile_model: bool = False) -> LossFn:
+    """(inputs [b, T], targets [b, T]) -> summed token cross-entropy, via the model's chunked loss.
+
+    `Llama.loss` never materialises the [b*T, vocab] logits (about 20% of a llama-4m step on CPU is
+    that memory traffic in the plain logits + F.cross_entropy path); optionally torch.compile'd. A
+    `ParallelModel`'s `loss` is the same function, through DDP when gradients must be all-reduced.
+    """
+    fn = functools.partial(model.loss, reduction="sum", ignore_index=IGNORE_INDEX)
+    return torch.compile(fn) if compile_model else fn
+
+
+def training_step(loss_fn: LossFn, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  inputs: torch.Tensor, targets: torch.Tensor, counted_tokens: int, micro_batch: int,
+                  device: torch.device, autocast_dtype: torch.dtype | None, grad_clip: float, *,
+                  defer_sync: Callable[[], AbstractContextManager] = nullcontext,
+                  grad_scale: float = 1.0) -> tuple[float, float]:
+    """Forward/backward over micro-batches, clip, AdamW step; returns (mean token loss, grad norm).
+
+    `inputs`/`targets` are int64 [n_seq, T]; targets equal to IGNORE_INDEX do not count. The
+    summed loss is divided by `counted_tokens`, so every counted token weighs the same whatever
+    the micro-batch split and gradient accumulation equals one big batch. A non-finite gradient
+    norm skips the update (the caller records the run as diverged).
+
+    With several ranks `counted_tokens` is the whole step's count, the returned loss is this rank's
+    part of the mean, `defer_sync` wraps all but the last micro-batch (no gradient reduction yet) and
+    `grad_scale` (the world size) turns the ranks' gradient average into their sum.
+    """
+    loss_sum = torch.zeros((), device=device)
+    for start in range(0, inputs.shape[0], micro_batch):
+        last = start + micro_batch >= inputs.shape[0]
+        with nullcontext() if last else defer_sync():
+            x = inputs[start:start + micro_batch].to(device, non_blocking=True)  # [b, T]
+            y = targets[start:start + micro_batch].to(device, non_blocking=True)  # [b, T]
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                loss = loss_fn(x, y) / counted_tokens
+            (loss * grad_scale).backward()
+        loss_sum += loss.detach()
+    if grad_clip > 0:
+        grad_norm = _scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    else:
+        grad_norm = _scalar(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
+    if math.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum.item(), grad_norm
+
+
+def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only, using the fused kernel (CPU and CUDA, torch >= 2.4)."""
+    tc = config.train
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel is deterministic, so exact resume still holds; it is the fastest of the three
+    # AdamW implementations on CPU too (see benchmarks/train_throughput.py).
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, fused=True)
+
+
+def check_divergence(step: int, loss: float, grad_norm: float, ema: float, best_ema: float, factor: float) -> None:
+    """Raise Diverged on a non-finite loss or gradient, or a smoothed loss above factor x its best."""
+    if not math.isfinite(loss):
+        raise Diverged(f"non-finite training loss ({loss}) at step {step}")
+    if not math.isfinite(grad_norm):
+        raise Diverged(f"non-finite gradient norm ({grad_norm}) at step {step}")
+    if step >= DIVERGENCE_MIN_STEPS and ema > factor * best_ema:
+        raise Diverged(f"loss blow-up at step {step}: smoothed loss {ema:.3f} > {factor} x best {best_ema:.3f}")
+
+
+def _scalar(norm: torch.Tensor) -> float:
+    # Under FSDP the norm is a DTensor holding per-shard partial sums; full_tensor() reduces it over ranks.
+    return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()

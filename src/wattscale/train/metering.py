@@ -1,0 +1,163 @@
+"""How a training session measures itself: the public `Monitor`, one per rank, and what rank 0 writes.
+
+Every rank runs a `Monitor` on its own devices (its GPU by UUID; RAPL on local rank 0 only; a CPU estimate of
+its own process tree), with the same phases in lockstep: ``idle`` (the baseline, first session only),
+``warmup`` and ``train`` (the optimiser steps), ``eval``, ``checkpoint``, ``save`` and ``other``. A window
+named ``interval`` runs from one evaluation to the next. Rank 0 gathers the ranks' figures at evaluations,
+checkpoints and the end, and alone writes them: interval rows split by phase, the power samples, and when
+the run ends its phase and run rows and energy fields. Without meters (``meter.kinds = none``, or none
+readable) the Monitor still keeps time and tokens per phase, so MFU always uses training-phase time.
+
+A resumed session continues the measurement saved with its checkpoint (`Monitor.state()`); what was
+measured between that checkpoint and a kill is dropped with the work it paid for, which is redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from wattscale.energy import MeterConfig
+from wattscale.energy.discover import close_meters
+from wattscale.energy.gpus import device_uuid
+from wattscale.energy.measurement import merge_ledgers
+from wattscale.energy.monitor import Monitor
+from wattscale.energy.ranks import merge_states, rank_meters, state_for_rank
+from wattscale.energy.result import MonitorResult, summarise_ledger, window_result
+from wattscale.energy.store_rows import final_rows, idle_rows, run_fields, window_rows
+from wattscale.store import Store
+from wattscale.train.parallel import DistributedContext, gather_lists, gather_objects
+
+INTERVAL = "interval"
+
+
+class RunMetering:
+    """One rank's measurement of a training session; every method marked collective runs on every rank."""
+
+    def __init__(self, config: MeterConfig, ctx: DistributedContext, store: Store | None, run_id: str,
+                 resume: dict[str, Any] | None, measure_idle: bool) -> None:
+        self.ctx, self.store, self.run_id = ctx, store, run_id
+        gpus = [device_uuid(ctx.device.index or 0)] if ctx.device.type == "cuda" else []
+        meters, reasons = rank_meters(config, ctx.rank, ctx.local_rank, ctx.world_size, gpus)
+        self.meters = meters
+        self.notes: list[str] = []
+        if config.enabled and not meters:
+            self.notes.append("energy not measured, no usable meter: " + "; ".join(reasons))
+        self._buffer: list[dict] = []
+        single_writer = store is not None and ctx.world_size == 1
+        on_samples = self._write_samples if single_writer else (self._buffer.extend if meters else None)
+        settings = dataclasses.replace(config, idle_seconds=config.idle_seconds if measure_idle else 0.0)
+        self.monitor = Monitor(settings, meters=meters, run_id=run_id, on_samples=on_samples,
+                               resume=state_for_rank(resume, ctx.rank, ctx.world_size))
+        self.resumed = resume is not None
+
+    def start(self) -> None:
+        """Start measuring: the idle baseline (if due), then the job; rank 0 writes the idle rows. Collective."""
+        try:
+            self.monitor.start()
+        except BaseException:
+            close_meters(self.meters)
+            raise
+        if self.monitor.config.idle_seconds > 0:
+            idle = self.monitor.snapshot()
+            self._write(gather_lists(self.ctx, idle_rows(idle)))
+        if INTERVAL not in self.monitor.open_windows:
+            self.monitor.begin_window(INTERVAL)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Measure the block as `name` on this rank."""
+        with self.monitor.phase(name):
+            yield
+
+    def step(self, tokens: int) -> None:
+        """Count one optimiser step of `tokens` tokens (the whole step's, the same on every rank)."""
+        self.monitor.step(tokens=tokens)
+
+    def job_seconds(self) -> float:
+        """Seconds of the run so far, across sessions (the run's wall_seconds)."""
+        return self.monitor.job_seconds()
+
+    def close_interval(self) -> None:
+        """End the interval at an evaluation and start the next; rank 0 writes its rows. Collective."""
+        window = self.monitor.end_window(INTERVAL)
+        self.monitor.begin_window(INTERVAL)
+        parts = gather_objects(self.ctx, (window, self.monitor.devices))
+        if self.store is not None:
+            devices = _union([d for _, d in parts])
+            ledger = merge_ledgers([w.ledger for w, _ in parts])
+            merged = window_result(window.name, ledger, devices, self.monitor.config.total, window.start_s,
+                                   window.end_s, window.start_tokens, window.end_tokens)
+            self.store.add_energy_measurements(self.run_id, window_rows(merged, devices))
+        self.flush_samples()
+
+    def state(self) -> dict[str, Any] | None:
+        """Every rank's measurement so far, merged on rank 0 (None elsewhere), for a checkpoint. Collective."""
+        return merge_states(gather_objects(self.ctx, self.monitor.state()))
+
+    def flush_samples(self) -> None:
+        """Gather the other ranks' buffered power samples; rank 0 writes them. Collective."""
+        if self.ctx.world_size == 1:
+            return
+        rows, self._buffer[:] = list(self._buffer), []
+        self._write_samples_rows(gather_lists(self.ctx, rows))
+
+    def finish(self, tokens_seen: int) -> dict[str, Any]:
+        """Stop; rank 0 writes the phase and run rows and returns the runs-table fields ({} elsewhere). Collective."""
+        result = self.monitor.stop()
+        self.flush_samples()
+        merged = merge_results(gather_objects(self.ctx, result))
+        if self.store is None or merged is None:
+            return {}
+        self.store.add_energy_measurements(self.run_id, final_rows(merged, 0.0, self.monitor.job_seconds(),
+                                                                   tokens_seen))
+        fields = run_fields(merged)
+        if merged.job.energy_j is None:  # nothing metered: keep the time figures, claim no energy
+            fields.pop("message", None)
+        return fields
+
+    def abort(self, status: str) -> None:
+        """Stop without writing (a failed or interrupted session resumes from its checkpoint)."""
+        if self.monitor.running:
+            self.monitor.stop(status)
+
+    def close(self) -> None:
+        """Release the meters."""
+        close_meters(self.meters)
+
+    def _write(self, rows: list[dict]) -> None:
+        if self.store is not None and rows:
+            self.store.add_energy_measurements(self.run_id, rows)
+
+    def _write_samples(self, rows: list[dict]) -> None:
+        self.store.add_power_samples(self.run_id, rows)
+
+    def _write_samples_rows(self, rows: list[dict]) -> None:
+        if self.store is not None and rows:
+            self.store.add_power_samples(self.run_id, rows)
+
+
+def _union(per_rank: list[dict]) -> dict:
+    merged: dict = {}
+    for devices in per_rank:
+        merged.update(devices)
+    return merged
+
+
+def merge_results(results: list[MonitorResult]) -> MonitorResult | None:
+    """The ranks' results of one job as one (rank 0's time and tokens, every rank's devices); None if none."""
+    if not results:
+        return None
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    devices = _union([r.devices for r in results])
+    ledger = merge_ledgers([r.ledger for r in results])
+    job, phases, idle = summarise_ledger(ledger, devices, first.total_rule)
+    return dataclasses.replace(
+        first, job=job, phases=phases, idle=idle, devices=devices, ledger=ledger,
+        sampling={"ranks": [r.sampling for r in results]},
+        shared_host=tuple(o for r in results for o in r.shared_host),
+        notes=tuple(dict.fromkeys(n for r in results for n in r.notes)))
