@@ -8,11 +8,12 @@ Ours is `wattscale.train.training_step` with `wattscale.train.make_optimizer`, i
 trainer runs. Rounds alternate ours/reference so drift of a shared machine hits both alike; the
 reported figure is the ratio of medians.
 
-MFU = achieved FLOP/s / peak FLOP/s with training FLOPs per token = 6*N + 12*L*d*T (PaLM
-appendix B). Both N = non-embedding and N = total parameters are reported (for a tied model the
-output head is a real matmul, so `total` is the closer count). Peak: on CUDA the datasheet
-dense bf16 figure; on CPU, which has no trustworthy datasheet peak, the measured FLOP/s of large
-fp32 matmuls on this machine (`wattscale.hardware.measured_matmul_flops`), measured in this run.
+MFU = achieved FLOP/s / peak FLOP/s with training FLOPs per token = 6*(N_non_embedding +
+N_output_head) + 12*L*d*T (PaLM appendix B; `wattscale.flops`): the output head is a real matmul, tied
+or not. MFU with Kaplan's non-embedding N and with all parameters is reported beside it. Peak: on
+CUDA the datasheet dense figure for the precision in use (`wattscale.hardware.peak_flops`); on CPU,
+which has no trustworthy datasheet peak, the measured FLOP/s of large fp32 matmuls on this machine
+(`wattscale.hardware.measured_matmul_flops`), measured in this run.
 
     python benchmarks/train_throughput.py                      # llama-4m on CPU
     python benchmarks/train_throughput.py --preset tinyllama-1.1b --device cuda --seq-len 2048 --batch 8
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 
 from wattscale.budget import IGNORE_INDEX
 from wattscale.config import build_run_config
+from wattscale.flops import FLOP_COUNTINGS, FLOPS_FORMULA
 from wattscale.hardware import device_info, measured_matmul_flops, peak_flops, resolve_precision
 from wattscale.hf import hf_config_dict, to_hf_state_dict
 from wattscale.model import Llama, count_parameters, flops_per_token
@@ -147,22 +149,20 @@ def main() -> None:
         peak_source = (f"measured fp32 2048x2048 matmul FLOP/s on this CPU with {args.threads} threads, "
                        f"max of before/after the rounds: {[round(p / 1e9, 1) for p in cpu_peaks]} GFLOP/s")
     counts = count_parameters(config.model)
-    fpt = {"non_embedding": flops_per_token(config.model, args.seq_len, "non_embedding"),
-           "total": flops_per_token(config.model, args.seq_len, "total")}
+    fpt = {counting: flops_per_token(config.model, args.seq_len, counting) for counting in FLOP_COUNTINGS}
 
     def summary(times):
         sec = statistics.median(times)
         tok_s = n_tok / sec
         return {"seconds_per_step_median": sec, "seconds_per_step_rounds": times, "tokens_per_second": tok_s,
-                "mfu_non_embedding": tok_s * fpt["non_embedding"] / peak if peak else None,
-                "mfu_total": tok_s * fpt["total"] / peak if peak else None}
+                **{f"mfu_{counting}": tok_s * fpt[counting] / peak if peak else None for counting in fpt}}
 
     result = {
         "benchmark": "train_throughput", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "preset": args.preset, "params_total": counts.total, "params_non_embedding": counts.non_embedding,
         "batch_sequences": args.batch, "seq_len": args.seq_len, "tokens_per_step": n_tok, "precision": precision,
         "rounds": args.rounds, "steps_per_round": args.steps_per_round,
-        "flops_per_token": fpt, "flops_formula": "6*N + 12*L*d*T (PaLM appendix B)",
+        "flops_per_token": fpt, "flops_formula": FLOPS_FORMULA,
         "peak_flops_per_second": peak, "peak_source": peak_source,
         "machine": device_info(device), "ours": summary(ours_times),
         "reference": summary(ref_times) if ref_times else None,
@@ -178,7 +178,7 @@ def main() -> None:
     out = RESULTS / f"train_throughput_{args.preset}_{device.type}{suffix}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("preset", "precision", "tokens_per_step")}))
-    print(f"ours: {result['ours']['tokens_per_second']:,.0f} tok/s, MFU(total N) {result['ours']['mfu_total']:.1%}")
+    print(f"ours: {result['ours']['tokens_per_second']:,.0f} tok/s, MFU {result['ours']['mfu_with_head']:.1%}")
     if ref_times:
         print(f"reference: {result['reference']['tokens_per_second']:,.0f} tok/s; "
               f"speedup {result['speedup_ours_over_reference']:.2f}x (target 1.3x)")

@@ -48,6 +48,28 @@ def test_initial_perplexity_from_an_evaluation_at_zero_and_given_peak_wins() -> 
         "given")
 
 
+def test_mfu_uses_the_recorded_peak_of_all_devices_and_scales_old_per_device_records() -> None:
+    flops_per_s = 3.0e6 * 8_000 / 1_200.0
+    # New records: peak_flops already covers the devices used.
+    new = {**RECORD, "device_info_json": json.dumps({
+        "world_size": 4, "peak_flops": 4.0e8, "peak_flops_per_device": 1.0e8, "peak_flops_devices": 4,
+        "peak_flops_source": "datasheet X bf16 dense"})}
+    eff = run_efficiency(new)
+    assert eff.metrics["mfu"] == pytest.approx(flops_per_s / 4.0e8) and eff.peak_flops == 4.0e8
+    assert eff.peak_flops_source == "datasheet X bf16 dense"
+    # Records from before peak_flops_devices: one device's peak, so x world_size, and the source says so.
+    old = {**RECORD, "device_info_json": json.dumps({"world_size": 4, "peak_flops": 1.0e8,
+                                                     "peak_flops_source": "datasheet X bf16 dense"})}
+    eff = run_efficiency(old)
+    assert eff.metrics["mfu"] == pytest.approx(flops_per_s / 4.0e8) and eff.peak_flops == 4.0e8
+    assert eff.peak_flops_source.startswith("datasheet X bf16 dense; x 4 processes")
+    # One process, old or new: unchanged.
+    single = {**RECORD, "device_info_json": json.dumps({"world_size": 1, "peak_flops": 1.0e8})}
+    assert run_efficiency(single).metrics["mfu"] == pytest.approx(flops_per_s / 1.0e8)
+    # A peak given by the user is the run's whole peak and is not scaled.
+    assert run_efficiency(old, peak_flops=2.0e8).metrics["mfu"] == pytest.approx(flops_per_s / 2.0e8)
+
+
 def test_missing_energy_and_peak_are_none_with_reasons_never_zero() -> None:
     record = {**RECORD, "energy_j": None, "energy_source": None, "device_info_json": None}
     eff = run_efficiency(record)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from itertools import pairwise
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from wattscale.errors import ConfigError
+from wattscale.flops import flops_per_token_from_config
 from wattscale.model import (
     PRESETS,
     SCALING_LADDER,
@@ -103,15 +107,72 @@ def test_flops_per_token_llama_4m_by_hand():
     # Non-embedding N: 4 layers x (4 * 256^2 attention + 3 * 256 * 704 mlp + 2 * 256 norms) + 256.
     n_non_embedding = 4 * (4 * 256 * 256 + 3 * 256 * 704 + 2 * 256) + 256
     assert n_non_embedding == 3_213_568
+    head = 4096 * 256  # the tied output head: still a vocab x d_model matmul per token
     attention = 12 * 4 * 256 * 512  # 12 * L * d * T at T = context 512
-    assert flops_per_token(config) == 6 * 3_213_568 + attention == 25_572_864
-    assert flops_per_token(config, seq_len=128) == 6 * 3_213_568 + 12 * 4 * 256 * 128
-    assert flops_per_token(config, params="total") == 6 * 4_262_144 + attention
+    assert flops_per_token(config) == 6 * (3_213_568 + head) + attention == 31_864_320
+    assert flops_per_token(config, seq_len=128) == 6 * (3_213_568 + head) + 12 * 4 * 256 * 128
+    assert flops_per_token(config, counting="non_embedding") == 6 * 3_213_568 + attention == 25_572_864
+    assert flops_per_token(config, counting="total") == 6 * 4_262_144 + attention  # tied: total = N + head
 
 
-def test_flops_rejects_unknown_parameter_basis():
-    with pytest.raises(ConfigError, match="params"):
-        flops_per_token(PRESETS["llama-4m"], params="all")
+def test_flops_count_the_head_once_whether_tied_or_not():
+    tied, untied = PRESETS["llama-tiny"], PRESETS["llama-tiny-untied"]
+    assert flops_per_token(tied) == flops_per_token(untied)  # same matmuls; the lookup is not one
+    assert flops_per_token(untied, counting="total") - flops_per_token(untied) == 6 * 512 * 64  # + input embedding
+    # The issue's example: llama-1m's figure was 3,198,720, below 6 x its 926,336 parameters (5,558,016).
+    llama_1m = PRESETS["llama-1m"]
+    assert flops_per_token(llama_1m) == 6 * 926_336 + 12 * 2 * 128 * 256 == 6_344_448
+    assert flops_per_token(llama_1m) > 6 * count_parameters(llama_1m).total
+
+
+def test_flops_match_counted_matmuls_of_the_real_model():
+    """FlopCounterMode's count of llama-tiny's matmuls, forward and forward + backward, against the formula.
+
+    The math SDPA backend is forced: on CPU FlopCounterMode does not count the fused CPU attention kernel,
+    while the math backend's Q K^T and A V are plain bmm calls it does count. It computes the full T x T
+    products and then masks, so the count credits nothing for the causal mask, as the formula (PaLM's
+    12 * L * d * T) does not. The RMSNorm weights are in N_non_embedding but are no matmul, so they are
+    taken out here; the input embedding lookup counts nothing in either.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for name in ("llama-tiny", "llama-tiny-untied"):
+        config = PRESETS[name]
+        L, d, T, B = config.n_layers, config.d_model, config.context_length, 2
+        norm_weights = 2 * L * d + d
+        torch.manual_seed(0)
+        model = Llama(config)
+        ids = torch.randint(0, config.vocab_size, (B, T))
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as forward:
+            model(ids)
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as train_step:
+            model.loss(ids, ids).backward()  # the fused loss the trainer uses: head grads inside its forward
+        formula_matmuls = flops_per_token(config) - 6 * norm_weights
+        assert 3 * forward.get_total_flops() == B * T * formula_matmuls, name
+        assert train_step.get_total_flops() == B * T * formula_matmuls, name
+
+
+def test_flops_rejects_unknown_counting():
+    with pytest.raises(ConfigError, match="counting"):
+        flops_per_token(PRESETS["llama-4m"], counting="all")
+
+
+def test_flops_from_a_stored_config_dict_without_torch():
+    config = PRESETS["tinyllama-1.1b"]
+    stored = json.loads(json.dumps({"model": config.to_dict()}))["model"]  # as config_json holds it
+    assert flops_per_token_from_config(stored, 512) == flops_per_token(config, 512)
+    assert flops_per_token_from_config(stored) == flops_per_token(config) == 7_314_370_560
+    assert flops_per_token_from_config(stored, counting="non_embedding") == 6_921_154_560  # the old figure
+    with pytest.raises(ConfigError, match="missing field.*vocab_size"):
+        flops_per_token_from_config({k: v for k, v in stored.items() if k != "vocab_size"})
+    with pytest.raises(ConfigError, match="seq_len"):
+        flops_per_token_from_config(stored, 0)
+    # The module that computes it needs no torch: import it in a fresh interpreter with torch made unimportable.
+    code = ("import sys; sys.modules['torch'] = None; from wattscale.flops import flops_per_token_from_config; "
+            "print(int(flops_per_token_from_config(" + repr(stored) + ")))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "7314370560"
 
 
 # ---------------------------------------------------------------------------------------------------

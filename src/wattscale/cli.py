@@ -275,7 +275,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-tokens", type=int, help="validation tokens per evaluation (default 65536)")
     p.add_argument("--checkpoint-interval-tokens", type=int, help="checkpoint every N tokens (default: eval)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--precision", help="auto (fp32 on CPU, bf16 autocast on CUDA), fp32 or bf16")
+    p.add_argument("--precision", help="auto (fp32 on CPU, bf16 autocast on CUDA), fp32, bf16, or tf32 "
+                   "(fp32 weights with TF32 tensor-core matmuls; CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--run-root", help="folder for checkpoints and final weights (default wattscale_runs)")
     p.add_argument("--name", help="a free-text name stored with the run")

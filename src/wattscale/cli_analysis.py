@@ -31,7 +31,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--factor", help="with --csv: the within-subject factor column")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts (default 0.05)")
     p.add_argument("--peak-flops", type=float,
-                   help="peak FLOP/s for MFU, overriding each run's recorded peak (e.g. 989e12 for an H100 bf16)")
+                   help="peak FLOP/s for MFU over all of a run's devices (per-device peak x devices), overriding "
+                   "each run's recorded peak (e.g. 989.5e12 for one H100 SXM in bf16)")
     p.add_argument("--metrics-hook", help="a Python file defining METRICS = {name: function(run_record) -> float}")
     p.add_argument("--volatility-window", type=int, default=3, help="val-loss changes per rolling SD (default 3)")
     p.add_argument("--backslide-tolerance", type=float, default=0.0, help="nats above the best loss (default 0)")

@@ -34,7 +34,7 @@ from wattscale.errors import ConfigError
 from wattscale.model import ModelConfig
 
 SCHEDULES = ("cosine", "wsd", "constant")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # tf32: fp32 weights, TF32 tensor-core matmuls (CUDA only)
 PARALLEL_MODES = ("ddp", "fsdp")
 
 
@@ -165,6 +165,8 @@ def _train_problems(c: TrainConfig) -> list[str]:
         p.append(f"train.parallel: unknown mode {c.parallel!r}; choose one of: {', '.join(PARALLEL_MODES)}")
     if c.precision not in PRECISIONS:
         p.append(f"train.precision: unknown precision {c.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    elif c.precision == "tf32" and c.device == "cpu":
+        p.append("train.precision: 'tf32' (TF32 tensor-core matmuls) needs a CUDA device, not cpu; use fp32 or bf16")
     if c.grad_clip < 0:
         p.append(f"train.grad_clip: {c.grad_clip!r} must be >= 0 (0 disables clipping)")
     if c.divergence_factor <= 1.0:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wattscale.errors import ConfigError
+from wattscale.flops import ParameterCounts, flops_per_token_from_config, parameter_counts
 
 # --------------------------------------------------------------------------------------------------
 # Configuration and presets
@@ -438,41 +439,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ParameterCounts:
-    """Parameter counts of a model; ``embedding`` counts a tied matrix once, untied ones twice."""
-
-    total: int
-    embedding: int
-    non_embedding: int  # total - embedding; includes the RMSNorm weights
-
-
 def count_parameters(config: ModelConfig) -> ParameterCounts:
-    """Exact parameter counts of ``Llama(config)``, computed from the config alone."""
-    d, hd = config.d_model, config.head_dim
-    attention = d * config.n_heads * hd * 2 + d * config.n_kv_heads * hd * 2  # q, out; k, v
-    mlp = 3 * d * config.ffn_hidden  # gate, up, down
-    norms = 2 * d
-    non_embedding = config.n_layers * (attention + mlp + norms) + d  # + final norm
-    embedding = config.vocab_size * d * (1 if config.tie_embeddings else 2)
-    return ParameterCounts(total=non_embedding + embedding, embedding=embedding, non_embedding=non_embedding)
+    """Exact parameter counts of ``Llama(config)``, computed from the config alone (``wattscale.flops``)."""
+    return parameter_counts(config.to_dict())
 
 
-def flops_per_token(config: ModelConfig, seq_len: int | None = None, params: str = "non_embedding") -> float:
-    """Training FLOPs per token (forward + backward): ``6 * N + 12 * L * d * T``.
+def flops_per_token(config: ModelConfig, seq_len: int | None = None, counting: str = "with_head") -> float:
+    """Training FLOPs per token (forward + backward): ``6 * N + 12 * n_layers * d_model * T``.
 
-    PaLM (Chowdhery et al. 2022) appendix B: 6N for the weight matmuls (2N forward, 4N backward) plus
-    12 * n_layers * d_model * T for the attention score and value matmuls, T = ``seq_len`` (default
-    ``context_length``). N is the non-embedding parameter count by default (``params="non_embedding"``,
-    as in PaLM and Kaplan et al.), or all parameters with ``params="total"``. The causal mask is not
-    credited (as PaLM does not), so the attention term is the cost of the full T x T product.
+    By default (``counting="with_head"``) N = N_non_embedding + N_output_head, with N_output_head =
+    vocab_size * d_model whether the head is tied or not (a tied head is still a matmul; the input
+    embedding lookup is not one and is not counted). ``counting="non_embedding"`` gives Kaplan et al.'s N
+    (no head; what the scaling laws use) and ``counting="total"`` every parameter; anything else is a
+    ConfigError. 6N is 2N forward plus 4N backward; 12 * n_layers * d_model * T is the attention score and
+    value matmuls over the full T x T products, causal mask not credited (PaLM, Chowdhery et al. 2022,
+    appendix B). T = ``seq_len`` (default ``context_length``). The same figure without torch, from a stored
+    config dict: ``wattscale.flops.flops_per_token_from_config``.
     """
-    counts = count_parameters(config)
-    if params == "non_embedding":
-        n = counts.non_embedding
-    elif params == "total":
-        n = counts.total
-    else:
-        raise ConfigError(f"params: {params!r} is not one of 'non_embedding', 'total'")
-    tokens_in_context = config.context_length if seq_len is None else seq_len
-    return float(6 * n + 12 * config.n_layers * config.d_model * tokens_in_context)
+    return flops_per_token_from_config(config.to_dict(), seq_len, counting)

@@ -36,7 +36,8 @@ def print_presets_table(as_json: bool = False) -> None:
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table(title="model presets (train FLOPs/token = 6*N_non_embedding + 12*L*d*T)")
+    table = Table(title="model presets (train FLOPs/token at T = context: "
+                        "6*(N_non_embedding + N_output_head) + 12*L*d*T)")
     for column in rows[0]:
         table.add_column(column, justify="left" if column == "preset" else "right")
     for row in rows:

@@ -7,12 +7,16 @@ has them, ``train_seconds`` (the summed step time) and ``initial_val_ppl`` (an e
 tokens). Definitions (DESIGN.md, "Efficiency"); energy in joules, kWh = J / 3.6e6, time in seconds:
 
 - ``tokens_per_joule`` = tokens_seen / energy_j; ``joules_per_token`` = energy_j / tokens_seen.
-- ``train_flops`` = flops_per_token x tokens_seen, with the run's stored FLOPs per token
-  (6*N + 12*L*d*T, N = non-embedding parameters; PaLM appendix B); ``flops_per_joule`` = train_flops / energy_j.
-- ``mfu`` = train_flops / train_seconds / peak_flops. train_seconds is the summed time of the optimiser
-  steps when known (evaluations and checkpoints excluded), else wall_seconds. The peak is the run's
-  recorded ``peak_flops`` (datasheet on CUDA, measured matmul FLOP/s at run start on a CPU), or the
-  ``peak_flops`` given to :func:`run_efficiency`, which then wins.
+- ``train_flops`` = flops_per_token x tokens_seen, with the run's stored FLOPs per token:
+  6 * (N_non_embedding + N_output_head) + 12 * n_layers * d_model * T (the output head counted whether tied
+  or not; PaLM appendix B; ``wattscale.flops``); ``flops_per_joule`` = train_flops / energy_j.
+- ``mfu`` = train_flops / train_seconds / peak_flops: achieved FLOP/s / (peak FLOP/s per device x devices
+  used). train_seconds is the summed time of the optimiser steps when known (evaluations and checkpoints
+  excluded), else wall_seconds. The peak is the run's recorded ``peak_flops``, which already covers all its
+  devices (the datasheet figure for the precision in use on CUDA, the measured matmul FLOP/s at run start
+  per process on a CPU); a run recorded before ``peak_flops_devices`` existed stored one device's peak, so
+  with ``world_size`` > 1 it is multiplied by ``world_size`` and ``peak_flops_source`` says so. A
+  ``peak_flops`` given to :func:`run_efficiency` (for all the run's devices) wins.
 - ``ppl_gain_per_kwh`` = (initial perplexity - final perplexity) / energy_kwh. The initial perplexity is the
   evaluation at 0 tokens when the run has one (``eval_at_start``), else the vocabulary size (the perplexity
   of a uniform prediction); ``initial_ppl_source`` says which.
@@ -144,6 +148,18 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den
 
 
+def _recorded_peak(info: Mapping[str, Any]) -> tuple[float | None, str | None]:
+    """The run's peak FLOP/s over all its devices, and its source, from its device info."""
+    peak, source = _number(info.get("peak_flops")), info.get("peak_flops_source")
+    world_size = _number(info.get("world_size"))
+    if peak is not None and "peak_flops_devices" not in info and world_size is not None and world_size > 1:
+        # Recorded before run_peak_flops covered every device: the stored figure is one device's (process's).
+        peak *= world_size
+        source = (f"{source or 'recorded peak'}; x {world_size:g} processes (the run recorded one device's peak, "
+                  "before peak_flops_devices existed)")
+    return peak, source
+
+
 def run_efficiency(record: Mapping[str, Any], extra_metrics: Mapping[str, MetricFn] | None = None,
                    peak_flops: float | None = None) -> RunEfficiency:
     """Every efficiency metric of one run record (see the module docstring for the definitions)."""
@@ -161,9 +177,7 @@ def run_efficiency(record: Mapping[str, Any], extra_metrics: Mapping[str, Metric
     flops = None if fpt is None or tokens is None else fpt * tokens
 
     info = _json_field(record, "device_info_json")
-    recorded_peak = _number(info.get("peak_flops"))
-    peak, peak_source = ((peak_flops, "given by the user") if peak_flops is not None
-                         else (recorded_peak, info.get("peak_flops_source")))
+    peak, peak_source = ((peak_flops, "given by the user") if peak_flops is not None else _recorded_peak(info))
     if peak is None:
         why["mfu"] = "no peak FLOP/s recorded for this run's device; pass peak_flops (--peak-flops)"
     elif not train_s:
