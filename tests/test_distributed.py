@@ -23,17 +23,10 @@ from safetensors.torch import load_file
 from conftest import TINY_DATA
 from wattscale.budget import IGNORE_INDEX, mask_targets
 from wattscale.config import build_run_config, run_id_for
-from wattscale.train.parallel import (
-    DistributedContext,
-    RankMeter,
-    energy_state_for_rank,
-    lockstep_rows,
-    merge_energy_states,
-    pad_rows,
-    rank_rows,
-)
+from wattscale.energy.ranks import RankMeter, merge_states, state_for_rank
 from wattscale.errors import ConfigError
 from wattscale.store import open_store
+from wattscale.train.parallel import DistributedContext, lockstep_rows, pad_rows, rank_rows
 
 TOKENS, STEPS = 16_020, 101
 ARGS = ["train", "--preset", "llama-tiny", "--batch-size", "5", "--seq-len", "32", *TINY_DATA, "--threads", "1",
@@ -103,12 +96,18 @@ def test_two_ranks_train_the_single_process_run(one_process, two_ranks) -> None:
     assert [e["tokens_seen"] for e in evals] == [e["tokens_seen"] for e in one_evals] == [8000, 16000, TOKENS]
     assert json.loads(record["config_json"])["resolved"]["world_size"] == 2
     assert json.loads(record["device_info_json"])["world_size"] == 2
-    # Energy: each rank measured its own process; the run's total is the sum over ranks.
+    # Energy: each rank measured its own process; the run's total is the sum over ranks, and so is each phase.
     run_rows = {r["device"]: r["energy_j"] for r in energy if r["scope"] == "run"}
     assert set(run_rows) == {"rank0/cpu", "rank1/cpu"} and all(j > 0 for j in run_rows.values())
     assert record["energy_j"] == pytest.approx(sum(run_rows.values()))
+    phase_rows = [r for r in energy if r["scope"] == "phase"]
+    assert sum(r["energy_j"] for r in phase_rows) == pytest.approx(record["energy_j"], rel=1e-9)
+    assert record["train_energy_j"] == pytest.approx(sum(r["energy_j"] for r in phase_rows if r["phase"] == "train"))
     intervals = [r for r in energy if r["scope"] == "interval"]
-    assert {r["device"] for r in intervals} == set(run_rows) and len(intervals) == 2 * len(evals)
+    assert {r["device"] for r in intervals} == set(run_rows)
+    assert {(r["start_tokens"], r["end_tokens"]) for r in intervals} == {(0, 8000), (8000, 16000), (16000, TOKENS)}
+    assert {(r["device"], r["phase"]) for r in intervals if r["end_tokens"] == 8000} >= {
+        ("rank0/cpu", "train"), ("rank1/cpu", "train"), ("rank0/cpu", "eval"), ("rank1/cpu", "eval")}
 
 
 def test_fsdp_trains_the_same_run_and_writes_single_process_checkpoints(one_process, tmp_path: Path,
@@ -122,9 +121,9 @@ def test_fsdp_trains_the_same_run_and_writes_single_process_checkpoints(one_proc
     torch.testing.assert_close(torch.tensor([s["loss"] for s in steps], dtype=torch.float64),
                                torch.tensor([s["loss"] for s in one_steps], dtype=torch.float64), rtol=5e-5, atol=0.0)
     # The sharded state was gathered into the single-process format: a plain model and optimiser load it.
-    from wattscale.train.checkpoints import load_checkpoint
     from wattscale.model import Llama, ModelConfig
     from wattscale.train import make_optimizer
+    from wattscale.train.checkpoints import load_checkpoint
 
     (ckpt,) = (tmp_path / "runs" / fsdp["run_id"] / "checkpoints").glob("step-*")
     (one_ckpt,) = (one_dir / "runs" / one["run_id"] / "checkpoints").glob("step-*")
@@ -192,18 +191,26 @@ def _ctx(rank: int, world_size: int) -> DistributedContext:
 
 
 def test_checkpoint_energy_goes_back_to_the_rank_that_measured_it() -> None:
-    def state(devices: dict[str, float], start: list) -> dict:
-        energy = {"energy_j": devices, "sources": {d: "estimated" for d in devices}, "complete": True}
-        return {"run": energy, "interval": energy, "interval_start": start}
+    def state(devices: dict[str, float], window: dict[str, float]) -> dict:
+        def ledger(energy: dict[str, float]) -> dict:
+            return {"train": {"seconds": 2.0, "tokens": 160, "steps": 5, "energy_j": energy,
+                              "sources": dict.fromkeys(energy, "estimated"), "complete": True, "errors": []}}
 
-    merged = merge_energy_states([state({"rank0/cpu": 1.0}, [160, 2.0]), None, state({"rank2/cpu": 3.0}, [160, 2.0])])
-    merged["run"]["energy_j"]["cpu"] = 5.0  # a single-process session before
-    merged["run"]["sources"]["cpu"] = "estimated"
-    shares = [energy_state_for_rank(merged, _ctx(rank, 2)) for rank in range(2)]
+        return {"version": 1, "job_seconds": 2.5, "tokens": 160, "ledger": ledger(devices),
+                "windows": {"interval": {"ledger": ledger(window), "start_s": 1.0, "start_tokens": 80}}}
+
+    merged = merge_states([state({"rank0/cpu": 1.0}, {"rank0/cpu": 0.5}), None,
+                           state({"rank2/cpu": 3.0}, {"rank2/cpu": 1.5})])
+    merged["ledger"]["train"]["energy_j"]["cpu"] = 5.0  # a single-process session before
+    merged["ledger"]["train"]["sources"]["cpu"] = "estimated"
+    shares = [state_for_rank(merged, rank, 2) for rank in range(2)]
     # rank 0 takes the single-process energy and that of rank 2, which this session does not have
-    assert shares[0]["run"]["energy_j"] == {"rank0/cpu": 1.0, "rank2/cpu": 3.0, "cpu": 5.0}
-    assert shares[1]["run"]["energy_j"] == {} and shares[1]["interval_start"] == [160, 2.0]
-    assert energy_state_for_rank(merged, _ctx(0, 1)) is merged  # one process resumes everything
+    assert shares[0]["ledger"]["train"]["energy_j"] == {"rank0/cpu": 1.0, "rank2/cpu": 3.0, "cpu": 5.0}
+    assert shares[0]["windows"]["interval"]["ledger"]["train"]["energy_j"] == {"rank0/cpu": 0.5, "rank2/cpu": 1.5}
+    assert shares[1]["ledger"]["train"]["energy_j"] == {}
+    # time and tokens are the job's, on every rank
+    assert shares[1]["job_seconds"] == 2.5 and shares[1]["windows"]["interval"]["start_tokens"] == 80
+    assert state_for_rank(merged, 0, 1) is merged  # one process resumes everything
 
 
 def test_rank_meter_prefixes_devices_and_nvml_picks_the_rank_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,12 +218,13 @@ def test_rank_meter_prefixes_devices_and_nvml_picks_the_rank_gpu(monkeypatch: py
     from wattscale.energy import NvmlMeter
 
     monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml([1000, 2000, 3000], [100_000, 200_000, 300_000]))
-    meter = RankMeter(NvmlMeter(device_uuid="0002"), rank=3)  # torch's UUIDs lack NVML's "GPU-" prefix
+    meter = RankMeter(NvmlMeter(gpus=["0002"]), rank=3)  # torch's UUIDs lack NVML's "GPU-" prefix
     assert meter.devices == ("rank3/gpu2",) and meter.describe()["devices"] == ["rank3/gpu2"]
+    assert meter.components == ("gpu",) and meter.uuids == ("GPU-0002",)
     assert meter.read().power_w == {"rank3/gpu2": 300.0}
     meter.close()
-    with pytest.raises(Exception, match="no GPU with UUID"):
-        NvmlMeter(device_uuid="GPU-0009")
+    with pytest.raises(Exception, match="matches no GPU"):
+        NvmlMeter(gpus=["GPU-0009"])
 
 
 def test_parallel_is_validated_and_not_part_of_the_run_id() -> None:

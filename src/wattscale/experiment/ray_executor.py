@@ -31,12 +31,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from wattscale.train.checkpoints import list_checkpoints
 from wattscale.config import RunConfig
 from wattscale.errors import ConfigError, WattscaleError
 from wattscale.locking import run_lock
 from wattscale.store import Store, open_store
 from wattscale.train import DEFAULT_CACHE_DIR, TrainResult, train
+from wattscale.train.checkpoints import list_checkpoints
 
 from .local import SweepResult, register_plan
 from .plan import ExperimentPlan, PlannedRun

@@ -26,7 +26,7 @@ from wattscale.config import RunConfig, run_id_for
 from wattscale.data import PreparedData, TokenShard, prepare_data, sequence_batch, training_subset
 from wattscale.errors import ConfigError
 from wattscale.evaluate import Evaluation, evaluate, validation_windows
-from wattscale.hardware import device_info, git_revision, resolve_precision, run_peak_flops
+from wattscale.hardware import apply_matmul_precision, device_info, git_revision, resolve_precision, run_peak_flops
 from wattscale.locking import run_lock
 from wattscale.model import Llama, count_parameters, flops_per_token
 from wattscale.progress import ProgressHooks, TrainingProgress
@@ -124,6 +124,7 @@ class _Claim:
 def _train(config: RunConfig, store_url: str, ctx: DistributedContext, show_progress: bool, cache_dir: Path,
            experiment: str | None, progress_hooks: ProgressHooks | None) -> TrainResult:
     precision = resolve_precision(config.train.precision, ctx.device)
+    matmul = apply_matmul_precision(ctx.device, precision)  # fp32 really fp32; tf32 only when asked for
     data = rank0_first(ctx, lambda: prepare_data(config.data, config.model.vocab_size, cache_dir))
     train_shard = training_subset(data.train, config.train.data_tokens)
     val_windows = validation_windows(data.val, config.seq_len, config.train.eval_tokens)
@@ -140,8 +141,8 @@ def _train(config: RunConfig, store_url: str, ctx: DistributedContext, show_prog
         decision = rank0_decides(ctx, claim)
         if decision.done is not None:
             return decision.done
-        session = _Session(config, store, data, train_shard, val_windows, ctx, precision, run_id, decision.run_dir,
-                           experiment, show_progress, progress_hooks)
+        session = _Session(config, store, data, train_shard, val_windows, ctx, precision, matmul, run_id,
+                           decision.run_dir, experiment, show_progress, progress_hooks)
         return session.run(decision.existing)
 
 
@@ -172,8 +173,9 @@ class _Session:
     """
 
     def __init__(self, config: RunConfig, store: Store | None, data: PreparedData, train_shard: TokenShard,
-                 val_windows: torch.Tensor, ctx: DistributedContext, precision: str, run_id: str, run_dir: Path,
-                 experiment: str | None, show_progress: bool, progress_hooks: ProgressHooks | None = None) -> None:
+                 val_windows: torch.Tensor, ctx: DistributedContext, precision: str, matmul: dict, run_id: str,
+                 run_dir: Path, experiment: str | None, show_progress: bool,
+                 progress_hooks: ProgressHooks | None = None) -> None:
         self.config, self.store, self.data, self.val_windows = config, store, data, val_windows
         self.train_shard = train_shard  # the whole training split, or its first data_tokens tokens
         self.ctx, self.device, self.run_id, self.run_dir = ctx, ctx.device, run_id, run_dir
@@ -193,6 +195,7 @@ class _Session:
         self._last_eval: Evaluation | None = None
         self.metering: RunMetering | None = None
         self.parallel: ParallelModel | None = None
+        self.matmul = matmul  # what apply_matmul_precision set, for the run record
 
     def run(self, existing: dict | None) -> TrainResult:
         """Build model and optimiser, restore the newest checkpoint, train to the budget."""
@@ -267,8 +270,10 @@ class _Session:
         }
         if existing is None:
             # The peak that MFU is computed against is taken once, when the run is created.
-            record["device_info_json"] = json.dumps({**device_info(self.device), "world_size": self.ctx.world_size,
-                                                     **run_peak_flops(self.device, self.precision)})
+            # MFU divides by the peak of every device the run uses.
+            record["device_info_json"] = json.dumps({
+                **device_info(self.device), "world_size": self.ctx.world_size, "matmul": self.matmul,
+                **run_peak_flops(self.device, self.precision, devices_used=self.ctx.world_size)})
             self.store.create_run(record)
         else:
             self.store.mark_running(self.run_id, now, resumed=resumed)
