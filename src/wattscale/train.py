@@ -209,7 +209,8 @@ class _Session:
         # Before the optimiser is built: FSDP replaces the parameters with sharded ones.
         self.parallel = wrap_model(model, self.ctx, self.config.train.parallel)
         optimizer = make_optimizer(model, self.config)
-        meta = load_newest_checkpoint(self.ctx, self.run_dir, model, optimizer)
+        # An unreadable newest checkpoint is skipped for the one before, with a CheckpointWarning.
+        meta = load_newest_checkpoint(self.ctx, self.run_dir, model, optimizer).meta
         self.resumed = meta is not None
         if self.store is not None:
             self._record_start(existing, resumed=self.resumed)
