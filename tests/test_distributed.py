@@ -125,8 +125,8 @@ def test_fsdp_trains_the_same_run_and_writes_single_process_checkpoints(one_proc
     from wattscale.train import make_optimizer
     from wattscale.train.checkpoints import load_checkpoint
 
-    (ckpt,) = (tmp_path / "runs" / fsdp["run_id"] / "checkpoints").glob("step-*")
-    (one_ckpt,) = (one_dir / "runs" / one["run_id"] / "checkpoints").glob("step-*")
+    *_, ckpt = sorted((tmp_path / "runs" / fsdp["run_id"] / "checkpoints").glob("step-*"))
+    *_, one_ckpt = sorted((one_dir / "runs" / one["run_id"] / "checkpoints").glob("step-*"))
     assert ckpt.name == one_ckpt.name
     config = build_run_config(overrides={"model": {"preset": "llama-tiny"}, "train": {"tokens": TOKENS}})
     model = Llama(ModelConfig.from_name("llama-tiny"))
@@ -139,20 +139,28 @@ def test_fsdp_trains_the_same_run_and_writes_single_process_checkpoints(one_proc
 
 
 def test_killed_rank_stops_the_job_and_a_rerun_resumes_exactly(two_ranks, tmp_path: Path, cache_dir: Path) -> None:
+    """Rank 0 SIGKILLed, and its newest checkpoint then truncated (as a power loss could): the rerun resumes
+    from the checkpoint before it, and ends with exactly the weights of the uninterrupted run."""
     _, uninterrupted = two_ranks
     run_dir = tmp_path / "runs" / uninterrupted["run_id"]
     cmd = _command(tmp_path, "w.db", "runs", cache_dir, 2)
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and not list(run_dir.glob("checkpoints/step-*")):
+    while time.monotonic() < deadline and proc.poll() is None and len(list(run_dir.glob("checkpoints/step-*"))) < 2:
         time.sleep(0.01)
     os.kill(int((run_dir / "lock").read_text()), signal.SIGKILL)  # rank 0 holds the run's lock
     assert proc.wait(timeout=60) != 0  # torchrun ends the other rank and fails the job
     with open_store(str(tmp_path / "w.db")) as store:
         assert store.get_run(uninterrupted["run_id"])["status"] == "running", "the kill must land mid-run"
+    *_, previous, newest = sorted(run_dir.glob("checkpoints/step-*"))  # three if killed before pruning
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
     resumed = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"skipped checkpoint {newest.name} (model.safetensors: SafetensorError" in resumed.stderr
+    assert f"resuming from {previous.name}" in resumed.stderr
+    assert not newest.exists() and (newest.parent / f"corrupt-{newest.name}").is_dir()
     out = json.loads(resumed.stdout)
     assert out["resumed"] and out["tokens_seen"] == TOKENS
     assert out["final_val_loss"] == uninterrupted["final_val_loss"]

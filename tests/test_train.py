@@ -15,7 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY_DATA
+from wattscale.checkpoint import CheckpointWarning
 from wattscale.config import build_run_config
+from wattscale.progress import ProgressHooks
 from wattscale.store import open_store
 from wattscale.train import train
 
@@ -148,10 +150,79 @@ def _first_ckpt_step(root: Path) -> int:
 def test_checkpoints_load_without_unpickling(tmp_path: Path, cache_dir: Path) -> None:
     config = _api_config(tmp_path, tokens=4000, checkpoint_interval_tokens=1024)
     result = train(config, str(tmp_path / "w.db"), show_progress=False, cache_dir=cache_dir)
-    (ckpt,) = sorted((result.run_dir / "checkpoints").glob("step-*"))
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
-    assert "optimizer" in state and "rng" in state
-    assert load_file(str(ckpt / "model.safetensors"))
+    ckpts = sorted((result.run_dir / "checkpoints").glob("step-*"))
+    assert [c.name for c in ckpts] == ["step-00000016", "step-00000024"]  # the newest two of 8, 16, 24
+    for ckpt in ckpts:
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+        assert "optimizer" in state and "rng" in state
+        assert load_file(str(ckpt / "model.safetensors"))
+
+
+def _interrupt_after(tokens: int) -> ProgressHooks:
+    """Stops a run as Ctrl-C does once it has trained `tokens` tokens (the hook runs after every step)."""
+
+    def on_tokens(tokens_seen: int) -> None:
+        if tokens_seen >= tokens:
+            raise KeyboardInterrupt
+
+    return ProgressHooks(on_tokens=on_tokens)
+
+
+# 32 steps of 128 tokens, a checkpoint every 4; stopped in step 17, the run has checkpoints at steps 12 and 16.
+RESUME_SETTINGS = {"tokens": 4096, "eval_interval_tokens": 1024, "checkpoint_interval_tokens": 512}
+
+
+def _stopped_after_step_17(tmp_path: Path, cache_dir: Path) -> Path:
+    """Train the RESUME_SETTINGS run into tmp_path/runs until step 17; its checkpoints folder."""
+    with pytest.raises(KeyboardInterrupt):
+        train(_api_config(tmp_path, **RESUME_SETTINGS), str(tmp_path / "w.db"), show_progress=False,
+              cache_dir=cache_dir, progress_hooks=_interrupt_after(17 * 128))
+    (root,) = (tmp_path / "runs").glob("*/checkpoints")
+    assert [p.name for p in sorted(root.glob("step-*"))] == ["step-00000012", "step-00000016"]
+    return root
+
+
+def test_truncated_newest_checkpoint_resumes_from_the_one_before_bit_identically(tmp_path: Path,
+                                                                                 cache_dir: Path) -> None:
+    """The newest checkpoint's weights cut in half (a power loss before they reached the disk): the run
+    resumes from the checkpoint before, says so, keeps the damaged one aside, and ends with exactly the
+    weights of an uninterrupted run, since steps 13-16 are replayed from the same state and data."""
+    reference = train(_api_config(tmp_path / "ref", **RESUME_SETTINGS), str(tmp_path / "ref.db"),
+                      show_progress=False, cache_dir=cache_dir)
+    root = _stopped_after_step_17(tmp_path, cache_dir)
+    weights = root / "step-00000016" / "model.safetensors"
+    half = weights.stat().st_size // 2
+    weights.write_bytes(weights.read_bytes()[:half])
+
+    with pytest.warns(CheckpointWarning, match=r"^skipped checkpoint step-00000016 \(model\.safetensors: "
+                                               r"SafetensorError: .*\): resuming from step-00000012; "):
+        resumed = train(_api_config(tmp_path, **RESUME_SETTINGS), str(tmp_path / "w.db"), show_progress=False,
+                        cache_dir=cache_dir)
+    assert (resumed.run_id, resumed.status, resumed.resumed, resumed.tokens_seen) == \
+        (reference.run_id, "finished", True, 4096)
+    assert (root / "corrupt-step-00000016" / "model.safetensors").stat().st_size == half
+    ref_w = load_file(str(reference.run_dir / "final" / "model.safetensors"))
+    new_w = load_file(str(resumed.run_dir / "final" / "model.safetensors"))
+    assert ref_w.keys() == new_w.keys()
+    for name in ref_w:
+        assert torch.equal(ref_w[name], new_w[name]), name
+    assert resumed.final_val_loss == reference.final_val_loss
+    with open_store(str(tmp_path / "w.db")) as store:
+        assert [s["step"] for s in store.train_steps(resumed.run_id)] == list(range(1, 33))
+        assert store.get_run(resumed.run_id)["resume_count"] == 1
+
+
+def test_no_readable_checkpoint_is_one_line_and_exit_2(tmp_path: Path, cache_dir: Path, run_cli_in_process) -> None:
+    root = _stopped_after_step_17(tmp_path, cache_dir)
+    for ckpt in root.glob("step-*"):
+        (ckpt / "trainer_state.pt").write_bytes(b"")
+    res = run_cli_in_process("--store", "w.db", "train", *TINY, "--tokens", "4096", "--eval-interval-tokens", "1024",
+                             "--checkpoint-interval-tokens", "512", "--run-root", "runs", "--cache-dir", str(cache_dir))
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(f"wattscale: error: no checkpoint in {root} can be loaded (step-00000016: "
+                           "trainer_state.pt: EOFError; step-00000012: trainer_state.pt: EOFError); ")
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000012", "step-00000016"]  # nothing moved
 
 
 def test_torch_compile_trains_like_eager(tmp_path: Path, cache_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""Checkpoints with exact resume, written atomically and loaded without unpickling.
+"""Checkpoints with exact resume, written atomically and durably, loaded without unpickling.
 
 Layout of one checkpoint directory `<run_dir>/checkpoints/step-00000123/`:
 - `model.safetensors`: the model weights (safetensors: no code execution on load);
@@ -7,26 +7,42 @@ Layout of one checkpoint directory `<run_dir>/checkpoints/step-00000123/`:
 - `meta.json`: step, tokens seen, sequences consumed, accumulated wall seconds. Written last:
   a directory without it is an interrupted write and is ignored.
 
-A checkpoint is written into a temporary directory and renamed into place, so a process killed
-at any moment leaves either the previous checkpoint or the new one, never half of one.
+A checkpoint is written into a temporary directory `.tmp-step-N`; every file in it and the directory
+itself are fsynced, then it is renamed into place and the parent directory is fsynced. So a process
+killed, or a machine losing power, at any moment leaves the previous checkpoint or the new one
+complete on disk, never half of one. The final weights are written the same way.
+
+The newest two checkpoints are kept. A run resumes from the newest one that loads (`load_newest`):
+one that cannot be read (a truncated file, a bad meta.json) is skipped with a `CheckpointWarning`
+for the one before it, and moved to `corrupt-step-N` beside them, kept for inspection but never
+listed, loaded or counted again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from wattscale.errors import DataError
 
 CHECKPOINT_DIR = "checkpoints"
+KEEP_LAST = 2  # two, so that a newest checkpoint that cannot be read still leaves one to resume from
+# What reading a damaged file raises: safetensors its own SafetensorError; torch.load an EOFError (empty
+# file), an OSError or RuntimeError (cut zip), an UnpicklingError; json a ValueError; a bad meta a TypeError.
+_READ_ERRORS = (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, SafetensorError,
+                pickle.UnpicklingError)
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,27 @@ class CheckpointMeta:
     best_loss_ema: float | None
     loss_ema: float | None
     energy: dict | None = None  # Monitor.state() of every rank, merged: the measurement up to this checkpoint
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run resumes from, and the newer ones skipped because they could not be loaded."""
+
+    meta: CheckpointMeta | None  # None: the run has no checkpoint and starts at step 0
+    path: Path | None  # the checkpoint loaded
+    skipped: tuple[str, ...] = ()  # one line per skipped checkpoint, newest first: which, why, where it went
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint could not be loaded and the run resumes from an older one."""
+
+
+class UnreadableCheckpoint(DataError):
+    """A checkpoint whose files cannot be read, or do not fit the model and optimiser."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"checkpoint {str(path)!r} cannot be loaded ({reason})")
+        self.path, self.reason = path, reason
 
 
 def rng_state() -> dict[str, object]:
@@ -68,26 +105,31 @@ def set_rng_state(state: dict[str, object]) -> None:
 
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    meta: CheckpointMeta, keep_last: int = 1) -> Path:
-    """Write a checkpoint atomically and delete all but the newest `keep_last`."""
+                    meta: CheckpointMeta, keep_last: int = KEEP_LAST) -> Path:
+    """Write a checkpoint atomically and durably, then delete all but the newest `keep_last`."""
     return write_checkpoint(run_dir, model.state_dict(), optimizer.state_dict(), meta, keep_last)
 
 
 def write_checkpoint(run_dir: Path, weights: dict[str, torch.Tensor], optimizer_state: dict,
-                     meta: CheckpointMeta, keep_last: int = 1) -> Path:
+                     meta: CheckpointMeta, keep_last: int = KEEP_LAST) -> Path:
     """`save_checkpoint` from state dicts (e.g. gathered from the ranks of a sharded model)."""
     root = run_dir / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        root.mkdir(parents=True)
+        fsync_path(root.parent)
     final = root / f"step-{meta.step:08d}"
     tmp = root / f".tmp-step-{meta.step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(_cpu_weights(weights), str(tmp / "model.safetensors"), metadata={"format": "pt"})
     torch.save({"optimizer": optimizer_state, "rng": rng_state()}, tmp / "trainer_state.pt")
-    _write_json_durably(tmp / "meta.json", asdict(meta))
+    (tmp / "meta.json").write_text(json.dumps(asdict(meta)))
+    for name in ("model.safetensors", "trainer_state.pt", "meta.json"):
+        fsync_path(tmp / name)
+    fsync_path(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_path(root)  # the rename itself
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -101,34 +143,80 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if (p / "meta.json").is_file())
 
 
+def load_newest(run_dir: Path, load: Callable[[Path], CheckpointMeta]) -> ResumePoint:
+    """Call `load` on the run's checkpoints, newest first, until one does not raise UnreadableCheckpoint.
+
+    `load` is e.g. `lambda path: load_checkpoint(path, model, optimizer)`, or `read_checkpoint` on the rank
+    that reads for the others (`distributed.load_newest_checkpoint`).
+
+    Each checkpoint skipped on the way is moved to `corrupt-step-N` (kept for inspection, never listed
+    again) and named in a CheckpointWarning and in `ResumePoint.skipped`. If none loads, nothing is moved
+    and a one-line DataError says what to do. With no checkpoint at all, `ResumePoint(None, None)`.
+    """
+    failed: list[UnreadableCheckpoint] = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            meta = load(path)
+        except UnreadableCheckpoint as exc:
+            failed.append(exc)
+            continue
+        skipped = []
+        for bad in failed:  # an older one loaded, so these are damaged: out of the way, but not deleted
+            skipped.append(f"skipped checkpoint {bad.path.name} ({bad.reason}): resuming from {path.name}; "
+                           f"the skipped one is kept as {_set_aside(bad.path)} for inspection")
+            warnings.warn(skipped[-1], CheckpointWarning, stacklevel=2)
+        if skipped:
+            fsync_path(path.parent)
+        return ResumePoint(meta, path, tuple(skipped))
+    if failed:
+        reasons = "; ".join(f"{bad.path.name}: {bad.reason}" for bad in failed)
+        raise DataError(f"no checkpoint in {failed[0].path.parent} can be loaded ({reasons}); to train the run "
+                        "again from step 0, rename or delete that folder and re-run the same command")
+    return ResumePoint(None, None)
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a checkpoint that cannot be loaded to corrupt-<name> (a free name), out of `list_checkpoints`."""
+    aside, n = path.with_name(f"corrupt-{path.name}"), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"corrupt-{path.name}-{n}")
+    os.replace(path, aside)
+    return aside
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer) -> CheckpointMeta:
-    """Load weights, optimiser and RNG states from `path` into the given objects."""
+    """Load weights, optimiser and RNG states from `path` into the given objects; UnreadableCheckpoint if not."""
     weights, state, meta = read_checkpoint(path, _device_of(model))
     try:
         model.load_state_dict(weights, strict=True)
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-        raise _unloadable(path, exc) from None
+        raise UnreadableCheckpoint(path, _reason(exc)) from None
     return meta
 
 
 def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict,
                                                                               CheckpointMeta]:
-    """The weights, trainer state ({"optimizer", "rng"}) and meta of a checkpoint; DataError if unreadable."""
+    """The weights, trainer state ({"optimizer", "rng"}) and meta of a checkpoint; UnreadableCheckpoint if not."""
+    name = "meta.json"
     try:
-        weights = load_file(str(path / "model.safetensors"), device=str(device))
-        state = torch.load(path / "trainer_state.pt", map_location=device, weights_only=True)
-        meta = CheckpointMeta(**json.loads((path / "meta.json").read_text()))
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
-        raise _unloadable(path, exc) from None
+        meta = CheckpointMeta(**json.loads((path / name).read_text()))
+        name = "model.safetensors"
+        weights = load_file(str(path / name), device=str(device))
+        name = "trainer_state.pt"
+        state = torch.load(path / name, map_location=device, weights_only=True)
+    except _READ_ERRORS as exc:
+        raise UnreadableCheckpoint(path, f"{name}: {_reason(exc)}") from None
     return weights, state, meta
 
 
-def _unloadable(path: Path, exc: Exception) -> DataError:
-    return DataError(f"checkpoint {str(path)!r} cannot be loaded ({exc}); delete it to restart "
-                     "the run from its previous checkpoint")
+def _reason(exc: BaseException, max_chars: int = 200) -> str:
+    """An exception as one short line (torch's weights_only refusals run to paragraphs)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split()).removesuffix(":")
+    return text if len(text) <= max_chars else text[:max_chars - 3] + "..."
 
 
 def save_weights(path: Path, model: torch.nn.Module) -> None:
@@ -141,7 +229,9 @@ def write_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file(_cpu_weights(weights), str(tmp), metadata={"format": "pt"})
+    fsync_path(tmp)
     os.replace(tmp, path)
+    fsync_path(path.parent)
 
 
 def _cpu_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -153,14 +243,8 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _write_json_durably(path: Path, data: dict) -> None:
-    with open(path, "w") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a file's data, or a directory's entries, durable: after it returns, a power loss keeps them (POSIX)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -181,9 +265,10 @@ def write_energy_state(run_dir: Path, step: int, state: dict | None) -> None:
         return
     folder = run_dir / CHECKPOINT_DIR / f"step-{step:08d}"
     tmp = folder / (ENERGY_STATE_FILE + ".tmp")
-    _write_json_durably(tmp, state)
+    tmp.write_text(json.dumps(state))
+    fsync_path(tmp)
     os.replace(tmp, folder / ENERGY_STATE_FILE)
-    _fsync_dir(folder)
+    fsync_path(folder)
 
 
 def read_energy_state(run_dir: Path, step: int) -> dict | None:

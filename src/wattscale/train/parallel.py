@@ -33,8 +33,9 @@ from wattscale.hardware import resolve_device
 from wattscale.model import Llama
 from wattscale.train.checkpoints import (
     CheckpointMeta,
-    list_checkpoints,
+    ResumePoint,
     load_checkpoint,
+    load_newest,
     read_checkpoint,
     save_checkpoint,
     set_rng_state,
@@ -268,42 +269,44 @@ def reshard_after_eval(model: nn.Module) -> None:
 
 
 def load_newest_checkpoint(ctx: DistributedContext, run_dir: Path, model: nn.Module,
-                           optimizer: torch.optim.Optimizer) -> CheckpointMeta | None:
-    """Load the run's newest checkpoint into model and optimiser on every rank; None if it has none.
+                           optimizer: torch.optim.Optimizer) -> ResumePoint:
+    """Load the run's newest readable checkpoint into model and optimiser on every rank.
 
-    With several ranks rank 0 reads the files and the state is broadcast from it, so the other ranks
-    need no access to the run folder. Collective.
+    `ResumePoint.meta` is None if the run has none. Checkpoints that cannot be read are skipped for the
+    one before, as `checkpoint.load_newest` does (a warning on rank 0, the messages on every rank). With
+    several ranks rank 0 reads the files and the state is broadcast from it, so the other ranks need no
+    access to the run folder. Collective.
     """
     if ctx.world_size == 1:
-        checkpoints = list_checkpoints(run_dir)
-        return load_checkpoint(checkpoints[-1], model, optimizer) if checkpoints else None
-    files: list[tuple[dict, dict]] = []
+        return load_newest(run_dir, lambda path: load_checkpoint(path, model, optimizer))
+    files: list[tuple[dict, dict, dict]] = []  # rank 0: weights, optimiser and RNG states of the one read
 
-    def read() -> tuple[CheckpointMeta, dict] | None:
-        checkpoints = list_checkpoints(run_dir)
-        if not checkpoints:
-            return None
-        weights, state, meta = read_checkpoint(checkpoints[-1])
-        files.append((weights, state["optimizer"]))
-        return meta, state["rng"]
+    def read(path: Path) -> CheckpointMeta:
+        weights, state, meta = read_checkpoint(path)
+        files.append((weights, state["optimizer"], state["rng"]))
+        return meta
 
-    found = rank0_decides(ctx, read)
-    if found is None:
-        return None
+    def newest() -> tuple[ResumePoint, dict | None]:
+        resume = load_newest(run_dir, read)
+        return resume, (files[0][2] if files else None)
+
+    resume, rng = rank0_decides(ctx, newest)
+    if resume.meta is None:
+        return resume
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
 
-    weights, optimizer_state = files[0] if files else ({}, {})
+    weights, optimizer_state, _ = files[0] if files else ({}, {}, None)
     if optimizer_state:  # rank 0: from parameter indices (the file's layout) to names (what DCP expects)
         optimizer_state = _rekeyed(optimizer_state, dict(enumerate(_param_names(model, optimizer))))
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(model, dict(weights), options=options)  # a copy: DCP replaces the values in place
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
-    set_rng_state(found[1])
-    return found[0]
+    set_rng_state(rng)
+    return resume
 
 
 def save_checkpoint_on_rank0(ctx: DistributedContext, run_dir: Path, model: nn.Module,

@@ -204,7 +204,8 @@ class _Session:
         # Before the optimiser is built: FSDP replaces the parameters with sharded ones.
         self.parallel = wrap_model(model, self.ctx, self.config.train.parallel)
         optimizer = make_optimizer(model, self.config)
-        meta = load_newest_checkpoint(self.ctx, self.run_dir, model, optimizer)
+        # The newest checkpoint that loads (an unreadable newer one is set aside with a CheckpointWarning).
+        meta = load_newest_checkpoint(self.ctx, self.run_dir, model, optimizer).meta
         self.resumed = meta is not None
         resume = rank0_decides(self.ctx, lambda: _resume_state(self.run_dir, meta))
         if self.store is not None:
