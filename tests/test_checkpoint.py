@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from wattscale.checkpoint import (
+from wattscale.errors import DataError
+from wattscale.train.checkpoints import (
     CheckpointMeta,
     CheckpointWarning,
     ResumePoint,
@@ -21,7 +22,6 @@ from wattscale.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from wattscale.errors import DataError
 
 
 def _model(seed: int = 0, n_in: int = 4) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

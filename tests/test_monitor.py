@@ -77,17 +77,18 @@ def test_phases_add_up_to_the_job_with_tokens_and_sources(registry: str) -> None
     train, job = result.phase("train"), result.job
     assert train.tokens == 3000 and train.steps == 3 and job.tokens == 3000
     assert train.seconds == pytest.approx(0.3, abs=0.05)
-    # A 300 W counter: each phase's energy is 300 W x its seconds; the phases add up to the job exactly.
+    # A 300 W counter: each phase's energy is 300 W x its seconds (up to the few microseconds between the
+    # boundary's clock reading and the meter's own); the phases add up to the job exactly.
     for phase in result.phases.values():
-        assert phase.energy_j == pytest.approx(300.0 * phase.seconds, rel=1e-6)
+        assert phase.energy_j == pytest.approx(300.0 * phase.seconds, abs=300.0 * 0.002)
         assert phase.source == "counter" and phase.complete and phase.total_components == ("gpu",)
     assert sum(p.energy_j for p in result.phases.values()) == pytest.approx(job.energy_j, rel=1e-12)
     assert sum(p.seconds for p in result.phases.values()) == pytest.approx(job.seconds, rel=1e-12)
     assert train.joules_per_token == pytest.approx(train.energy_j / 3000)
     assert train.tokens_per_joule == pytest.approx(3000 / train.energy_j)
-    assert train.mean_power_w == pytest.approx(300.0, rel=1e-6)
+    assert train.mean_power_w == pytest.approx(300.0, rel=0.01)
     assert result.idle.seconds == pytest.approx(0.2, abs=0.05) and result.idle.energy_j == pytest.approx(
-        300.0 * result.idle.seconds, rel=1e-6)
+        300.0 * result.idle.seconds, abs=300.0 * 0.002)
     assert result.idle.energy_j not in (job.energy_j,)  # the baseline is beside the job, not in it
     data = json.loads(result.to_json())
     assert data["phases"]["train"]["components"]["gpu"]["source"] == "counter"
@@ -135,7 +136,7 @@ def test_misuse_is_a_clear_error() -> None:
 
 
 def test_without_meters_time_and_tokens_are_kept_and_energy_is_none_not_zero() -> None:
-    with Monitor(kinds=("none",), idle_seconds=0) as m:
+    with Monitor(kinds=("none",), idle_seconds=0, warmup_steps=0) as m:
         with m.phase("train"):
             busy(0.05)
             m.step(tokens=10)
@@ -162,7 +163,7 @@ def test_windows_overlap_phases_and_split_by_phase() -> None:
     assert sum(p.energy_j for p in epoch.phases.values()) == pytest.approx(epoch.total.energy_j, rel=1e-12)
     assert inner.phases["train"].tokens == 50 and inner.start_tokens == 50
     assert inner.total.energy_j < epoch.total.energy_j
-    assert epoch.total.energy_j == pytest.approx(100.0 * epoch.seconds, rel=1e-6)
+    assert epoch.total.energy_j == pytest.approx(100.0 * epoch.seconds, abs=100.0 * 0.002)
     assert m.result.windows["epoch"].total.energy_j == epoch.total.energy_j
 
 
@@ -204,7 +205,7 @@ def test_a_measurement_resumes_from_its_state() -> None:
         interval = second.end_window("interval")
     train = second.result.phase("train")
     assert train.tokens == 1000 and interval.end_tokens - interval.start_tokens == 1000
-    assert train.energy_j == pytest.approx(200.0 * train.seconds, rel=1e-6)
+    assert train.energy_j == pytest.approx(200.0 * train.seconds, abs=200.0 * 0.004)
     assert interval.phases["train"].energy_j == pytest.approx(train.energy_j, rel=1e-9)
 
 

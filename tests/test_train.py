@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY_DATA
-from wattscale.checkpoint import CheckpointWarning
 from wattscale.config import build_run_config
 from wattscale.progress import ProgressHooks
 from wattscale.store import open_store
 from wattscale.train import train
+from wattscale.train.checkpoints import CheckpointWarning
 
 TINY = ["--preset", "llama-tiny", "--batch-size", "4", "--seq-len", "32", *TINY_DATA, "--no-progress"]
 
@@ -254,15 +254,19 @@ def test_interrupt_is_recorded_and_resumable(tmp_path: Path, cache_dir: Path, si
     assert resumed.returncode == 0, resumed.stderr
     out = json.loads(resumed.stdout)
     assert out["status"] == "finished" and out["resumed"] and out["tokens_seen"] == 40000
-    # Energy continues across the resume: one run row, evaluation intervals that tile the budget, a trace
-    # without overlapping times, and the run's energy equal to what its intervals add up to.
+    # Energy continues across the resume: one run row, evaluation intervals (split by phase) that tile the
+    # budget, phases that add up to the run, a trace without overlapping times, and the run's energy equal
+    # to what its intervals add up to (but for the final save, which comes after the last interval).
     with open_store(str(tmp_path / "w.db")) as store:
         rows = store.energy_measurements(out["run_id"])
         samples = store.power_samples(out["run_id"])
     (run_row,) = [r for r in rows if r["scope"] == "run"]
-    intervals = sorted((r for r in rows if r["scope"] == "interval"), key=lambda r: r["start_tokens"])
-    assert [r["start_tokens"] for r in intervals] == [0] + [r["end_tokens"] for r in intervals[:-1]]
-    assert intervals[-1]["end_tokens"] == 40000 and run_row["energy_j"] == out["energy_j"]
-    assert sum(r["energy_j"] for r in intervals) == pytest.approx(run_row["energy_j"], rel=0.05, abs=0.5)
+    spans = sorted({(r["start_tokens"], r["end_tokens"]) for r in rows if r["scope"] == "interval"})
+    assert [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]] and spans[-1][1] == 40000
+    assert run_row["energy_j"] == out["energy_j"]
+    phases = {r["phase"]: r["energy_j"] for r in rows if r["scope"] == "phase"}
+    assert sum(phases.values()) == pytest.approx(run_row["energy_j"], rel=1e-9)
+    intervals_j = sum(r["energy_j"] for r in rows if r["scope"] == "interval")
+    assert intervals_j == pytest.approx(run_row["energy_j"] - phases["save"], rel=0.05, abs=0.5)
     times = [s["t_seconds"] for s in samples]
     assert len(times) == len(set(times))

@@ -33,6 +33,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--peak-flops", type=float,
                    help="peak FLOP/s for MFU over all of a run's devices (per-device peak x devices), overriding "
                    "each run's recorded peak (e.g. 989.5e12 for one H100 SXM in bf16)")
+    p.add_argument("--energy-basis", choices=("train", "job"), default="train",
+                   help="energy, tokens and time of the efficiency metrics: train (default: the training phase, "
+                   "without warm-up, evaluations, checkpoints and saving) or job (the whole job)")
     p.add_argument("--metrics-hook", help="a Python file defining METRICS = {name: function(run_record) -> float}")
     p.add_argument("--volatility-window", type=int, default=3, help="val-loss changes per rolling SD (default 3)")
     p.add_argument("--backslide-tolerance", type=float, default=0.0, help="nats above the best loss (default 0)")
@@ -77,7 +80,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     options = AnalysisOptions(
         by=args.by, subject=args.subject, metrics=tuple(args.metric) if args.metric else None, alpha=args.alpha,
-        peak_flops=args.peak_flops, include_dynamics=not args.no_dynamics,
+        peak_flops=args.peak_flops, energy_basis=args.energy_basis, include_dynamics=not args.no_dynamics,
         extra_metrics=load_metrics_hook(Path(args.metrics_hook)) if args.metrics_hook else {},
         dynamics=DynamicsConfig(volatility_window=args.volatility_window,
                                 backslide_tolerance_nats=args.backslide_tolerance, spike_k=args.spike_k,

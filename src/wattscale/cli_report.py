@@ -14,7 +14,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from wattscale.report import write_report
 
     result = write_report(store_url(args), Path(args.output), experiment=args.experiment, run_id=args.run,
-                          max_power_points=args.max_power_points)
+                          max_power_points=args.max_power_points, energy_basis=args.energy_basis)
     summary = {"path": str(result.path.resolve()), "size_bytes": result.size_bytes, "runs": result.runs,
                "conditions": result.conditions, "seconds": round(result.seconds, 3),
                "pending_sections": list(result.pending_sections)}
@@ -57,6 +57,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--run", metavar="RUN_ID", help="run whose power trace and interval energy are drawn "
                    "(default: the first finished run)")
     p.add_argument("-o", "--output", default="report.html", help="output file (default report.html)")
+    p.add_argument("--energy-basis", choices=("train", "job"), default="train",
+                   help="energy of the efficiency figures: train (default: the training phase) or job (the whole job)")
     p.add_argument("--max-power-points", type=int, default=2_000,
                    help="points per device in the power figure, thinned by min/max per bucket for display "
                         "only (default 2000)")

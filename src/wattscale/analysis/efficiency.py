@@ -1,18 +1,26 @@
 """Efficiency metrics of finished runs, per run and per condition.
 
 Input is a list of run records shaped like ``Store.list_runs()`` (or rows of a ``runs`` export): the
-columns used are ``run_id, tokens_seen, energy_j, energy_source, wall_seconds, flops_per_token,
-params_total, final_val_loss, final_val_ppl, device_info_json, config_json``, plus, when the caller
-has them, ``train_seconds`` (the summed step time) and ``initial_val_ppl`` (an evaluation at 0
-tokens). Definitions (DESIGN.md, "Efficiency"); energy in joules, kWh = J / 3.6e6, time in seconds:
+columns used are ``run_id, tokens_seen, energy_j, energy_source, wall_seconds, train_energy_j,
+train_seconds, train_tokens, flops_per_token, params_total, final_val_loss, final_val_ppl,
+device_info_json, config_json``, plus ``initial_val_ppl`` (an evaluation at 0 tokens) when the caller has
+it. Definitions (DESIGN.md, "Efficiency"); energy in joules, kWh = J / 3.6e6, time in seconds.
 
-- ``tokens_per_joule`` = tokens_seen / energy_j; ``joules_per_token`` = energy_j / tokens_seen.
-- ``train_flops`` = flops_per_token x tokens_seen, with the run's stored FLOPs per token:
+**Energy basis.** By default (``energy_basis="train"``) the energy, tokens and time of the metrics are the
+training phase's: the optimiser steps after the warm-up, without the idle baseline, evaluations,
+checkpoints or the final save (``train_energy_j``, ``train_tokens``, ``train_seconds``). With ``"job"`` they
+are the whole job's (``energy_j``, ``tokens_seen``, ``wall_seconds``). A run without training-phase energy
+(stored before phases were measured) uses the job figures, and ``energy_basis`` on its result says so.
+``job_energy_j`` and ``job_joules_per_token`` always give the whole job, beside the basis figures.
+
+- ``tokens_per_joule`` = tokens / energy_j; ``joules_per_token`` = energy_j / tokens.
+- ``train_flops`` = flops_per_token x tokens, with the run's stored FLOPs per token:
   6 * (N_non_embedding + N_output_head) + 12 * n_layers * d_model * T (the output head counted whether tied
   or not; PaLM appendix B; ``wattscale.flops``); ``flops_per_joule`` = train_flops / energy_j.
-- ``mfu`` = train_flops / train_seconds / peak_flops: achieved FLOP/s / (peak FLOP/s per device x devices
-  used). train_seconds is the summed time of the optimiser steps when known (evaluations and checkpoints
-  excluded), else wall_seconds. The peak is the run's recorded ``peak_flops``, which already covers all its
+- ``mfu`` = flops_per_token x train_tokens / train_seconds / peak_flops, on the training phase whatever the
+  basis: achieved FLOP/s / (peak FLOP/s per device x devices used). A run without a training phase uses
+  the summed time of its optimiser steps (``step_seconds``) when the caller has it, else wall_seconds,
+  with tokens_seen. The peak is the run's recorded ``peak_flops``, which already covers all its
   devices (the datasheet figure for the precision in use on CUDA, the measured matmul FLOP/s at run start
   per process on a CPU); a run recorded before ``peak_flops_devices`` existed stored one device's peak, so
   with ``world_size`` > 1 it is multiplied by ``world_size`` and ``peak_flops_source`` says so. A
@@ -22,7 +30,7 @@ tokens). Definitions (DESIGN.md, "Efficiency"); energy in joules, kWh = J / 3.6e
   of a uniform prediction); ``initial_ppl_source`` says which.
 - ``pe`` = (1 / final_val_ppl) / params_millions (total parameters).
 - ``pee`` = (1 / final_val_ppl) / (params_millions x energy_kwh).
-- ``pee_time`` = pee / wall_hours (the time-aware variant).
+- ``pee_time`` = pee / hours, the basis's hours (the time-aware variant).
 - User metrics: any ``name -> function(run record) -> float | None`` passed as ``extra_metrics``.
 
 A metric that cannot be computed for a run (no energy measured, no peak, a zero denominator) is None
@@ -43,6 +51,7 @@ from wattscale.errors import ConfigError
 
 JOULES_PER_KWH = 3.6e6
 CI_LEVEL = 0.95
+ENERGY_BASES = ("train", "job")
 
 # (name, unit, higher_is_better) of the built-in metrics, in display order.
 BUILTIN_METRICS: tuple[tuple[str, str, bool], ...] = (
@@ -53,6 +62,8 @@ BUILTIN_METRICS: tuple[tuple[str, str, bool], ...] = (
     ("wall_s", "s", False),
     ("energy_j", "J", False),
     ("energy_kwh", "kWh", False),
+    ("job_energy_j", "J", False),
+    ("job_joules_per_token", "J/token", False),
     ("ppl_gain_per_kwh", "ppl/kWh", True),
     ("pe", "1/(ppl*Mparams)", True),
     ("pee", "1/(ppl*Mparams*kWh)", True),
@@ -76,11 +87,13 @@ class RunEfficiency:
     peak_flops: float | None
     peak_flops_source: str | None
     not_computable: dict[str, str] = field(default_factory=dict)
+    energy_basis: str = "train"  # the basis used: "train", or "job" when asked for or when no phase was recorded
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, **self.metrics, "energy_source": self.energy_source,
-                "initial_ppl_source": self.initial_ppl_source, "peak_flops": self.peak_flops,
-                "peak_flops_source": self.peak_flops_source, "not_computable": dict(self.not_computable)}
+                "energy_basis": self.energy_basis, "initial_ppl_source": self.initial_ppl_source,
+                "peak_flops": self.peak_flops, "peak_flops_source": self.peak_flops_source,
+                "not_computable": dict(self.not_computable)}
 
 
 @dataclass(frozen=True)
@@ -160,27 +173,52 @@ def _recorded_peak(info: Mapping[str, Any]) -> tuple[float | None, str | None]:
     return peak, source
 
 
+def basis_figures(record: Mapping[str, Any], basis: str) -> tuple[float | None, float | None, float | None, str]:
+    """(energy J, tokens, seconds, basis used) of a run on `basis` (see the module docstring)."""
+    if basis not in ENERGY_BASES:
+        raise ConfigError(f"energy_basis: {basis!r} is not one of {', '.join(ENERGY_BASES)} (train: the training "
+                          "phase; job: the whole job)")
+    if basis == "train":
+        energy, tokens = _number(record.get("train_energy_j")), _number(record.get("train_tokens"))
+        if energy is not None and tokens:
+            return energy, tokens, _number(record.get("train_seconds")), "train"
+    return (_number(record.get("energy_j")), _number(record.get("tokens_seen")), _number(record.get("wall_seconds")),
+            "job")
+
+
+def _mfu_time(record: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(tokens, seconds) of the training phase for MFU; else tokens_seen over the summed step time or wall time."""
+    tokens, seconds = _number(record.get("train_tokens")), _number(record.get("train_seconds"))
+    if tokens and seconds:
+        return tokens, seconds
+    return _number(record.get("tokens_seen")), _number(record.get("step_seconds")) or _number(
+        record.get("wall_seconds"))
+
+
 def run_efficiency(record: Mapping[str, Any], extra_metrics: Mapping[str, MetricFn] | None = None,
-                   peak_flops: float | None = None) -> RunEfficiency:
+                   peak_flops: float | None = None, energy_basis: str = "train") -> RunEfficiency:
     """Every efficiency metric of one run record (see the module docstring for the definitions)."""
     why: dict[str, str] = {}
-    tokens = _number(record.get("tokens_seen"))
-    energy_j = _number(record.get("energy_j"))
+    energy_j, tokens, seconds, basis = basis_figures(record, energy_basis)
+    job_energy_j, tokens_seen = _number(record.get("energy_j")), _number(record.get("tokens_seen"))
     wall_s = _number(record.get("wall_seconds"))
     ppl = _number(record.get("final_val_ppl"))
     params = _number(record.get("params_total"))
     fpt = _number(record.get("flops_per_token"))
     if energy_j is None:
         why["energy"] = "no energy measured for this run (metering off or no usable meter)"
+    elif basis != energy_basis:
+        why["energy_basis"] = ("no training-phase energy recorded for this run (stored before phases were "
+                               "measured, or no train phase): whole-job energy used")
     energy_kwh = None if energy_j is None else energy_j / JOULES_PER_KWH
-    train_s = _number(record.get("train_seconds")) or wall_s
     flops = None if fpt is None or tokens is None else fpt * tokens
+    mfu_tokens, mfu_seconds = _mfu_time(record)
 
     info = _json_field(record, "device_info_json")
     peak, peak_source = ((peak_flops, "given by the user") if peak_flops is not None else _recorded_peak(info))
     if peak is None:
         why["mfu"] = "no peak FLOP/s recorded for this run's device; pass peak_flops (--peak-flops)"
-    elif not train_s:
+    elif not mfu_seconds:
         why["mfu"] = "no training time recorded"
 
     initial_ppl = _number(record.get("initial_val_ppl"))
@@ -193,17 +231,20 @@ def run_efficiency(record: Mapping[str, Any], extra_metrics: Mapping[str, Metric
         why["perplexity"] = "no finite final validation perplexity"
 
     params_m = None if params is None else params / 1e6
-    hours = None if wall_s is None else wall_s / 3600
+    hours = None if seconds is None else seconds / 3600
     inv_ppl = None if ppl is None or ppl == 0 else 1.0 / ppl
     pee = _ratio(inv_ppl, None if params_m is None or energy_kwh is None else params_m * energy_kwh)
+    mfu_flops = None if fpt is None or mfu_tokens is None else fpt * mfu_tokens
     metrics: dict[str, float | None] = {
         "tokens_per_joule": _ratio(tokens, energy_j),
         "joules_per_token": _ratio(energy_j, tokens),
         "flops_per_joule": _ratio(flops, energy_j),
-        "mfu": None if peak is None or not train_s or flops is None else flops / train_s / peak,
+        "mfu": None if peak is None or not mfu_seconds or mfu_flops is None else mfu_flops / mfu_seconds / peak,
         "wall_s": wall_s,
         "energy_j": energy_j,
         "energy_kwh": energy_kwh,
+        "job_energy_j": job_energy_j,
+        "job_joules_per_token": _ratio(job_energy_j, tokens_seen),
         "ppl_gain_per_kwh": None if initial_ppl is None or ppl is None else _ratio(initial_ppl - ppl, energy_kwh),
         "pe": _ratio(inv_ppl, params_m),
         "pee": pee,
@@ -219,7 +260,8 @@ def run_efficiency(record: Mapping[str, Any], extra_metrics: Mapping[str, Metric
             why[name] = f"metric function raised {type(exc).__name__}: {exc}"
     return RunEfficiency(
         run_id=str(record.get("run_id")), metrics=metrics, energy_source=record.get("energy_source") or None,
-        initial_ppl_source=initial_source, peak_flops=peak, peak_flops_source=peak_source, not_computable=why)
+        initial_ppl_source=initial_source, peak_flops=peak, peak_flops_source=peak_source, not_computable=why,
+        energy_basis=basis)
 
 
 def mean_ci(values: Iterable[float], level: float = CI_LEVEL) -> tuple[float | None, float | None, float | None,

@@ -37,6 +37,12 @@ def print_study(analysis: dict[str, Any], console: Console | None = None) -> Non
     console.print(f"[bold]analysis of {name}[/bold] ({analysis['source']}): factor {analysis['factor'] or '-'}, "
                   f"subject {analysis['subject']}, levels {', '.join(map(num, analysis['levels']))}")
     console.print(f"design: {analysis['design_note']}")
+    basis = analysis.get("energy_basis", "train")
+    train_basis = ("the training phase (optimiser steps after the warm-up; evaluations, checkpoints, saving and "
+                   "the idle baseline excluded); job_* metrics: the whole job")
+    console.print("energy basis: " + (train_basis if basis == "train" else "the whole job (--energy-basis job)"))
+    for warning in analysis.get("warnings", []):
+        console.print(f"[yellow]warning[/yellow]: {warning}")
     _print_missing(analysis["missing"], console)
     _print_conditions(analysis, console)
     for s in analysis["statistics"]:

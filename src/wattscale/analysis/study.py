@@ -10,6 +10,10 @@ The choices, each overridable in `AnalysisOptions`:
 - **Metrics** tested: every efficiency metric (`wattscale.analysis.efficiency`) plus user metrics, unless
   ``metrics`` names some. Returns on tokens are computed for the performance metrics (loss, perplexity) and
   the energy-efficiency metrics (tokens per joule, PEE) when the factor orders token counts.
+- **Energy basis**: ``train`` (default: the training phase's energy, tokens and time; see
+  `wattscale.analysis.efficiency`) or ``job`` (the whole job); the whole-job J and J/token are always there too.
+- **Shared host**: a run whose host-wide counters (RAPL) also counted other wattscale measurements that ran
+  at the same time is named in ``warnings``.
 - **Missing data**: unfinished planned runs are listed with their status, conditions with fewer repetitions
   than the most complete condition are named, and ``design_note`` says which tests use which runs.
 """
@@ -46,6 +50,7 @@ class AnalysisOptions:
     metrics: tuple[str, ...] | None = None
     alpha: float = DEFAULT_ALPHA
     peak_flops: float | None = None
+    energy_basis: str = "train"
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     include_dynamics: bool = True
     extra_metrics: dict[str, efficiency.MetricFn] = field(default_factory=dict)
@@ -55,6 +60,9 @@ class AnalysisOptions:
             raise ConfigError(f"alpha: must be between 0 and 1, got {self.alpha}")
         if self.peak_flops is not None and not self.peak_flops > 0:
             raise ConfigError(f"peak_flops: must be > 0 FLOP/s, got {self.peak_flops}")
+        if self.energy_basis not in efficiency.ENERGY_BASES:
+            raise ConfigError(f"--energy-basis: {self.energy_basis!r} is not one of "
+                              f"{', '.join(efficiency.ENERGY_BASES)} (train: the training phase; job: the whole job)")
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,8 @@ class StudyAnalysis:
     missing: dict[str, Any]
     design_note: str
     not_computable: dict[str, str]
+    energy_basis: str = "train"  # what was asked; each run says which it used
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return json_ready(dict(vars(self)))
@@ -89,7 +99,8 @@ def _condition_values(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_frame(data: StudyData, options: AnalysisOptions) -> tuple[pd.DataFrame, list[efficiency.RunEfficiency]]:
-    per_run = [efficiency.run_efficiency(r, options.extra_metrics, options.peak_flops) for r in data.runs]
+    per_run = [efficiency.run_efficiency(r, options.extra_metrics, options.peak_flops, options.energy_basis)
+               for r in data.runs]
     rows = []
     for record, eff in zip(data.runs, per_run, strict=True):
         row = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
@@ -161,7 +172,36 @@ def analyze_study(data: StudyData, options: AnalysisOptions | None = None) -> St
         conditions=[s.to_dict() for s in efficiency.summarise(per_run, level_of, metrics)],
         statistics=statistics, returns=returns, dynamics=_dynamics(data, frame, factor, subject, options, why),
         missing=_missing(data, frame, factor), design_note=_design_note(frame, factor, subject),
-        not_computable=why)
+        not_computable=why, energy_basis=options.energy_basis, warnings=_warnings(data.runs, per_run, options))
+
+
+def _warnings(records: list[dict[str, Any]], per_run: list[efficiency.RunEfficiency],
+              options: AnalysisOptions) -> list[str]:
+    """What a reader of the energy figures must know: shared hosts, and runs on another basis than asked."""
+    out = []
+    for record in records:
+        energy = _energy_json(record)
+        overlaps = energy.get("shared_host") or []
+        host_wide = [d["device"] for d in energy.get("devices") or [] if d.get("component") in ("cpu_package", "dram")]
+        if overlaps and host_wide:
+            others = ", ".join(sorted({str(o.get("id")) for o in overlaps}))
+            out.append(f"run {record['run_id']}: its host-wide counters ({', '.join(host_wide)}) also counted "
+                       f"other measurements on the same host at the same time ({others}); its energy is too high")
+    fallback = [r.run_id for r in per_run if r.energy_basis != options.energy_basis and r.metrics.get("energy_j")]
+    if fallback:
+        shown = ", ".join(fallback[:5]) + (", ..." if len(fallback) > 5 else "")
+        out.append(f"{len(fallback)} run(s) have no training-phase energy (stored before phases were measured): "
+                   f"their figures are whole-job energy ({shown})")
+    return out
+
+
+def _energy_json(record: dict[str, Any]) -> dict[str, Any]:
+    raw = record.get("energy_json")
+    try:
+        value = json.loads(raw) if isinstance(raw, str) and raw else {}
+    except ValueError:
+        value = {}
+    return value if isinstance(value, dict) else {}
 
 
 def _dynamics(data: StudyData, frame: pd.DataFrame, factor: str | None, subject: str, options: AnalysisOptions,

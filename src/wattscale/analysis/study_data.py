@@ -41,9 +41,12 @@ class StudyData:
 
 
 def condition_of(run: dict[str, Any]) -> str:
-    """A run's condition label: the experiment's, else "<preset>, <tokens_budget> tokens" (runs outside a study)."""
+    """A run's condition label: the experiment's, else "<preset>, <tokens_budget> tokens" (runs outside a study),
+    or "measured: <name>" for code measured through the Monitor."""
     if run.get("condition"):
         return str(run["condition"])
+    if run.get("kind") == "measured":
+        return f"measured: {run.get('name') or run.get('preset') or 'unnamed'}"
     budget = run.get("tokens_budget")
     return f"{run.get('preset')}, {budget:,} tokens" if isinstance(budget, int) else f"{run.get('preset')}, {budget}"
 
@@ -76,10 +79,11 @@ def load_study(store: Store, experiment: str | None = None, source: str | None =
 
 
 def _add_step_facts(record: dict[str, Any], evaluations: list[dict], steps: list[dict]) -> None:
-    """train_seconds = summed optimiser-step time; initial_val_ppl = the evaluation at 0 tokens, if any."""
+    """step_seconds = summed optimiser-step time (MFU's time for runs without a training phase);
+    initial_val_ppl = the evaluation at 0 tokens, if any."""
     step_seconds = [s["step_seconds"] for s in steps if s.get("step_seconds") is not None]
     if step_seconds and len(step_seconds) == len(steps):
-        record["train_seconds"] = float(sum(step_seconds))
+        record["step_seconds"] = float(sum(step_seconds))
     at_start = [e for e in evaluations if e.get("tokens_seen") == 0 and e.get("val_ppl") is not None]
     if at_start:
         record["initial_val_ppl"] = float(at_start[0]["val_ppl"])

@@ -70,7 +70,9 @@ class MeterConfig:
     # How a total adds components: "measured" leaves an estimate beside measured components instead of
     # absorbing it (it is the total only when nothing was measured); "all" adds everything ("mixed").
     total: str = "measured"
-    warmup_steps: int = 1  # the first steps of each session count as the warm-up phase, not train
+    # The first steps of each session inside phase("train") count as the warm-up phase. None: 1 in wattscale's
+    # trainer (the step that allocates, autotunes or compiles), 0 for your own code measured with Monitor.
+    warmup_steps: int | None = None
     host_registry: str | None = None  # folder where the host's measurements register (default <tmp>/wattscale-host)
 
     def __post_init__(self) -> None:
@@ -112,9 +114,10 @@ class MeterConfig:
         if self.total not in TOTAL_RULES:
             raise ConfigError(f"meter.total: {self.total!r} is not a rule; choose 'measured' (an estimate stays "
                               "beside measured components) or 'all' (add everything, labelled mixed)")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+        if self.warmup_steps is not None and (isinstance(self.warmup_steps, bool)
+                                              or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
             raise ConfigError(f"meter.warmup_steps: {self.warmup_steps!r} must be a whole number >= 0 (steps of "
-                              "each session counted as warm-up)")
+                              "each session counted as warm-up), or unset for the default")
         if self.host_registry is not None and (not isinstance(self.host_registry, str) or not self.host_registry):
             raise ConfigError("meter.host_registry: must be a folder path, or left unset for the default")
 

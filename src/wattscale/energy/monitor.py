@@ -19,11 +19,12 @@ print(m.result.phase("train").joules_per_token, m.result.job.energy_j, m.result.
 ```
 
 One phase is active at a time (they do not nest); time outside every phase is ``other``; the phases add up
-to the job exactly, because one meter reading ends a phase and starts the next. ``phase("train")`` records
-its first ``warmup_steps`` steps (counted by `step`) as ``warmup``. Devices: ``gpus="auto"`` measures the
-GPUs this process uses (see `wattscale.energy.gpus`), RAPL the CPU packages and DRAM when readable, and a
-CPU estimate when no CPU meter is. Nothing needs a GPU, root or a store; ``store=`` records the
-measurement as a run of kind ``measured`` that ``wattscale runs / energy / analyze / report`` show.
+to the job exactly, because one meter reading ends a phase and starts the next. With ``warmup_steps=N``,
+``phase("train")`` records its first N steps (counted by `step`) as ``warmup`` (wattscale's trainer uses 1).
+Devices: ``gpus="auto"`` measures the GPUs this process uses (see `wattscale.energy.gpus`), RAPL the CPU
+packages and DRAM when readable, and a CPU estimate when no CPU meter is. Nothing needs a GPU, root or a
+store; ``store=`` records the measurement as a run of kind ``measured`` that ``wattscale runs / energy /
+analyze / report`` show.
 
 Zeus users know ``begin_window``/``end_window``; CodeCarbon users the context manager. The trainer
 measures itself through this same class.
@@ -94,6 +95,7 @@ class Monitor:
                  resume: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, **settings: Any) -> None:
         self.config = dataclasses.replace(config or MeterConfig(), **settings)
+        self._warmup_steps = self.config.warmup_steps or 0  # unset: no warm-up for your own code
         self.gpus = gpus
         self.name = name
         self.run_id = run_id or uuid.uuid4().hex[:16]
@@ -256,7 +258,7 @@ class Monitor:
         if self._phase is not None:
             raise MonitorError(f"phase({name!r}) inside phase({self._phase!r}): phases do not nest (one is active "
                                "at a time); leave the outer one first, or use begin_window/end_window")
-        warming = name == "train" and self._session_train_steps < self.config.warmup_steps
+        warming = name == "train" and self._session_train_steps < self._warmup_steps
         self._close_segment("warmup" if warming else name)
         self._phase = name
         try:
@@ -284,7 +286,7 @@ class Monitor:
         self._tokens += tokens
         if self._phase == "train":
             self._session_train_steps += steps
-            if self._segment_phase == "warmup" and self._session_train_steps >= self.config.warmup_steps:
+            if self._segment_phase == "warmup" and self._session_train_steps >= self._warmup_steps:
                 self._close_segment("train")
 
     @property

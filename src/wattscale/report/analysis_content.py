@@ -17,16 +17,17 @@ KEY_FIGURE_METRICS = ("tokens_per_joule", "pee", "final_val_loss")
 MAX_SEED_CURVES = 40
 
 
-def study_content(store: Any, experiment: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def study_content(store: Any, experiment: str | None,
+                  energy_basis: str = "train") -> tuple[dict[str, Any], dict[str, Any]]:
     """(statistics content, dynamics content) for the study; a note in each when it cannot be analysed."""
     try:
-        from wattscale.analysis.study import analyze_study
+        from wattscale.analysis.study import AnalysisOptions, analyze_study
         from wattscale.analysis.study_data import load_study
     except ImportError as exc:
         note = {"notes": [f"Statistics need the analysis extra (pip install 'wattscale[analysis]'): {exc}"]}
         return note, note
     try:
-        analysis = analyze_study(load_study(store, experiment)).to_dict()
+        analysis = analyze_study(load_study(store, experiment), AnalysisOptions(energy_basis=energy_basis)).to_dict()
     except ConfigError as exc:
         note = {"notes": [f"Not computable: {exc}"]}
         return note, note
@@ -48,9 +49,12 @@ def _mean_ci(summary: Mapping[str, Any]) -> str:
 def statistics_content(analysis: Mapping[str, Any]) -> dict[str, Any]:
     """Tables of the RM tests per metric, the pairwise comparisons and the returns; APA sentences; notes."""
     missing = analysis["missing"]
+    basis = ("the training phase (optimiser steps after the warm-up; job_* metrics give the whole job)"
+             if analysis.get("energy_basis", "train") == "train" else "the whole job")
     intro = (f"Within-subject factor: {analysis['factor'] or 'none (one condition)'}; subject: "
              f"{analysis['subject']}. {analysis['design_note']}. {missing['finished']} finished runs"
-             + (f" of {missing['planned']} planned" if missing["planned"] else "") + ".")
+             + (f" of {missing['planned']} planned" if missing["planned"] else "")
+             + f". Energy basis of the efficiency metrics: {basis}.")
     sentences, rows, pairs, notes = [], [], [], []
     for s in analysis["statistics"]:
         a, fr = s["rm_anova"] or {}, s["friedman"] or {}
@@ -66,6 +70,7 @@ def statistics_content(analysis: Mapping[str, Any]) -> dict[str, Any]:
         pairs += [[p["dv"], p["level_a"], p["level_b"], _fmt(p["mean_diff"]), _fmt(p["ci95_low"]),
                    _fmt(p["ci95_high"]), _fmt(p["t"]), p["df"], _fmt(p["p_unc"]), _fmt(p["p_bonferroni"]),
                    _fmt(p["p_holm"]), _fmt(p["cohen_dz"])] for p in s["pairwise"]]
+    notes += [f"warning: {w}" for w in analysis.get("warnings", [])]
     notes += [f"{k}: {v}" for k, v in analysis["not_computable"].items()]
     notes += [f"missing: {m['condition']} repetition {m['repetition']} ({m['run_id']}): {m['status']}"
               for m in missing["not_finished"]]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wattscale.analysis.efficiency import ENERGY_BASES
 from wattscale.errors import ConfigError
 from wattscale.report.data import DEFAULT_MAX_POWER_POINTS, ReportData, gather
 from wattscale.report.html import page, text
@@ -71,19 +72,24 @@ def render(data: ReportData, sections: Sequence[Section]) -> str:
 def build_report(store: Store, experiment: str | None = None, run_id: str | None = None, *,
                  statistics: Mapping[str, Any] | None = None, dynamics: Mapping[str, Any] | None = None,
                  laws: Mapping[str, Any] | None = None, analyze: bool = True,
-                 max_power_points: int = DEFAULT_MAX_POWER_POINTS) -> tuple[str, ReportData, list[Section]]:
+                 max_power_points: int = DEFAULT_MAX_POWER_POINTS,
+                 energy_basis: str = "train") -> tuple[str, ReportData, list[Section]]:
     """Read the store and return (html, data, sections) for an experiment (or all runs).
 
     With ``analyze`` (default), sections not given come from `wattscale.analysis` run on the same runs:
     statistics and dynamics (`report.analysis_content`), the scaling law (`report.laws_content`).
+    ``energy_basis`` is what efficiency is computed from: ``train`` (the training phase) or ``job``.
     """
     if max_power_points < 2:
         raise ConfigError(f"--max-power-points: must be at least 2, got {max_power_points}")
-    data = gather(store, experiment=experiment, run_id=run_id, max_power_points=max_power_points)
+    if energy_basis not in ENERGY_BASES:
+        raise ConfigError(f"--energy-basis: {energy_basis!r} is not one of {', '.join(ENERGY_BASES)}")
+    data = gather(store, experiment=experiment, run_id=run_id, max_power_points=max_power_points,
+                  energy_basis=energy_basis)
     if analyze and statistics is None and dynamics is None:
         from wattscale.report.analysis_content import study_content
 
-        statistics, dynamics = study_content(store, experiment)
+        statistics, dynamics = study_content(store, experiment, energy_basis)
     if analyze and laws is None:
         from wattscale.report.laws_content import laws_content
 

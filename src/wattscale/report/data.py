@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from wattscale.analysis.efficiency import basis_figures
 from wattscale.analysis.study_data import condition_of
 from wattscale.errors import ConfigError
 from wattscale.report.queries import val_loss_curves
@@ -21,7 +22,8 @@ DEFAULT_MAX_POWER_POINTS = 2_000
 class ReportData:
     """Everything the built-in sections draw, read once from the store.
 
-    runs: run records (every ``runs`` column, plus ``condition``, ``tokens_per_joule``) in run order.
+    runs: run records (every ``runs`` column, plus ``condition``, and on the report's energy basis
+    ``basis_energy_j``, ``tokens_per_joule`` and the ``energy_basis`` each run could use) in run order.
     conditions: condition labels in display order. curves: run_id -> [(tokens_seen, val_loss)].
     power_run: the run whose power is drawn (or None); power: device -> {"t_seconds", "power_w",
     "n_samples"} (thinned for display); intervals: that run's ``interval`` energy rows.
@@ -38,6 +40,7 @@ class ReportData:
     intervals: list[dict[str, Any]]
     experiments: list[dict[str, Any]] = field(default_factory=list)
     generated_at: str = ""
+    energy_basis: str = "train"  # train: the training phase; job: the whole job
 
 
 def _condition_sort_key(run: dict[str, Any]) -> tuple:
@@ -49,11 +52,11 @@ def _condition_sort_key(run: dict[str, Any]) -> tuple:
             values = {}
         if isinstance(values, dict):
             return (0, tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in values.values()))
-    return (1, ((0, run.get("params_total") or 0, ""), (0, run["tokens_budget"], "")))
+    return (1, ((0, run.get("params_total") or 0, ""), (0, run.get("tokens_budget") or 0, "")))
 
 
 def gather(store: Store, experiment: str | None = None, run_id: str | None = None,
-           max_power_points: int = DEFAULT_MAX_POWER_POINTS) -> ReportData:
+           max_power_points: int = DEFAULT_MAX_POWER_POINTS, energy_basis: str = "train") -> ReportData:
     """Read an experiment's runs (or every run in the store) and one run's power trace.
 
     ``run_id`` picks the run whose power and interval energy are drawn (default: the first
@@ -74,7 +77,8 @@ def gather(store: Store, experiment: str | None = None, run_id: str | None = Non
         record["planned_runs"] = len(store.experiment_runs(experiment))
     for run in runs:
         run["condition"] = condition_of(run)
-        energy, tokens = run.get("energy_j"), run.get("tokens_seen")
+        energy, tokens, _, run["energy_basis"] = basis_figures(run, energy_basis)
+        run["basis_energy_j"] = energy
         run["tokens_per_joule"] = tokens / energy if energy and tokens else None
     order: dict[str, tuple] = {}
     for run in runs:
@@ -87,7 +91,7 @@ def gather(store: Store, experiment: str | None = None, run_id: str | None = Non
         store=store.display_url, experiment_name=experiment, experiment=record, runs=runs, conditions=conditions,
         curves=val_loss_curves(store, [r["run_id"] for r in runs if r["status"] == "finished"]),
         power_run=power_run, power=power, intervals=intervals,
-        experiments=experiments,
+        experiments=experiments, energy_basis=energy_basis,
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 

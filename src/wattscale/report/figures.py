@@ -112,25 +112,33 @@ def power_figure(title: str, power: Mapping[str, Mapping[str, Any]]) -> dict[str
 
 
 def interval_energy_figure(title: str, intervals: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Energy of each evaluation/checkpoint interval as bars spanning its token range, stacked per device."""
-    devices: dict[str, list[Mapping[str, Any]]] = {}
-    for row in intervals:
-        devices.setdefault(row["device"], []).append(row)
+    """Energy of each interval between evaluations as bars spanning its token range, stacked by phase (the
+    sum over devices), so training steps stand apart from evaluations and checkpoints."""
+    by_phase: dict[str, dict[tuple, dict[str, Any]]] = {}
+    for k, row in enumerate(intervals):
+        start = row["start_tokens"] if row["start_tokens"] is not None else k
+        end = row["end_tokens"] if row["end_tokens"] is not None else k + 1
+        cell = by_phase.setdefault(row.get("phase") or "all phases", {}).setdefault(
+            (start, end), {"energy_j": 0.0, "sources": set(), "complete": True, "seconds": row.get("phase_seconds"),
+                           "start_s": row["start_seconds"], "end_s": row["end_seconds"]})
+        cell["energy_j"] += row["energy_j"]
+        cell["sources"].add(row["source"])
+        cell["complete"] = cell["complete"] and bool(row["complete"])
     data = []
-    for i, (device, rows) in enumerate(devices.items()):
-        starts = [r["start_tokens"] if r["start_tokens"] is not None else k for k, r in enumerate(rows)]
-        ends = [r["end_tokens"] if r["end_tokens"] is not None else k + 1 for k, r in enumerate(rows)]
+    for i, (phase, cells) in enumerate(by_phase.items()):
+        spans = list(cells)
         data.append({
-            "type": "bar", "name": plot_text(device), "marker": {"color": colour(i), "line": {"color": "#fff",
-                                                                                           "width": 0.5}},
-            "x": [(s + e) / 2 for s, e in zip(starts, ends, strict=True)],
-            "width": [max(e - s, 1) for s, e in zip(starts, ends, strict=True)],
-            "y": [r6(r["energy_j"]) for r in rows],
-            "customdata": [[s, e, r6(r["start_seconds"]), r6(r["end_seconds"]), plot_text(r["source"]),
-                            "yes" if r["complete"] else "NO"] for s, e, r in zip(starts, ends, rows, strict=True)],
-            "hovertemplate": ("%{y:.4g} J, tokens %{customdata[0]:,}–%{customdata[1]:,}, "
-                              "%{customdata[2]:.1f}–%{customdata[3]:.1f} s<br>source %{customdata[4]}, "
-                              "complete %{customdata[5]}<extra>%{fullData.name}</extra>")})
+            "type": "bar", "name": plot_text(phase), "marker": {"color": colour(i), "line": {"color": "#fff",
+                                                                                          "width": 0.5}},
+            "x": [(s + e) / 2 for s, e in spans], "width": [max(e - s, 1) for s, e in spans],
+            "y": [r6(cells[span]["energy_j"]) for span in spans],
+            "customdata": [[s, e, r6(cells[(s, e)]["start_s"]), r6(cells[(s, e)]["end_s"]),
+                            plot_text(", ".join(sorted(cells[(s, e)]["sources"]))),
+                            "yes" if cells[(s, e)]["complete"] else "NO", r6(cells[(s, e)]["seconds"])]
+                           for s, e in spans],
+            "hovertemplate": ("%{y:.4g} J in %{customdata[6]:.2f} s of this phase, tokens "
+                              "%{customdata[0]:,}–%{customdata[1]:,} (%{customdata[2]:.1f}–%{customdata[3]:.1f} s)"
+                              "<br>source %{customdata[4]}, complete %{customdata[5]}<extra>%{fullData.name}</extra>")})
     return {"data": data, "layout": base_layout(title, "tokens seen (bar = interval)", "energy (J)",
                                                 barmode="stack", bargap=0)}
 
@@ -138,8 +146,9 @@ def interval_energy_figure(title: str, intervals: Sequence[Mapping[str, Any]]) -
 # Above this many runs a condition is drawn as a box (quartiles, 1.5 IQR whiskers) instead of one dot per
 # run: thousands of SVG markers take seconds to draw, and a box says more about hundreds of runs.
 MAX_DOTS_PER_CONDITION = 40
-EFFICIENCY_METRICS = (("energy_j", "energy (J)"), ("wall_seconds", "wall time (s)"),
-                      ("tokens_per_joule", "tokens per joule"))
+# basis_energy_j and tokens_per_joule are on the report's energy basis (the training phase by default).
+EFFICIENCY_METRICS = (("basis_energy_j", "energy for efficiency (J)"), ("energy_j", "whole-job energy (J)"),
+                      ("wall_seconds", "wall time (s)"), ("tokens_per_joule", "tokens per joule"))
 
 
 def efficiency_figure(conditions: Sequence[str], runs_by_condition: Mapping[str, Sequence[Mapping[str, Any]]],

@@ -141,8 +141,9 @@ RUN_TABLE_COLUMNS = (
     ("#", "position", True), ("run id", "run_id", False), ("name", "name", False), ("condition", "condition", False),
     ("preset", "preset", False), ("seed", "seed", True), ("status", "status", False),
     ("tokens seen", "tokens_seen", True), ("wall time (s)", "wall_seconds", True),
-    ("final val loss", "final_val_loss", True), ("energy (J)", "energy_j", True),
-    ("energy source", "energy_source", False), ("tokens/J", "tokens_per_joule", True), ("note", "message", False),
+    ("final val loss", "final_val_loss", True), ("training-phase energy (J)", "train_energy_j", True),
+    ("job energy (J)", "energy_j", True), ("energy source", "energy_source", False),
+    ("tokens/J", "tokens_per_joule", True), ("basis", "energy_basis", False), ("note", "message", False),
 )
 
 
@@ -157,7 +158,9 @@ def runs_section(data: ReportData) -> Section:
             + table([c for c, _, _ in RUN_TABLE_COLUMNS], rows, table_id="runs-table", sortable=True,
                     numeric=[n for _, _, n in RUN_TABLE_COLUMNS])
             + paragraph("Click a column header to sort (again to reverse). # is the position in the "
-                        "experiment's run order. tokens/J = tokens seen / energy."))
+                        "experiment's run order. Job energy: every phase of the run but the idle baseline; "
+                        "training-phase energy: the optimiser steps after the warm-up. tokens/J is on each run's "
+                        f"basis ({_basis_text(data.energy_basis)})."))
     return Section("runs", f"Runs ({len(data.runs)})", f'<div class="table-wrap">{html}</div>')
 
 
@@ -192,7 +195,8 @@ def power_section(data: ReportData) -> Section:
     title = f"Power and energy per interval: {label}"
     shown = ", ".join(f"{d}: {p['n_samples']:,} samples, {len(p['t_seconds']):,} shown" for d, p in data.power.items())
     energy = run.get("energy_j")
-    energy_text = (f"{fmt(energy)} J ({run.get('energy_source')})" if energy is not None else "not measured")
+    energy_text = (f"{fmt(energy)} J for the job, {fmt(run.get('train_energy_j'))} J in the training phase "
+                   f"({run.get('energy_source')})" if energy is not None else "not measured")
     html = paragraph(f"{label}, condition {run['condition']}, status {run['status']}; energy {energy_text}. "
                      "Choose another run with `wattscale report --run RUN_ID`.")
     figs: dict[str, dict[str, Any]] = {}
@@ -204,8 +208,9 @@ def power_section(data: ReportData) -> Section:
         html += paragraph("This run has no power samples (metering was off or no meter was readable).")
     if data.intervals:
         figs["fig-interval-energy"] = figures.interval_energy_figure(f"Energy per interval: {label}", data.intervals)
-        html += figure_slot("fig-interval-energy", "Energy of each interval between evaluations/checkpoints "
-                            "(the store's energy_measurements, scope interval); bar width = the interval's tokens.")
+        html += figure_slot("fig-interval-energy", "Energy of each interval between evaluations, stacked by phase "
+                            "(train, eval, checkpoint, ...; the store's energy_measurements, scope interval); bar "
+                            "width = the interval's tokens.")
     else:
         html += paragraph("This run has no interval energy rows.")
     return Section("power", title, html, figs)
@@ -232,7 +237,13 @@ def efficiency_summary(data: ReportData) -> dict[str, Any]:
         "method": "mean and two-sided Student-t interval over the finished runs of each condition",
         "summaries": {c: {m: mean_ci(r[m] for r in runs[c]) for m in metrics} for c in conditions},
         "runs": runs, "energy_sources": {c: sorted(sources[c]) for c in conditions},
+        "energy_basis": data.energy_basis,
     }
+
+
+def _basis_text(basis: str) -> str:
+    return ("the training phase (optimiser steps after the warm-up; evaluations, checkpoints, saving and the idle "
+            "baseline excluded)" if basis == "train" else "the whole job")
 
 
 def efficiency_section(summary: Mapping[str, Any]) -> Section:
@@ -249,7 +260,8 @@ def efficiency_section(summary: Mapping[str, Any]) -> Section:
         rows.append([c, stats[metrics[0]]["n"]] + [_mean_ci_text(stats[m]) for m in metrics]
                     + [", ".join(summary.get("energy_sources", {}).get(c, []))])
     html = table(columns, rows, numeric=[False, True] + [False] * len(metrics) + [False])
-    html += paragraph(f"{summary.get('method', '')}; n = 1 gives no interval.")
+    html += paragraph(f"{summary.get('method', '')}; n = 1 gives no interval. Energy for efficiency and tokens "
+                      f"per joule: {_basis_text(summary.get('energy_basis', 'train'))}; whole-job energy beside it.")
     figure = figures.efficiency_figure(conditions, summary.get("runs", {}), summary["summaries"])
     html += figure_slot("fig-efficiency", f"Dots: single runs (a box of quartiles with 1.5 IQR whiskers for a "
                         f"condition with over {figures.MAX_DOTS_PER_CONDITION} runs); diamonds: mean with its 95% "

@@ -31,6 +31,7 @@ from wattscale.store import Store
 from wattscale.train.parallel import DistributedContext, gather_lists, gather_objects
 
 INTERVAL = "interval"
+TRAINER_WARMUP_STEPS = 1
 
 
 class RunMetering:
@@ -48,7 +49,10 @@ class RunMetering:
         self._buffer: list[dict] = []
         single_writer = store is not None and ctx.world_size == 1
         on_samples = self._write_samples if single_writer else (self._buffer.extend if meters else None)
-        settings = dataclasses.replace(config, idle_seconds=config.idle_seconds if measure_idle else 0.0)
+        # The trainer's warm-up: its first step of each session (allocations, autotuning, compilation).
+        warmup = TRAINER_WARMUP_STEPS if config.warmup_steps is None else config.warmup_steps
+        settings = dataclasses.replace(config, idle_seconds=config.idle_seconds if measure_idle else 0.0,
+                                       warmup_steps=warmup)
         self.monitor = Monitor(settings, meters=meters, run_id=run_id, on_samples=on_samples,
                                resume=state_for_rank(resume, ctx.rank, ctx.world_size))
         self.resumed = resume is not None
