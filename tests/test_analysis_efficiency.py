@@ -17,7 +17,7 @@ from wattscale.errors import ConfigError
 RECORD = {
     "run_id": "a", "tokens_seen": 8_000, "energy_j": 400.0, "energy_source": "counter", "wall_seconds": 1_800.0,
     "flops_per_token": 3.0e6, "params_total": 4_000_000, "final_val_loss": math.log(20.0), "final_val_ppl": 20.0,
-    "train_seconds": 1_200.0, "config_json": json.dumps({"model": {"vocab_size": 256}}),
+    "step_seconds": 1_200.0, "config_json": json.dumps({"model": {"vocab_size": 256}}),
     "device_info_json": json.dumps({"peak_flops": 1.0e8, "peak_flops_source": "measured"}),
 }
 
@@ -38,6 +38,35 @@ def test_every_metric_by_hand() -> None:
     assert m["pee"] == pytest.approx((1 / 20) / (4.0 * kwh))
     assert m["pee_time"] == pytest.approx((1 / 20) / (4.0 * kwh) / 0.5)  # 1,800 s = half an hour
     assert eff.energy_source == "counter" and eff.not_computable == {}
+
+
+# A run measured by phase: 6,000 of its 8,000 tokens in the training phase (the rest in the warm-up), 240 J and
+# 900 s there; the job took 400 J and 1,800 s with its evaluations, checkpoints and saving.
+PHASED = {**RECORD, "train_energy_j": 240.0, "train_tokens": 6_000, "train_seconds": 900.0}
+
+
+def test_efficiency_uses_the_training_phase_by_default_and_the_job_on_request() -> None:
+    train = run_efficiency(PHASED)
+    m = train.metrics
+    assert train.energy_basis == "train"
+    assert m["tokens_per_joule"] == pytest.approx(6_000 / 240.0)
+    assert m["joules_per_token"] == pytest.approx(0.04)
+    assert m["flops_per_joule"] == pytest.approx(3.0e6 * 6_000 / 240.0)
+    assert m["energy_j"] == 240.0 and m["energy_kwh"] == pytest.approx(240.0 / 3.6e6)
+    assert m["ppl_gain_per_kwh"] == pytest.approx((256 - 20) / (240.0 / 3.6e6))
+    assert m["pee_time"] == pytest.approx((1 / 20) / (4.0 * 240.0 / 3.6e6) / 0.25)  # 900 s of training
+    # The whole job stays beside it, and MFU is the training phase's whatever the basis.
+    assert m["job_energy_j"] == 400.0 and m["job_joules_per_token"] == pytest.approx(0.05)
+    assert m["mfu"] == pytest.approx(3.0e6 * 6_000 / 900.0 / 1.0e8)
+    job = run_efficiency(PHASED, energy_basis="job")
+    assert job.energy_basis == "job" and job.metrics["joules_per_token"] == pytest.approx(0.05)
+    assert job.metrics["mfu"] == m["mfu"] and job.metrics["pee_time"] == pytest.approx(
+        (1 / 20) / (4.0 * 400.0 / 3.6e6) / 0.5)
+    # A run stored before phases were measured falls back to the job, and says so (the study's warnings list it).
+    old = run_efficiency(RECORD)
+    assert old.energy_basis == "job" and old.to_dict()["energy_basis"] == "job"
+    with pytest.raises(ConfigError, match="energy_basis"):
+        run_efficiency(RECORD, energy_basis="wall")
 
 
 def test_initial_perplexity_from_an_evaluation_at_zero_and_given_peak_wins() -> None:

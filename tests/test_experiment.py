@@ -18,6 +18,7 @@ from conftest import TINY_DATA
 from wattscale.experiment import block_orders, load_experiment, plan_experiment, williams_rows
 from wattscale.experiment.local import run_local
 from wattscale.store import open_store
+from wattscale.store_schema import SCHEMA_VERSION
 
 # A real but small study: llama-tiny, three training-set sizes x two repetitions.
 TINY_STUDY = """
@@ -370,10 +371,10 @@ def test_schema_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     con.close()
     with open_store(db) as store:
         run = store.get_run("old-run")
-        assert run is not None and run["data_tokens"] is None and run["repeat"] is None
+        assert run is not None and run["data_tokens"] is None and run["repeat"] is None and run["kind"] == "train"
         assert store.list_experiments() == []
     con = sqlite3.connect(db)
-    assert con.execute("SELECT version FROM schema_version").fetchone() == (2,)
+    assert con.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)  # 1 -> 2 -> 3
     con.close()
 
 

@@ -73,18 +73,26 @@ def test_token_scale_energy_smoke(run_cli, cache_dir: Path) -> None:
     assert sorted(r["data_tokens"] for r in runs) == [2_048] * 3 + [4_096] * 3 + [8_192] * 3
     assert all(r["status"] == "finished" and r["tokens_seen"] == r["data_tokens"] and r["epochs"] == 1.0 for r in runs)
     assert all(r["joules"] is not None and r["energy_source"] for r in runs), "every run's energy, with its source"
+    # What the study measures: the training phase, one evaluation at the end, no intermediate checkpoint.
+    for r in runs:
+        assert r["train_energy_j"] is not None and 0 < r["train_energy_j"] < r["joules"]
+        assert "checkpoint" not in r["phases"] and r["phases"]["eval"]["seconds"] > 0
+        assert sum(p["joules"] for name, p in r["phases"].items() if name != "idle") == pytest.approx(r["joules"])
+        assert json.loads(r["config_json"])["resolved"]["eval_interval_tokens"] is None
     blocks = {}
     for r in runs:
         blocks.setdefault(r["block"], []).append(r["data_tokens"])
     assert all(sorted(b) == [2_048, 4_096, 8_192] for b in blocks.values())  # each block holds every condition
 
-    # The analysis of the real runs, checked against statsmodels on the numbers `runs --json` printed.
+    # The analysis of the real runs, checked against statsmodels on the numbers `runs --json` printed: tokens
+    # per joule of the training phase, the default basis.
     res = run_cli("--store", "token_scale_energy.db", "analyze", "--experiment", "token_scale_energy-smoke", "--json")
     assert res.returncode == 0, res.stderr
     analysis = json.loads(res.stdout)
     assert analysis["factor"] == "tokens_seen" and analysis["levels"] == [2_048, 4_096, 8_192]
+    assert analysis["energy_basis"] == "train" and {r["energy_basis"] for r in analysis["runs"]} == {"train"}
     long = pd.DataFrame({"rep": [r["repetition"] for r in runs], "tokens": [r["tokens_seen"] for r in runs],
-                         "tpj": [r["tokens_seen"] / r["joules"] for r in runs]})
+                         "tpj": [r["train_tokens"] / r["train_energy_j"] for r in runs]})
     expected = AnovaRM(long, "tpj", "rep", within=["tokens"]).fit().anova_table.iloc[0]
     tpj = next(s for s in analysis["statistics"] if s["metric"] == "tokens_per_joule")
     assert tpj["rm_anova"]["f"] == pytest.approx(expected["F Value"], rel=1e-9)

@@ -251,6 +251,14 @@ def test_a_measured_run_is_stored_and_shown_like_a_trained_one(tmp_path: Path, r
     report = json.loads(energy.stdout)
     assert report["kind"] == "measured" and report["source"] == "counter" and report["total_components"] == ["gpu"]
     assert {p["phase"] for p in report["phases"]} == {"other", "warmup", "train", "eval"}
+    analysis = run_cli_in_process("--store", str(store_path), "analyze", "--json", "--no-dynamics")
+    assert analysis.returncode == 0, analysis.stderr
+    (run,) = json.loads(analysis.stdout)["runs"]
+    assert run["condition"] == "measured: my fine-tune" and run["energy_basis"] == "train"
+    assert run["joules_per_token"] == pytest.approx(record["train_energy_j"] / 512)
+    html = run_cli_in_process("--store", str(store_path), "report", "-o", str(tmp_path / "r.html"))
+    assert html.returncode == 0, html.stderr
+    assert "my fine-tune" in (tmp_path / "r.html").read_text()
 
 
 def test_two_measurements_on_one_host_record_each_other(tmp_path: Path, registry: str) -> None:

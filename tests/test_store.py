@@ -240,6 +240,69 @@ def test_a_newer_schema_version_is_refused(store_url: str) -> None:
         open_store(store_url)
 
 
+def _schema_2_store(store_url: str) -> None:
+    """A store as wattscale wrote it at schema 2 (tests/data), with one trained run, its energy and a step."""
+    engine = create_engine(store_url if "://" in store_url else f"sqlite:///{store_url}")
+    ddl = (Path(__file__).parent / "data" / f"store_schema_v2.{engine.dialect.name}.sql").read_text()
+    config = {"model": {"n_layers": 4, "d_model": 256, "n_heads": 8, "n_kv_heads": 8, "ffn_hidden": 704,
+                        "vocab_size": 4096, "context_length": 512, "tie_embeddings": True, "name": "llama-4m"},
+              "train": {"tokens": 1_000_000, "seq_len": 256}}
+    with engine.begin() as conn:
+        for statement in ddl.split(";\n"):
+            body = "\n".join(line for line in statement.splitlines() if not line.startswith("--")).strip()
+            if body:
+                conn.exec_driver_sql(body)
+        conn.execute(text(
+            "INSERT INTO runs (run_id, preset, status, config_json, config_hash, seed, created_at, wall_seconds, "
+            "tokens_budget, tokens_seen, steps, flops_per_token, energy_j, energy_source, resume_count) VALUES "
+            "('old-run', 'llama-4m', 'finished', :config, 'abc', 3, :created, 12.5, 1000000, 1000000, 10, "
+            ":flops, 400.0, 'estimated', 0)"),
+            {"config": json.dumps(config), "created": CREATED.replace(tzinfo=None),
+             "flops": 6 * 3_213_568 + 12 * 4 * 256 * 256})  # schema 2's formula: no output head
+        conn.execute(text("INSERT INTO energy_measurements (run_id, device, scope, start_seconds, end_seconds, "
+                          "energy_j, source, complete) VALUES ('old-run', 'cpu', 'run', 0, 12.5, 400.0, "
+                          "'estimated', :yes)"), {"yes": True})
+        conn.execute(text("INSERT INTO train_steps (run_id, step, tokens_seen, loss) VALUES ('old-run', 1, 100, 2.5)"))
+    engine.dispose()
+
+
+def test_a_schema_2_store_is_migrated_in_place(store_url: str) -> None:
+    from wattscale.flops import flops_per_token_from_config
+
+    _schema_2_store(store_url)
+    with open_store(store_url) as store:
+        assert scalar(store, "SELECT version FROM schema_version") == SCHEMA_VERSION
+        run = store.get_run("old-run")
+        # Kept, marked as trained, FLOPs per token recounted with the output head.
+        assert (run["kind"], run["energy_j"], run["energy_source"], run["seed"]) == ("train", 400.0, "estimated", 3)
+        model = json.loads(run["config_json"])["model"]
+        assert run["flops_per_token"] == flops_per_token_from_config(model, 256) > 6 * 3_213_568 + 12 * 4 * 256 * 256
+        (row,) = store.energy_measurements("old-run")
+        assert (row["scope"], row["phase"], row["component"], row["energy_j"]) == ("run", None, None, 400.0)
+        # What schema 3 allows: phase rows, a mixed total, a measured run without preset, seed or budget.
+        store.add_energy_measurements("old-run", [{"device": "cpu", "component": "cpu_estimate", "scope": "phase",
+                                                   "phase": "train", "phase_seconds": 10.0, "start_seconds": 0.0,
+                                                   "end_seconds": 12.5, "energy_j": 300.0, "source": "estimated"}])
+        store.create_run({"run_id": "measured-1", "kind": "measured", "config_json": "{}", "config_hash": "x"})
+        store.finish_run("measured-1", "finished", {"energy_j": 5.0, "energy_source": "mixed", "train_energy_j": 4.0})
+        assert store.get_run("measured-1")["energy_source"] == "mixed"
+        # Foreign keys survived the rebuild: deleting the run deletes its rows.
+        assert store.delete_run("old-run")
+        assert store.energy_measurements("old-run") == [] and store.train_steps("old-run") == []
+    with open_store(store_url) as again:  # opening a migrated store changes nothing
+        assert scalar(again, "SELECT version FROM schema_version") == SCHEMA_VERSION
+        assert [r["run_id"] for r in again.list_runs()] == ["measured-1"]
+
+
+def test_a_trained_run_needs_its_preset_seed_and_budget(store: Store) -> None:
+    record = run_record()
+    del record["preset"]
+    with pytest.raises(StoreError, match="missing required column.*preset"):
+        store.create_run(record)
+    with pytest.raises(StoreError, match="runs.kind must be one of"):
+        store.create_run(run_record(kind="other"))
+
+
 # --- the run lifecycle ----------------------------------------------------------------------------------
 
 

@@ -102,6 +102,9 @@ def test_divergence_is_recorded_not_a_crash(run_cli, tmp_path: Path) -> None:
     with open_store(str(tmp_path / "w.db")) as store:
         (run,) = store.list_runs()
         assert run["status"] == "diverged" and run["tokens_seen"] < 20000
+        steps = store.train_steps(run["run_id"])
+    assert steps[-1]["step"] == run["steps"]  # the steps up to the divergence are kept, the last one included
+    assert run["train_seconds"] is not None and run["phases"]["train"]["seconds"] == run["train_seconds"]
 
 
 def test_sigkill_then_resume_is_bit_identical(run_cli, tmp_path: Path, cache_dir: Path) -> None:

@@ -9,15 +9,15 @@ from rich.table import Table
 
 from wattscale.model import PRESETS, count_parameters, flops_per_token
 
-RUN_COLUMNS = ("run_id", "status", "preset", "params", "tokens_seen", "seed", "wall_seconds",
-               "final_val_loss", "joules", "energy_source")
+RUN_COLUMNS = ("run_id", "kind", "status", "preset", "params", "tokens_seen", "seed", "wall_seconds",
+               "final_val_loss", "joules", "train_energy_j", "energy_source")
 
 
 def print_runs_table(runs: list[dict]) -> None:
     """Print one row per run with the columns scripts see in `runs --json`."""
     table = Table(title=f"{len(runs)} runs")
     for column in RUN_COLUMNS:
-        table.add_column(column, justify="right" if column not in ("run_id", "status", "preset") else "left")
+        table.add_column(column, justify="right" if column not in ("run_id", "kind", "status", "preset") else "left")
     for run in runs:
         table.add_row(*(_cell(run.get(c)) for c in RUN_COLUMNS))
     _console().print(table)

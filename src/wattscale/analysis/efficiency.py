@@ -207,9 +207,6 @@ def run_efficiency(record: Mapping[str, Any], extra_metrics: Mapping[str, Metric
     fpt = _number(record.get("flops_per_token"))
     if energy_j is None:
         why["energy"] = "no energy measured for this run (metering off or no usable meter)"
-    elif basis != energy_basis:
-        why["energy_basis"] = ("no training-phase energy recorded for this run (stored before phases were "
-                               "measured, or no train phase): whole-job energy used")
     energy_kwh = None if energy_j is None else energy_j / JOULES_PER_KWH
     flops = None if fpt is None or tokens is None else fpt * tokens
     mfu_tokens, mfu_seconds = _mfu_time(record)

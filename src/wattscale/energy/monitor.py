@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -87,13 +87,14 @@ class Monitor:
             times in seconds of the job) from a writer thread, so a slow consumer never delays sampling.
         resume: a `state()` saved earlier: continue that measurement (its time, phases and open windows).
         metadata: JSON-ready facts stored with a measured run (model, flops_per_token, params, ...).
+        notes: caveats to keep with the result, e.g. why a meter passed in ``meters`` is the only one.
     """
 
     def __init__(self, config: MeterConfig | None = None, *, gpus: GpuSelection = "auto",
                  meters: list[Meter] | None = None, store: Any = None, name: str | None = None,
                  run_id: str | None = None, on_samples: SampleConsumer | None = None,
                  resume: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic, **settings: Any) -> None:
+                 notes: Sequence[str] = (), clock: Callable[[], float] = time.monotonic, **settings: Any) -> None:
         self.config = dataclasses.replace(config or MeterConfig(), **settings)
         self._warmup_steps = self.config.warmup_steps or 0  # unset: no warm-up for your own code
         self.gpus = gpus
@@ -107,7 +108,7 @@ class Monitor:
         self._resume = resume
         self._meters: list[Meter] = []
         self._devices: dict[str, DeviceInfo] = {}
-        self._notes: list[str] = []
+        self._notes: list[str] = list(notes)
         self._sampler: PowerSampler | None = None
         self._writer: _SampleWriter | None = None
         self._registration: Registration | None = None
@@ -151,6 +152,10 @@ class Monitor:
         self._notes.extend(note for m in self._meters for note in getattr(m, "notes", ()))
         self._devices = _device_infos(self._meters)
         try:
+            if self._store_target is not None:  # the run exists before its first sample is written
+                from wattscale.energy.store_run import MeasuredRun
+
+                self._recorder = MeasuredRun.begin(self._store_target, self)
             self._start_sampling()
         except BaseException:
             self._close_meters()
@@ -167,10 +172,6 @@ class Monitor:
         for name, data in ((self._resume or {}).get("windows") or {}).items():
             self._windows[name] = _OpenWindow(Ledger.from_json(data["ledger"]), float(data["start_s"]),
                                               int(data["start_tokens"]))
-        if self._store_target is not None:
-            from wattscale.energy.store_run import MeasuredRun
-
-            self._recorder = MeasuredRun.begin(self._store_target, self)
         return self
 
     def _start_sampling(self) -> None:
@@ -213,6 +214,10 @@ class Monitor:
             ids = ", ".join(sorted({o.id for o in overlaps}))
             self._notes.append(f"host-wide counters (RAPL) also counted other wattscale measurements that ran "
                                f"on this host at the same time: {ids}")
+        for overlap in overlaps:
+            if overlap.shared_gpus:
+                self._notes.append(f"GPU(s) {', '.join(overlap.shared_gpus)} were also measured by {overlap.id} "
+                                   f"for {overlap.overlap_s:.1f} s: their energy counts both jobs")
         self._state = "stopped"
         self._result = self._build_result(status, sampling, overlaps)
         if self._recorder is not None:

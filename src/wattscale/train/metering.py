@@ -15,6 +15,7 @@ measured between that checkpoint and a kill is dropped with the work it paid for
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,16 +47,17 @@ class RunMetering:
         self.notes: list[str] = []
         if config.enabled and not meters:
             self.notes.append("energy not measured, no usable meter: " + "; ".join(reasons))
-        self._buffer: list[dict] = []
+        self._buffer: list[dict] = []  # other ranks' samples until the next gather (the Monitor's writer thread adds)
+        self._buffer_lock = threading.Lock()
         single_writer = store is not None and ctx.world_size == 1
-        on_samples = self._write_samples if single_writer else (self._buffer.extend if meters else None)
+        on_samples = self._write_samples if single_writer else (self._buffer_samples if meters else None)
         # The trainer's warm-up: its first step of each session (allocations, autotuning, compilation).
         warmup = TRAINER_WARMUP_STEPS if config.warmup_steps is None else config.warmup_steps
         settings = dataclasses.replace(config, idle_seconds=config.idle_seconds if measure_idle else 0.0,
                                        warmup_steps=warmup)
         self.monitor = Monitor(settings, meters=meters, run_id=run_id, on_samples=on_samples,
-                               resume=state_for_rank(resume, ctx.rank, ctx.world_size))
-        self.resumed = resume is not None
+                               resume=state_for_rank(resume, ctx.rank, ctx.world_size),
+                               notes=[f"not used: {reason}" for reason in reasons])
 
     def start(self) -> None:
         """Start measuring: the idle baseline (if due), then the job; rank 0 writes the idle rows. Collective."""
@@ -105,7 +107,8 @@ class RunMetering:
         """Gather the other ranks' buffered power samples; rank 0 writes them. Collective."""
         if self.ctx.world_size == 1:
             return
-        rows, self._buffer[:] = list(self._buffer), []
+        with self._buffer_lock:
+            rows, self._buffer = self._buffer, []
         self._write_samples_rows(gather_lists(self.ctx, rows))
 
     def finish(self, tokens_seen: int) -> dict[str, Any]:
@@ -137,6 +140,10 @@ class RunMetering:
 
     def _write_samples(self, rows: list[dict]) -> None:
         self.store.add_power_samples(self.run_id, rows)
+
+    def _buffer_samples(self, rows: list[dict]) -> None:
+        with self._buffer_lock:
+            self._buffer.extend(rows)
 
     def _write_samples_rows(self, rows: list[dict]) -> None:
         if self.store is not None and rows:

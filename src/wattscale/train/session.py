@@ -306,9 +306,11 @@ class _Session:
             self._evaluate(model, pos, progress)
         last_eval_tokens = -1
         while pos.step < plan.total_steps:
-            with metering.phase("train"):
-                loop.run_until(pos, min(next_eval, next_ckpt), metering.job_seconds, on_step)
-            self._flush(pos.pending_rows)
+            try:
+                with metering.phase("train"):
+                    loop.run_until(pos, min(next_eval, next_ckpt), metering.job_seconds, on_step)
+            finally:  # a diverged run keeps its steps up to the divergence
+                self._flush(pos.pending_rows)
             if pos.tokens_seen >= next_eval or pos.step == plan.total_steps:
                 self._evaluate(model, pos, progress)
                 metering.close_interval()
