@@ -9,13 +9,15 @@ twice; each rank's NVML meter reads only its own GPU. Rank 0 merges what the ran
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from wattscale.energy.discover import close_meters, discover_meters
 from wattscale.energy.gpus import GpuSelection
-from wattscale.energy.measurement import Ledger, merge_ledgers
+from wattscale.energy.measurement import DeviceInfo, Ledger, merge_ledgers
 from wattscale.energy.meter import Meter, MeterConfig, PowerReading, component_of
+from wattscale.energy.result import MonitorResult, WindowResult, summarise_ledger, window_result
 
 
 class RankMeter:
@@ -101,3 +103,37 @@ def state_for_rank(state: dict[str, Any] | None, rank: int, world_size: int) -> 
 
     return {**state, "ledger": mine(state["ledger"]),
             "windows": {name: {**w, "ledger": mine(w["ledger"])} for name, w in state.get("windows", {}).items()}}
+
+
+def _union(per_rank: Sequence[Mapping[str, DeviceInfo]]) -> dict[str, DeviceInfo]:
+    merged: dict[str, DeviceInfo] = {}
+    for devices in per_rank:
+        merged.update(devices)
+    return merged
+
+
+def merge_windows(parts: Sequence[tuple[WindowResult, Mapping[str, DeviceInfo]]],
+                  rule: str) -> tuple[WindowResult, dict[str, DeviceInfo]]:
+    """The ranks' (window, devices) of one window as one window (rank 0's bounds), and every rank's devices."""
+    first = parts[0][0]
+    devices = _union([d for _, d in parts])
+    ledger = merge_ledgers([w.ledger for w, _ in parts])
+    return window_result(first.name, ledger, devices, rule, first.start_s, first.end_s, first.start_tokens,
+                         first.end_tokens), devices
+
+
+def merge_results(results: Sequence[MonitorResult]) -> MonitorResult | None:
+    """The ranks' results of one job as one (rank 0's time and tokens, every rank's devices); None if none."""
+    if not results:
+        return None
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    devices = _union([r.devices for r in results])
+    ledger = merge_ledgers([r.ledger for r in results])
+    job, phases, idle = summarise_ledger(ledger, devices, first.total_rule)
+    return dataclasses.replace(
+        first, job=job, phases=phases, idle=idle, devices=devices, ledger=ledger,
+        sampling={"ranks": [r.sampling for r in results]},
+        shared_host=tuple(o for r in results for o in r.shared_host),
+        notes=tuple(dict.fromkeys(n for r in results for n in r.notes)))

@@ -23,10 +23,8 @@ from typing import Any
 from wattscale.energy import MeterConfig
 from wattscale.energy.discover import close_meters
 from wattscale.energy.gpus import device_uuid
-from wattscale.energy.measurement import merge_ledgers
 from wattscale.energy.monitor import Monitor
-from wattscale.energy.ranks import merge_states, rank_meters, state_for_rank
-from wattscale.energy.result import MonitorResult, summarise_ledger, window_result
+from wattscale.energy.ranks import merge_results, merge_states, merge_windows, rank_meters, state_for_rank
 from wattscale.energy.store_rows import final_rows, idle_rows, run_fields, window_rows
 from wattscale.store import Store
 from wattscale.train.parallel import DistributedContext, gather_lists, gather_objects
@@ -92,10 +90,7 @@ class RunMetering:
         self.monitor.begin_window(INTERVAL)
         parts = gather_objects(self.ctx, (window, self.monitor.devices))
         if self.store is not None:
-            devices = _union([d for _, d in parts])
-            ledger = merge_ledgers([w.ledger for w, _ in parts])
-            merged = window_result(window.name, ledger, devices, self.monitor.config.total, window.start_s,
-                                   window.end_s, window.start_tokens, window.end_tokens)
+            merged, devices = merge_windows(parts, self.monitor.config.total)
             self.store.add_energy_measurements(self.run_id, window_rows(merged, devices))
         self.flush_samples()
 
@@ -109,7 +104,7 @@ class RunMetering:
             return
         with self._buffer_lock:
             rows, self._buffer = self._buffer, []
-        self._write_samples_rows(gather_lists(self.ctx, rows))
+        self._write_samples(gather_lists(self.ctx, rows))
 
     def finish(self, tokens_seen: int) -> dict[str, Any]:
         """Stop; rank 0 writes the phase and run rows and returns the runs-table fields ({} elsewhere). Collective."""
@@ -120,10 +115,7 @@ class RunMetering:
             return {}
         self.store.add_energy_measurements(self.run_id, final_rows(merged, 0.0, self.monitor.job_seconds(),
                                                                    tokens_seen))
-        fields = run_fields(merged)
-        if merged.job.energy_j is None:  # nothing metered: keep the time figures, claim no energy
-            fields.pop("message", None)
-        return fields
+        return run_fields(merged)
 
     def abort(self, status: str) -> None:
         """Stop without writing (a failed or interrupted session resumes from its checkpoint)."""
@@ -139,36 +131,9 @@ class RunMetering:
             self.store.add_energy_measurements(self.run_id, rows)
 
     def _write_samples(self, rows: list[dict]) -> None:
-        self.store.add_power_samples(self.run_id, rows)
+        if self.store is not None and rows:
+            self.store.add_power_samples(self.run_id, rows)
 
     def _buffer_samples(self, rows: list[dict]) -> None:
         with self._buffer_lock:
             self._buffer.extend(rows)
-
-    def _write_samples_rows(self, rows: list[dict]) -> None:
-        if self.store is not None and rows:
-            self.store.add_power_samples(self.run_id, rows)
-
-
-def _union(per_rank: list[dict]) -> dict:
-    merged: dict = {}
-    for devices in per_rank:
-        merged.update(devices)
-    return merged
-
-
-def merge_results(results: list[MonitorResult]) -> MonitorResult | None:
-    """The ranks' results of one job as one (rank 0's time and tokens, every rank's devices); None if none."""
-    if not results:
-        return None
-    if len(results) == 1:
-        return results[0]
-    first = results[0]
-    devices = _union([r.devices for r in results])
-    ledger = merge_ledgers([r.ledger for r in results])
-    job, phases, idle = summarise_ledger(ledger, devices, first.total_rule)
-    return dataclasses.replace(
-        first, job=job, phases=phases, idle=idle, devices=devices, ledger=ledger,
-        sampling={"ranks": [r.sampling for r in results]},
-        shared_host=tuple(o for r in results for o in r.shared_host),
-        notes=tuple(dict.fromkeys(n for r in results for n in r.notes)))
