@@ -8,7 +8,8 @@
 #
 # FLOORS_PYTHON names the interpreter (default python3.11, the requires-python floor); FLOORS_KEEP=1 keeps the
 # venv. PostgreSQL is started as in .ci/run (.ci/postgres.sh), so the store tests run on both backends; the
-# browser tests run where chromium is installed (.ci/chromium.sh) and skip elsewhere.
+# browser tests run where chromium is installed (.ci/chromium.sh) and skip elsewhere. Run it in the foreground:
+# a script's `cmd &` ignores SIGINT, and the tests that interrupt a run with it then fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"

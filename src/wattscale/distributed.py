@@ -46,7 +46,7 @@ from wattscale.model import Llama
 T = TypeVar("T")
 
 # DDP's switch for re-broadcasting buffers before each forward: torch 2.13 calls it forward_sync_buffers and
-# deprecates broadcast_buffers (FutureWarning); torch 2.11-2.12 have only broadcast_buffers, whose False also
+# deprecates broadcast_buffers (FutureWarning); torch 2.12 has only broadcast_buffers, whose False also
 # skips the buffers' sync at construction. Harmless here: every rank derives the RoPE tables from the same config.
 _DDP_BUFFER_SYNC_ARG = ("forward_sync_buffers"
                         if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
