@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,7 @@ def main() -> None:
                 "difference_in_published_se": (fit.params[k] - v) / se,
                 "published_lbfgs_grid": PUBLISHED_LBFGS_GRID[k]}
             for k, (v, se, ci) in PUBLISHED.items()}
-    result = {"benchmark": "epoch_chinchilla_fit", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    result = {"benchmark": "epoch_chinchilla_fit", "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "command": f"python benchmarks/epoch_chinchilla_fit.py --boot {args.boot}", "n_points": len(data),
               "parameters": rows, "analysis": analysis.to_dict(), "machine": device_info(torch.device("cpu"))}
     out = ROOT / "benchmarks" / "results" / "epoch_chinchilla_fit.json"

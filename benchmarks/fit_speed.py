@@ -25,7 +25,7 @@ import json
 import os
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +130,7 @@ def main() -> None:
     agree = {name: max(abs(ref["params"][k] / base["params"][k] - 1) for k in ref["params"])
              for name, base in (("scipy_notebook", fd), ("scipy_analytic", jac))}
     result = {
-        "benchmark": "fit_speed", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "fit_speed", "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": f"python benchmarks/fit_speed.py --baseline-starts {args.baseline_starts} --repeats {args.repeats}",
         "data": source, "n_points": len(data), "grid_starts": len(grid), "baseline_starts_run": len(subset),
         "baseline_time_scale": scale,

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -214,7 +214,7 @@ def main() -> None:
                   flush=True)
     summary = summarise(rounds)
     result = {
-        "benchmark": "meter_overhead", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "meter_overhead", "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/meter_overhead.py " + " ".join(sys.argv[1:]),
         "settings": {"preset": args.preset, "tokens_per_run": args.tokens, "rounds": args.rounds,
                      "batch_size": BATCH, "seq_len": SEQ_LEN, "eval_interval_tokens": args.tokens // 4,

@@ -22,7 +22,7 @@ import argparse
 import json
 import statistics
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -121,7 +121,7 @@ def main() -> None:
     out = {
         "benchmark": "phase_energy", "command": "python benchmarks/phase_energy.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out" and v is not None),
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {**device_info(torch.device("cpu")),
                     "fp32_matmul_flops": measured_matmul_flops(torch.device("cpu"), torch.float32, 1024, 1.0)},
         "settings": vars(args) | {"out": None}, "meter": "cpu-estimate (10 W per busy core), 10 Hz",

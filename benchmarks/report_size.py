@@ -25,7 +25,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -171,7 +171,7 @@ def main() -> None:
         power_points = sum(len(t["x"]) for t in figures["fig-power"]["data"])
         browser = browser_load_seconds(out, args.rounds)
         report = {
-            "benchmark": "report_size", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "benchmark": "report_size", "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": "python benchmarks/report_size.py" + "".join(
                 f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                 if not isinstance(v, bool) and v != parser.get_default(k)),

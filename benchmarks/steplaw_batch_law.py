@@ -29,7 +29,7 @@ import argparse
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +88,7 @@ def main() -> None:
                  "predicted_batch_tokens": float(law.coefficient.value * d ** law.exponent.value)}
                 for (n, d), g in groups]
     result = {
-        "benchmark": "steplaw_batch_law", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "steplaw_batch_law", "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": f"python benchmarks/steplaw_batch_law.py --boot {args.boot} --grid {args.grid}",
         "selection": "dense runs, smooth loss <= 4, best learning rate (lowest smooth loss) per (N, D, bs)",
         "n_runs_in_file": int(len(pd.read_csv(STEPLAW / "dense_lr_bs_loss.csv"))), "n_points": len(data),

@@ -26,7 +26,7 @@ import json
 import os
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -158,7 +158,7 @@ def main() -> None:
                 **{f"mfu_{counting}": tok_s * fpt[counting] / peak if peak else None for counting in fpt}}
 
     result = {
-        "benchmark": "train_throughput", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "train_throughput", "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "preset": args.preset, "params_total": counts.total, "params_non_embedding": counts.non_embedding,
         "batch_sequences": args.batch, "seq_len": args.seq_len, "tokens_per_step": n_tok, "precision": precision,
         "rounds": args.rounds, "steps_per_round": args.steps_per_round,

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from packaging.version import Version
 
 from wattscale.errors import ConfigError
 from wattscale.hf import (
@@ -21,6 +22,10 @@ from wattscale.model import Llama, ModelConfig
 transformers = pytest.importorskip("transformers")
 
 TOLERANCE = 1e-4
+# transformers 4.56 renamed the loaders' torch_dtype argument to dtype (the old name warns in 5.x); the hf
+# extra's floor, 4.45, knows only torch_dtype.
+_DTYPE_ARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+FLOAT32 = {_DTYPE_ARG: torch.float32}
 
 # name -> (preset, overrides): tied GQA (4 heads, 2 KV heads), the same untied, and multi-query (1 KV head)
 # with a non-default RoPE base and norm eps, so every config field that reaches HF is exercised.
@@ -46,7 +51,7 @@ def build(variant: str, seed: int = 0) -> Llama:
 def hf_model(config: ModelConfig, attn_implementation: str):
     hf_config = transformers.LlamaConfig(**hf_config_dict(config))
     model = transformers.LlamaForCausalLM._from_config(
-        hf_config, attn_implementation=attn_implementation, dtype=torch.float32
+        hf_config, attn_implementation=attn_implementation, **FLOAT32
     )
     return model.eval()
 
@@ -97,7 +102,7 @@ def test_export_loads_with_from_pretrained(variant, tmp_path):
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
 
     hf, info = transformers.LlamaForCausalLM.from_pretrained(
-        out, output_loading_info=True, attn_implementation="eager", dtype=torch.float32, local_files_only=True
+        out, output_loading_info=True, attn_implementation="eager", local_files_only=True, **FLOAT32
     )
     assert info["missing_keys"] in ([], set())
     assert info["unexpected_keys"] in ([], set())

@@ -63,7 +63,10 @@ def test_warnings_for_a_narrow_collinear_design():
 
 def test_no_warnings_for_a_good_design():
     data = chinchilla_points(np.geomspace(1e7, 1e10, 6), np.geomspace(1e8, 1e11, 6))
-    fit = fit_law(data, "chinchilla", COARSE)
+    # A tight grid-stage ftol: at the default (2.2e-9, absolute for an objective of ~4e-5) how many starts stop
+    # within 1e-5 of the best turns on last-bit differences in the data (NumPy 1.26 and 2.x round geomspace
+    # differently): 1 start with one, 3 with the other. With 1e-12, 40 of 243 agree on both.
+    fit = fit_law(data, "chinchilla", FitOptions(grid="coarse", ftol=1e-12))
     assert identifiability_warnings(data, fit, bootstrap_law(data, fit, n_boot=100)) == ()
 
 

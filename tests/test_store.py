@@ -19,7 +19,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ from wattscale.store import Store, open_store
 from wattscale.store_schema import SCHEMA_VERSION
 
 POSTGRES_ENV = "WATTSCALE_TEST_POSTGRES_URL"
-UTC = timezone.utc
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 TABLES = {"runs", "evaluations", "train_steps", "power_samples", "energy_measurements", "schema_version"}
 _schema_ids = itertools.count()

@@ -22,11 +22,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
-
-import tomllib
 
 from wattscale.data import DataConfig
 from wattscale.energy.meter import MeterConfig

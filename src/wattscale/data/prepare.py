@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +211,7 @@ def _build(out_dir: Path, config: DataConfig, vocab_size: int, source: TextSourc
         "token_dtype": token_dtype(vocab_size).name,
         "train": {"documents": train_docs, "tokens": train_tokens},
         "val": {"documents": val_docs, "tokens": val_tokens},
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

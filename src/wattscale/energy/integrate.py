@@ -14,6 +14,10 @@ import numpy as np
 # a sampler asked for 100 Hz that achieved 98 Hz should not have its 100 Hz row skipped for timing jitter.
 _RATE_TOLERANCE = 1.05
 
+# np.trapezoid is NumPy >= 2.0; NumPy 1.26 (our floor, still what stacks that pin numpy<2 have) names it trapz.
+# Looking trapezoid up first keeps NumPy 2 off trapz, which it deprecates.
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
 
 def _as_trace(t_s: Sequence[float], power_w: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(t_s, dtype=np.float64)
@@ -30,7 +34,7 @@ def integrate_trapezoid(t_s: Sequence[float], power_w: Sequence[float]) -> float
     t, p = _as_trace(t_s, power_w)
     if t.size < 2:
         return 0.0
-    return float(np.trapezoid(p, t))
+    return float(_trapezoid(p, t))
 
 
 def trace_rate_hz(t_s: Sequence[float]) -> float:

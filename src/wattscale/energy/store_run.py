@@ -14,7 +14,7 @@ import hashlib
 import json
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from wattscale import __version__
@@ -64,7 +64,7 @@ class MeasuredRun:
             notes = "; ".join(m for m in (message, fields.pop("message", None)) if m)
             self.store.finish_run(self.run_id, result.status, {
                 **fields, "tokens_seen": result.job.tokens, "steps": result.job.steps,
-                "wall_seconds": job_end_s, "finished_at": datetime.now(timezone.utc), "message": notes or None})
+                "wall_seconds": job_end_s, "finished_at": datetime.now(UTC), "message": notes or None})
         finally:
             if self.owned:
                 self.store.close()
@@ -77,7 +77,7 @@ def _record(monitor: Monitor) -> dict[str, Any]:
     settings = {"meter": dataclasses.asdict(monitor.config), "gpus": monitor.gpus
                 if isinstance(monitor.gpus, str) else list(monitor.gpus), "metadata": monitor.metadata}
     config_json = json.dumps(settings, sort_keys=True, default=str)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     torch = sys.modules.get("torch")
     gpus = [{"device": d.device, "uuid": d.uuid} for d in monitor.devices.values() if d.component == "gpu"]
     record: dict[str, Any] = {

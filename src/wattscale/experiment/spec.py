@@ -38,11 +38,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from wattscale.config import TrainConfig
 from wattscale.data import DataConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from wattscale.analysis.efficiency import basis_figures
@@ -92,7 +92,7 @@ def gather(store: Store, experiment: str | None = None, run_id: str | None = Non
         curves=val_loss_curves(store, [r["run_id"] for r in runs if r["status"] == "finished"]),
         power_run=power_run, power=power, intervals=intervals,
         experiments=experiments, energy_basis=energy_basis,
-        generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        generated_at=datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 def _label_planned_runs(store: Store, runs: list[dict[str, Any]], experiments: list[dict[str, Any]]) -> None:

@@ -7,7 +7,7 @@ checkpoints, so every "current" figure here is the latest one written, not this 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -42,7 +42,7 @@ def watch_snapshot(store: Store, experiment: str | None = None) -> dict[str, Any
     running = [_running_row(store, run) for run in runs if run["status"] == "running"]
     return {
         "experiment": experiment, "store": store.display_url,
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "runs_total": planned if planned is not None else len(runs),
         "runs_done": sum(r["status"] in FINAL_STATUSES for r in runs),
         "runs_finished": sum(r["status"] == "finished" for r in runs),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import functools
 import gc
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -43,6 +44,13 @@ from wattscale.train.checkpoints import (
 )
 
 T = TypeVar("T")
+
+# DDP's switch for re-broadcasting buffers before each forward: torch 2.13 calls it forward_sync_buffers and
+# deprecates broadcast_buffers (FutureWarning); torch 2.12 has only broadcast_buffers, whose False also
+# skips the buffers' sync at construction. Harmless here: every rank derives the RoPE tables from the same config.
+_DDP_BUFFER_SYNC_ARG = ("forward_sync_buffers"
+                        if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                        else "broadcast_buffers")
 
 
 @dataclass(frozen=True)
@@ -233,7 +241,7 @@ def wrap_model(model: Llama, ctx: DistributedContext, parallel: str) -> Parallel
         # The RoPE tables are the only buffers and are derived from the config: no need to sync them per step.
         ddp = nn.parallel.DistributedDataParallel(
             _LossModule(model), device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            forward_sync_buffers=False)
+            **{_DDP_BUFFER_SYNC_ARG: False})
         return ParallelModel(ddp, ddp.no_sync, float(ctx.world_size))
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method

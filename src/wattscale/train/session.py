@@ -15,7 +15,7 @@ import hashlib
 import json
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -245,7 +245,7 @@ class _Session:
 
     def _record_start(self, existing: dict | None, resumed: bool) -> None:
         counts = count_parameters(self.config.model)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         resolved = self.config.to_dict()
         resolved["data_fingerprint"] = self.data.cache_key
         resolved["resolved"] = {"device": str(self.device), "precision": self.precision,
@@ -389,7 +389,7 @@ class _Session:
         if self.store is not None:
             self.store.finish_run(self.run_id, "finished", {
                 "tokens_seen": pos.tokens_seen, "steps": pos.step, "wall_seconds": wall,
-                "finished_at": datetime.now(timezone.utc), "final_val_loss": last.val_loss,
+                "finished_at": datetime.now(UTC), "final_val_loss": last.val_loss,
                 "final_val_ppl": last.val_ppl, **energy})
             result = _result_from_record(self.store.get_run(self.run_id), self.run_dir, already_done=False)
         return broadcast_object(self.ctx, result)
@@ -401,7 +401,7 @@ class _Session:
         if self.store is not None:
             message = "; ".join(m for m in (exc.reason, energy.pop("message", None)) if m)
             self.store.finish_run(self.run_id, "diverged", {
-                "finished_at": datetime.now(timezone.utc), "message": message, "tokens_seen": exc.tokens_seen,
+                "finished_at": datetime.now(UTC), "message": message, "tokens_seen": exc.tokens_seen,
                 "steps": exc.step, "wall_seconds": self.metering.job_seconds(), **energy})
             result = _result_from_record(self.store.get_run(self.run_id), self.run_dir, already_done=False)
         return broadcast_object(self.ctx, result)
