@@ -52,6 +52,20 @@ def test_exact_budget_not_a_multiple_of_the_batch(tmp_path: Path, cache_dir: Pat
     assert record["params_total"] == sum(p.numel() for p in _tiny_model().parameters())
 
 
+def test_final_evaluation_only_and_no_intermediate_checkpoints(tmp_path: Path, cache_dir: Path,
+                                                              run_cli_in_process) -> None:
+    config = _api_config(tmp_path, eval_interval_tokens=0, checkpoint_interval_tokens=0)
+    result = train(config, str(tmp_path / "w.db"), show_progress=False, cache_dir=cache_dir)
+    with open_store(str(tmp_path / "w.db")) as store:
+        evals = store.evaluations(result.run_id)
+        record = store.get_run(result.run_id)
+    assert [e["tokens_seen"] for e in evals] == [1000]
+    assert not (tmp_path / "runs" / result.run_id / "checkpoints").exists()
+    assert set(record["phases"]) == {"warmup", "train", "eval", "save", "other"}  # no checkpoint phase
+    bad = run_cli_in_process("train", *TINY, "--tokens", "1000", "--eval-interval-tokens", "-1")
+    assert bad.returncode == 2 and "train.eval_interval_tokens: -1 must be >= 0" in bad.stderr
+
+
 def _tiny_model():
     from wattscale.model import Llama, ModelConfig
 

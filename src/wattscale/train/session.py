@@ -185,10 +185,8 @@ class _Session:
         self.plan = StepPlan(config.train.tokens, config.train.batch_size, config.seq_len)
         tc = config.train
         # None: no intermediate evaluations (the final one always happens) or checkpoints.
-        self.eval_interval = max(1, tc.tokens // 10) if tc.eval_interval_tokens is None else tc.eval_interval_tokens
-        self.checkpoint_interval = (self.eval_interval if tc.checkpoint_interval_tokens is None
-                                    else tc.checkpoint_interval_tokens) or None
-        self.eval_interval = self.eval_interval or None
+        self.eval_interval = _token_interval(tc.eval_interval_tokens, max(1, tc.tokens // 10))
+        self.checkpoint_interval = _token_interval(tc.checkpoint_interval_tokens, self.eval_interval)
         self.micro_batch = tc.micro_batch_size or tc.batch_size
         self.warmup_steps = round(tc.warmup_fraction * self.plan.total_steps)
         self.resumed = False
@@ -405,6 +403,11 @@ class _Session:
                 "steps": exc.step, "wall_seconds": self.metering.job_seconds(), **energy})
             result = _result_from_record(self.store.get_run(self.run_id), self.run_dir, already_done=False)
         return broadcast_object(self.ctx, result)
+
+
+def _token_interval(setting: int | None, default: int | None) -> int | None:
+    """An interval setting in tokens: unset takes `default`, 0 means none (None)."""
+    return (default if setting is None else setting) or None
 
 
 def _resume_state(run_dir: Path, meta: CheckpointMeta | None) -> dict | None:
