@@ -334,7 +334,10 @@ def test_cpu_estimate_rises_under_load() -> None:
     worker.start()
     try:
         time.sleep(0.15)
+        cpu_before, energy_before = _cpu_seconds(), meter.read().energy_j["cpu"]
         busy_w = _mean_power_w(meter, 1.0)
+        time.sleep(0.02)  # past the counter's 10 ms window, so the next read is fresh
+        energy_after, cpu_after = meter.read().energy_j["cpu"], _cpu_seconds()
     finally:
         stop.set()
         worker.join()
@@ -343,8 +346,13 @@ def test_cpu_estimate_rises_under_load() -> None:
     assert idle_w < 5.0
     assert busy_w > idle_w + 5.0
     assert busy_w <= 20.0 * meter.cores + 1e-9
-    reading = meter.read()
-    assert reading.energy_j is None
+    # The cumulative estimate is this process's CPU seconds x 20 W (up to a few 10 ms ticks either side).
+    assert energy_after - energy_before == pytest.approx(20.0 * (cpu_after - cpu_before), abs=20.0 * 0.05)
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def test_cpu_estimate_counts_child_processes() -> None:

@@ -80,7 +80,7 @@ class EnergyWindow:
     """Energy per device between two marks (times in seconds since the sampler started).
 
     ``sources`` gives each device's source: "counter" (a hardware counter difference), "integrated" (the
-    trapezoid of sampled power) or "estimated" (the trapezoid of a modelled power, e.g. the CPU estimate);
+    trapezoid of sampled power) or "estimated" (a model's cumulative estimate, or the trapezoid of its power);
     ``source`` is the least direct of them. ``complete`` is False when a meter failed inside the window or at
     its boundary, so the figure may miss energy; ``errors`` then says why.
     """
@@ -352,11 +352,12 @@ class PowerSampler:
             for device in meter.devices:
                 ok = begin.read_ok[device] and end.read_ok[device]
                 start_j, end_j = begin.counter_j[device], end.counter_j[device]
-                if not modelled and start_j is not None and end_j is not None and end_j >= start_j:
-                    energy_j[device], sources[device] = end_j - start_j, "counter"
+                if start_j is not None and end_j is not None and end_j >= start_j:
+                    # A modelled meter's cumulative estimate (the CPU estimate's CPU seconds x TDP) stays estimated.
+                    energy_j[device], sources[device] = end_j - start_j, "estimated" if modelled else "counter"
                 else:
                     # No counter (fine), or it vanished or went backwards (a reset): the integral may miss energy.
-                    ok = ok and (modelled or (start_j is None and end_j is None))
+                    ok = ok and start_j is None and end_j is None
                     energy_j[device] = end.integral_j[device] - begin.integral_j[device]
                     sources[device] = "estimated" if modelled else "integrated"
                 complete &= ok
