@@ -51,14 +51,18 @@ class PhaseTally:
     def add_window(self, window: EnergyWindow | None, seconds: float) -> None:
         """Add a segment: its seconds and, when metered, its energy per device."""
         self.seconds += seconds
-        if window is None:
-            return
-        for device, joules in window.energy_j.items():
+        if window is not None:
+            sources = {d: window.sources.get(d, window.source) for d in window.energy_j}
+            self.add_energy(window.energy_j, sources, window.complete, window.errors)
+
+    def add_energy(self, energy_j: Mapping[str, float], sources: Mapping[str, str], complete: bool,
+                   errors: Iterable[str]) -> None:
+        """Add joules per device (each device's source becomes the weakest seen), completeness and errors."""
+        for device, joules in energy_j.items():
             self.energy_j[device] = self.energy_j.get(device, 0.0) + joules
-            new = window.sources.get(device, window.source)
-            self.sources[device] = weakest_source([self.sources.get(device, new), new])
-        self.complete = self.complete and window.complete
-        for message in window.errors:
+            self.sources[device] = weakest_source([self.sources.get(device, sources[device]), sources[device]])
+        self.complete = self.complete and complete
+        for message in errors:
             if message not in self.errors and len(self.errors) < MAX_WINDOW_ERRORS:
                 self.errors.append(message)
 
@@ -211,12 +215,7 @@ def combined_tally(tallies: Iterable[PhaseTally]) -> PhaseTally:
         out.seconds += tally.seconds
         out.tokens += tally.tokens
         out.steps += tally.steps
-        out.complete = out.complete and tally.complete
-        for device, joules in tally.energy_j.items():
-            out.energy_j[device] = out.energy_j.get(device, 0.0) + joules
-            out.sources[device] = weakest_source([out.sources.get(device, tally.sources[device]),
-                                                  tally.sources[device]])
-        out.errors.extend(m for m in tally.errors if m not in out.errors)
+        out.add_energy(tally.energy_j, tally.sources, tally.complete, tally.errors)
     return out
 
 
