@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import sys
-import threading
 import time
 import types
 from pathlib import Path
 
+import psutil
 import pytest
 
 from wattscale.energy.cpu_estimate import CpuEstimateMeter
@@ -309,13 +308,6 @@ def test_nvml_real_library_on_this_machine() -> None:
 # --- CPU estimate -----------------------------------------------------------------------------------------
 
 
-def _busy(stop: threading.Event) -> None:
-    x = 0
-    while not stop.is_set():
-        for i in range(10_000):
-            x += i * i
-
-
 def _mean_power_w(meter: CpuEstimateMeter, seconds: float) -> float:
     end = time.monotonic() + seconds
     values = []
@@ -325,37 +317,44 @@ def _mean_power_w(meter: CpuEstimateMeter, seconds: float) -> float:
     return sum(values) / len(values)
 
 
+# A child that sleeps until it reads a line on stdin, then spins one core until killed. Metering a dedicated
+# child (pid=) keeps the test independent of whatever threads or children earlier tests left in this process.
+_SPINNER = "import sys\nsys.stdin.readline()\nwhile True: pass"
+
+
+def _child_cpu_seconds(child: psutil.Process) -> float:
+    times = child.cpu_times()
+    return times.user + times.system
+
+
 def test_cpu_estimate_rises_under_load() -> None:
-    meter = CpuEstimateMeter(tdp_w_per_core=20.0, power_window_s=0.1)
-    assert isinstance(meter, Meter)
-    assert meter.energy_source == "estimated" and meter.devices == ("cpu",)
-    idle_w = _mean_power_w(meter, 0.6)
-    stop = threading.Event()
-    worker = threading.Thread(target=_busy, args=(stop,), daemon=True)
-    worker.start()
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", _SPINNER], stdin=subprocess.PIPE, text=True)
     try:
+        time.sleep(0.3)  # past the interpreter's start-up
+        meter = CpuEstimateMeter(tdp_w_per_core=20.0, power_window_s=0.1, pid=proc.pid)
+        assert isinstance(meter, Meter)
+        assert meter.energy_source == "estimated" and meter.devices == ("cpu",)
+        idle_w = _mean_power_w(meter, 0.6)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
         time.sleep(0.15)
-        cpu_before, energy_before = _cpu_seconds(), meter.read().energy_j["cpu"]
+        child = psutil.Process(proc.pid)
+        cpu_before, energy_before = _child_cpu_seconds(child), meter.read().energy_j["cpu"]
         busy_w = _mean_power_w(meter, 1.0)
         time.sleep(0.02)  # past the counter's 10 ms window, so the next read is fresh
-        energy_after, cpu_after = meter.read().energy_j["cpu"], _cpu_seconds()
+        energy_after, cpu_after = meter.read().energy_j["cpu"], _child_cpu_seconds(child)
     finally:
-        stop.set()
-        worker.join()
-    # One spinning thread holds up to one core: up to 20 W (the GIL caps this process near one core). The
-    # bounds leave room for a shared machine where the thread gets only part of a core.
+        proc.kill()
+        proc.wait(timeout=10)
+    # One spinning process holds up to one core: up to 20 W. The bounds leave room for a shared machine where it
+    # gets only part of a core.
     assert idle_w < 5.0
     assert busy_w > idle_w + 5.0
     assert busy_w <= 20.0 * meter.cores + 1e-9
-    # The cumulative estimate is this process's CPU seconds x 20 W (up to a few 10 ms ticks either side).
+    # The cumulative estimate is the child's CPU seconds x 20 W (up to a few 10 ms ticks either side).
     assert energy_after - energy_before == pytest.approx(20.0 * (cpu_after - cpu_before), abs=20.0 * 0.05)
-
-
-def _cpu_seconds() -> float:
-    # This process's own threads only: a child of an earlier test reaped meanwhile would move its whole CPU time
-    # into os.times()'s children fields at once (the meter keeps a high-water mark against exactly that).
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def test_cpu_estimate_counts_child_processes() -> None:
