@@ -1,14 +1,18 @@
 """The `wattscale` command. Each sub-command parses, calls one typed function, prints.
 
-Exit codes: 0 success; 2 bad input (one-line message naming the field); 3 the run diverged
-(recorded in the store as `diverged`); 4 a sweep ended with failed runs (re-run to retry them);
-130 interrupted (resume by re-running the same command).
+Exit codes: 0 success; 2 bad input or a broken environment (one-line message naming the field or
+file and the fix; nothing in the store changes); 3 the run diverged (recorded in the store as
+`diverged`); 4 a sweep ended with failed runs (re-run to retry them); 130 interrupted (resume by
+re-running the same command); 1 an internal error (a bug: the message says how to report it, and
+WATTSCALE_DEBUG=1 shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import math
 import os
 import signal
 import sys
@@ -21,13 +25,69 @@ from wattscale.jsonout import strict_json
 DEFAULT_STORE = "./wattscale.db"
 EXIT_DIVERGED = 3
 EXIT_RUNS_FAILED = 4
+EXIT_INTERNAL_ERROR = 1
+MAX_INT64 = 2**63 - 1
+# OS errors that are the environment's, not wattscale's: reported in one line with the file, exit 2.
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT,
+                                 errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EMFILE,
+                                 errno.EIO})
 # Modules that add sub-commands: each has add_commands(sub, common).
 _COMMAND_MODULES: tuple[str, ...] = ("wattscale.cli_analysis", "wattscale.cli_report", "wattscale.cli_laws")
 
 
+class WattscaleArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors, and int/float flags that refuse what no setting can hold.
+
+    Every `type=int` flag refuses integers beyond 64 bits (the store's BIGINT) and every `type=float` flag
+    refuses nan and inf, by registering checked converters under the built-in types' names.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("type", int, _int64)
+        self.register("type", float, _finite_float)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """One line naming the flag, and where the full usage is, instead of the whole usage text."""
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if abs(value) > MAX_INT64:
+        raise argparse.ArgumentTypeError(f"{text} does not fit in 64 bits (at most 2**63 - 1)")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def store_url(args: argparse.Namespace) -> str:
     """--store beats $WATTSCALE_STORE beats ./wattscale.db."""
-    return getattr(args, "store", None) or os.environ.get("WATTSCALE_STORE") or DEFAULT_STORE
+    given = getattr(args, "store", None)
+    if given is not None and not given.strip():
+        raise WattscaleError("--store: empty; give a SQLite path or a SQLAlchemy URL (or leave --store out for "
+                             f"$WATTSCALE_STORE or {DEFAULT_STORE})")
+    return given or os.environ.get("WATTSCALE_STORE") or DEFAULT_STORE
+
+
+def sampling_rates_hz(text: str) -> tuple[float, ...]:
+    """--rates: comma-separated positive sampling rates in Hz."""
+    rates = []
+    for part in text.split(","):
+        try:
+            rate = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a number; give rates in Hz, "
+                                             "e.g. 1000,100,10") from None
+        if not (math.isfinite(rate) and rate > 0):
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a positive sampling rate in Hz")
+        rates.append(rate)
+    return tuple(rates)
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -148,9 +208,8 @@ def cmd_energy(args: argparse.Namespace) -> int:
     from wattscale.energy.report import energy_report
     from wattscale.store import open_store
 
-    rates = tuple(float(r) for r in args.rates.split(",")) if args.rates else None
     with open_store(store_url(args), create=False) as store:
-        report = energy_report(store, args.run_id, args.grid_gco2e_per_kwh, *([rates] if rates else []))
+        report = energy_report(store, args.run_id, args.grid_gco2e_per_kwh, *([args.rates] if args.rates else []))
     if args.json:
         print(strict_json(report.to_dict()))
         return 0
@@ -295,9 +354,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sub-command."""
     store_help = f"results database: a path (SQLite) or SQLAlchemy URL; env WATTSCALE_STORE; default {DEFAULT_STORE}"
-    parser = argparse.ArgumentParser(prog="wattscale", description=__doc__.splitlines()[0])
+    parser = WattscaleArgumentParser(prog="wattscale", description=__doc__.splitlines()[0])
     parser.add_argument("--store", help=store_help)
-    common = argparse.ArgumentParser(add_help=False)
+    common = WattscaleArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -346,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("energy", parents=[common], help="a run's energy, power, CO2e and sampling-rate analysis")
     p.add_argument("run_id", help="a run's id (see `wattscale runs`)")
     p.add_argument("--grid-gco2e-per-kwh", type=float, help="grid carbon intensity for CO2e (default: the run's)")
-    p.add_argument("--rates", help="sampling rates in Hz to re-compute the energy at (default 1000,100,10,1,0.1)")
+    p.add_argument("--rates", type=sampling_rates_hz,
+                   help="sampling rates in Hz to re-compute the energy at (default 1000,100,10,1,0.1)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_energy)
 
@@ -383,7 +443,11 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `wattscale` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    empty = _first_empty_value(args)
+    if empty:
+        parser.exit(2, f"wattscale: error: {empty}: empty value; give one, or leave the flag out for its default\n")
     # SIGTERM (e.g. a cluster scheduler) is handled like Ctrl-C: the run is marked interrupted.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -394,6 +458,38 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wattscale: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # the environment's fault in one line; otherwise a bug, with the traceback on request
+        if os.environ.get("WATTSCALE_DEBUG"):
+            raise
+        if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+            print(f"wattscale: error: {_os_error_line(exc)}", file=sys.stderr)
+            return 2
+        first_line = (str(exc).splitlines() or [""])[0]
+        print(f"wattscale: internal error: {type(exc).__name__}: {first_line} -- a bug in wattscale; please report "
+              "it with the command (WATTSCALE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+def _first_empty_value(args: argparse.Namespace) -> str | None:
+    """The flag (as --name) of the first empty or blank string value; no wattscale setting means anything by ''."""
+    for dest, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            return dest if dest in _POSITIONALS else "--" + dest.replace("_", "-")
+    return None
+
+
+_POSITIONALS = frozenset({"file", "path", "run_id"})
+
+
+def _os_error_line(exc: OSError) -> str:
+    """An OS error as one line naming the file and what to do."""
+    where = f" {exc.filename}" if exc.filename else ""
+    fix = {errno.ENOSPC: "free space there, or use another folder (e.g. --run-root)",
+           errno.EDQUOT: "free space there, or use another folder (e.g. --run-root)",
+           errno.EROFS: "the file system is read-only; use a writable folder",
+           errno.EACCES: "check its permissions", errno.EPERM: "check its permissions"}.get(exc.errno, "check the path")
+    return f"{exc.strerror or exc}:{where}; {fix}"
 
 
 if __name__ == "__main__":

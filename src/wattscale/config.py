@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,6 +34,13 @@ from wattscale.errors import ConfigError
 from wattscale.model import ModelConfig
 
 SCHEDULES = ("cosine", "wsd", "constant")
+# Integers are stored as SQL BIGINT (64-bit signed), so no setting may exceed this.
+MAX_INT64 = 2**63 - 1
+# A quadrillion tokens: some 60x the largest published training runs, far below where the token arithmetic
+# (tokens x FLOPs per token, stored as a double) loses precision. A larger budget is a typo.
+MAX_TRAIN_TOKENS = 10**15
+# torch starts this many intra-op threads on the first matmul; more is a typo, not oversubscription.
+MAX_THREADS = 1024
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # tf32: fp32 weights, TF32 tensor-core matmuls (CUDA only)
 PARALLEL_MODES = ("ddp", "fsdp")
 
@@ -137,6 +145,13 @@ def _train_problems(c: TrainConfig) -> list[str]:
     p: list[str] = []
     if not isinstance(c.tokens, int) or c.tokens <= 0:
         p.append(f"train.tokens: {c.tokens!r} must be a positive integer number of tokens")
+    elif c.tokens > MAX_TRAIN_TOKENS:
+        p.append(f"train.tokens: {c.tokens:,} is more than wattscale trains ({MAX_TRAIN_TOKENS:.0e} tokens); "
+                 "check the number")
+    if not 0 <= c.seed <= MAX_INT64:
+        p.append(f"train.seed: {c.seed!r} must lie in [0, 2**63 - 1]")
+    if c.threads is not None and c.threads > MAX_THREADS:
+        p.append(f"train.threads: {c.threads:,} is more than {MAX_THREADS} threads; use about one per core")
     if c.repeat < 0:
         p.append(f"train.repeat: {c.repeat!r} must be >= 0")
     for name in ("batch_size", "eval_tokens"):
@@ -275,8 +290,12 @@ def _check_type(where: str, value: Any, hint: Any) -> None:
         elif getattr(hint, "__origin__", None) is tuple and isinstance(value, (list, tuple)):
             ok = all(isinstance(v, str) for v in value)
         elif t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: {value!r} is not a finite number; give a number such as 0.5")
             ok = True
         elif t is int and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_INT64:
+                raise ConfigError(f"{where}: {value} does not fit in 64 bits (at most 2**63 - 1); check the number")
             ok = True
         elif t in (str, bool) and isinstance(value, t):
             ok = True
