@@ -116,6 +116,8 @@ def _analyze_csv(args: argparse.Namespace) -> int:
 
         console.print(f"[bold]{result['metric']}[/bold] by {result['factor']} from {result['source']}")
         print_level_summary(result["levels"], console)
+        for note in result["notes"]:
+            console.print(f"note: {note}")
         print_comparison(result["statistics"], console)
 
     _emit(result, args, show)
