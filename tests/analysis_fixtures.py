@@ -54,7 +54,10 @@ def write_study(path: Path, repetitions: int = 4, experiment: str = "toy", skip:
     return planned
 
 
-def _write_run(store, run_id: str, rep: int, level: int, experiment: str, n_evals: int, finished: bool) -> None:
+def _write_run(store, run_id: str, rep: int, level: int, experiment: str | None, n_evals: int, finished: bool,
+               final_loss: float | None = None, energy: float | None | str = "default") -> None:
+    """One run at ``level`` tokens for repetition ``rep``; ``final_loss``/``energy`` override the known values
+    (``energy=None``: no energy measured)."""
     config = {"model": {"vocab_size": VOCAB}, "train": {"batch_size": 4, "seq_len": 50}}
     device_info = {"device": "cpu", "peak_flops": PEAK_FLOPS, "peak_flops_source": "test"}
     store.create_run({"run_id": run_id, "experiment": experiment, "preset": "llama-tiny",
@@ -70,7 +73,8 @@ def _write_run(store, run_id: str, rep: int, level: int, experiment: str, n_eval
         store.add_evaluation(run_id, {"step": i, "tokens_seen": tokens, "val_loss": loss, "val_ppl": math.exp(loss)})
     if not finished:
         return
-    loss = val_loss(rep, level)
+    loss = val_loss(rep, level) if final_loss is None else final_loss
+    joules = energy_j(rep, level) if energy == "default" else energy
     store.finish_run(run_id, "finished", {"wall_seconds": 2.0 * level / 1000 + rep, "tokens_seen": level,
                                           "steps": steps, "final_val_loss": loss, "final_val_ppl": math.exp(loss),
-                                          "energy_j": energy_j(rep, level), "energy_source": "counter"})
+                                          "energy_j": joules, "energy_source": None if joules is None else "counter"})
