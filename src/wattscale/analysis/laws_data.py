@@ -111,6 +111,9 @@ def make_law_data(*, params: Any, loss: Any, tokens: Any = None, batch_tokens: A
     """Validate and complete the columns (derive the third of tokens/batch_tokens/steps); see the module doc."""
     if param_counting not in PARAM_COUNTINGS:
         raise ConfigError(f"param_counting: {param_counting!r} is not one of {', '.join(PARAM_COUNTINGS)}")
+    if np.size(loss) == 0:
+        raise ConfigError(f"points: {source or 'the input'} has no rows; a fit needs points (one per run or "
+                          "checkpoint)")
     n_arr = _positive("params", params, source)
     y = _positive("loss", loss, source)
     if n_arr.shape != y.shape or n_arr.ndim != 1:
