@@ -113,10 +113,14 @@ def analyze_law(data: LawData, form: str = "chinchilla", options: FitOptions | N
     comparison = tuple(compare_forms(data, [fit, *other_fits])) if other_fits else ()
     is_three = fit.form == "three-term"
     has_compute_optimum = fit.form in BUILT_IN_FORMS
+    optima = tuple(compute_optima(fit, boot, flops or default_flops(data))) if has_compute_optimum else ()
+    if any(not np.isfinite([o.params.value, o.tokens.value, o.loss.value]).all() for o in optima):
+        not_compared.append("compute-optimal allocation not computable: the fitted law has a term whose coefficient "
+                            "or exponent is 0 (loss does not fall with N or with D), so N*(C), D*(C) are undefined")
     return LawAnalysis(
         data=summarize_data(data), fit=fit, bootstrap=boot, validation=validation, comparison=comparison,
         warnings=identifiability_warnings(data, fit, boot) + tuple(not_compared),
-        compute_optima=tuple(compute_optima(fit, boot, flops or default_flops(data))) if has_compute_optimum else (),
+        compute_optima=optima,
         loss_targets=tuple(loss_targets(fit, boot, losses)) if has_compute_optimum and losses else (),
         batch_law=batch_law(fit, boot) if is_three else None,
         batch_optima=tuple(batch_optima(fit, boot, tokens or default_tokens(data), epsilon)) if is_three else (),
