@@ -13,6 +13,7 @@ are the same on every run; sized so the file takes well under a minute on a 2-co
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import signal
@@ -107,6 +108,7 @@ def test_analyze_and_fit_on_any_store_give_a_result_or_a_reason(drawn) -> None:
     experiment, constant, runs = drawn
     with tempfile.TemporaryDirectory() as tmp:
         db = write_store(Path(tmp) / "s.db", experiment, constant, runs)
+        before = hashlib.sha256(db.read_bytes()).hexdigest()
         res = run("--store", str(db), "analyze", "--out", f"{tmp}/out")
         assert_clean_exit(res)
         if res.code == 0:
@@ -116,6 +118,7 @@ def test_analyze_and_fit_on_any_store_give_a_result_or_a_reason(drawn) -> None:
             assert not any(r["finished"] for r in runs), res.stderr  # only a store without finished runs fails
         fit = run("--store", str(db), "fit", "--boot", "3", "--grid", "coarse", "--no-plot")
         assert_clean_exit(fit)
+        assert hashlib.sha256(db.read_bytes()).hexdigest() == before  # analysis only reads the store
 
 
 @settings(FAST, max_examples=4)
