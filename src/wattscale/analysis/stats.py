@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
@@ -50,41 +48,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from wattscale.analysis.computable import NotComputable, computing, require_finite
 from wattscale.errors import ConfigError
 
 SPHERICITY_ALPHA = 0.05
 CI_LEVEL = 0.95
-# What a test's numerics raise on data it cannot handle (singular matrices, zero variance, too few rows): numpy's
-# LinAlgError is a ValueError; pingouin checks its input with assert.
-_NUMERICAL_ERRORS = (ArithmeticError, ValueError, AssertionError, IndexError, KeyError)
-
-
-class NotComputable(ConfigError):
-    """A test that cannot be computed on these data; callers list it under ``not_computable`` with the reason."""
-
-
-@contextmanager
-def computing(test: str) -> Iterator[None]:
-    """Turn a numerical failure inside ``test`` into `NotComputable` naming the test and the cause."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # divide-by-zero and NaN warnings: checked as results
-            yield
-    except ConfigError:
-        raise
-    except _NUMERICAL_ERRORS as exc:
-        cause = (str(exc).splitlines() or [""])[0] or type(exc).__name__
-        raise NotComputable(f"{test} not computable on these data ({type(exc).__name__}: {cause})") from None
-
-
-def require_finite(test: str, **values: float) -> None:
-    """Raise `NotComputable` when a statistic came out NaN or infinite (e.g. zero variance in a cell)."""
-    bad = [name for name, v in values.items() if not math.isfinite(float(v))]
-    if bad:
-        raise NotComputable(f"{test} not computable on these data: {', '.join(bad)} came out "
-                            f"{'/'.join(sorted({str(float(values[b])) for b in bad}))} (e.g. no variance to test)")
-
-
 def json_ready(value: Any) -> Any:
     """numpy scalars -> Python scalars, tuples -> lists, so ``to_dict()`` goes straight into JSON."""
     if isinstance(value, (list, tuple)):
