@@ -54,13 +54,18 @@ def write_study(path: Path, repetitions: int = 4, experiment: str = "toy", skip:
     return planned
 
 
-def _write_run(store, run_id: str, rep: int, level: int, experiment: str, n_evals: int, finished: bool) -> None:
+def _write_run(store, run_id: str, rep: int, level: int, experiment: str | None, n_evals: int, finished: bool,
+               final_loss: float | None = None, energy: float | None | str = "default",
+               params_non_embedding: int | None = None) -> None:
+    """One run at ``level`` tokens for repetition ``rep``; ``final_loss``/``energy`` override the known values
+    (``energy=None``: no energy measured); ``params_non_embedding`` (default unset) makes it fittable by a law."""
     config = {"model": {"vocab_size": VOCAB}, "train": {"batch_size": 4, "seq_len": 50}}
     device_info = {"device": "cpu", "peak_flops": PEAK_FLOPS, "peak_flops_source": "test"}
     store.create_run({"run_id": run_id, "experiment": experiment, "preset": "llama-tiny",
                       "config_json": json.dumps(config), "config_hash": run_id, "seed": rep, "tokens_budget": level,
                       "data_tokens": level, "epochs": 1.0, "params_total": PARAMS, "flops_per_token": FLOPS_PER_TOKEN,
-                      "device_info_json": json.dumps(device_info)})
+                      "device_info_json": json.dumps(device_info),
+                      **({"params_non_embedding": params_non_embedding} if params_non_embedding else {})})
     steps = level // 200
     store.add_train_steps(run_id, [{"step": s, "tokens_seen": 200 * (s + 1), "loss": 7.0 - 0.01 * s,
                                     "step_seconds": 0.5} for s in range(steps)])
@@ -70,7 +75,8 @@ def _write_run(store, run_id: str, rep: int, level: int, experiment: str, n_eval
         store.add_evaluation(run_id, {"step": i, "tokens_seen": tokens, "val_loss": loss, "val_ppl": math.exp(loss)})
     if not finished:
         return
-    loss = val_loss(rep, level)
+    loss = val_loss(rep, level) if final_loss is None else final_loss
+    joules = energy_j(rep, level) if energy == "default" else energy
     store.finish_run(run_id, "finished", {"wall_seconds": 2.0 * level / 1000 + rep, "tokens_seen": level,
                                           "steps": steps, "final_val_loss": loss, "final_val_ppl": math.exp(loss),
-                                          "energy_j": energy_j(rep, level), "energy_source": "counter"})
+                                          "energy_j": joules, "energy_source": None if joules is None else "counter"})

@@ -69,6 +69,10 @@ def load_metrics_hook(path: Path) -> dict[str, Any]:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Analyse a study (store or export) or a long CSV, print it, optionally write JSON/CSV files."""
+    if args.out:  # before the work: a folder that cannot take the files would waste the analysis
+        from wattscale.output_paths import check_output_folder
+
+        check_output_folder(args.out, "--out")
     if args.csv:
         return _analyze_csv(args)
     if args.factor:
@@ -116,6 +120,8 @@ def _analyze_csv(args: argparse.Namespace) -> int:
 
         console.print(f"[bold]{result['metric']}[/bold] by {result['factor']} from {result['source']}")
         print_level_summary(result["levels"], console)
+        for note in result["notes"]:
+            console.print(f"note: {note}")
         print_comparison(result["statistics"], console)
 
     _emit(result, args, show)

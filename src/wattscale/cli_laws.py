@@ -120,6 +120,10 @@ def _print_optima(compute: Any, targets: Any, law: Any, batches: Any) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a law with bootstrap, validation, comparison and optima; print tables or JSON; write the plot."""
+    if not args.no_plot:  # before the work: a figure that cannot be written would waste the fit
+        from wattscale.output_paths import check_output_file
+
+        check_output_file(args.plot or f"fit_{args.form}.png", "--plot", (".png", ".pdf", ".svg"))
     data = load_points(args)  # first: bad input fails before torch and matplotlib are imported
     from wattscale.analysis.laws_analysis import analyze_law
     from wattscale.analysis.laws_plot import plot_fit

@@ -372,10 +372,13 @@ def compute_optimal(form: str | LawForm, params: ParamMap, flops: np.ndarray) ->
         return {"params": n_opt, "tokens": d_opt, "loss": ((nc / n_opt) ** r + dc / d_opt) ** a_d}
     p = _chinchilla_params(form, params)
     s = p["alpha"] + p["beta"]
-    g = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1.0 / s)
-    n_opt = g * c6 ** (p["beta"] / s)
-    d_opt = c6 ** (p["alpha"] / s) / g  # = c6 / n_opt, also at C = inf
-    loss = p["E"] + p["A"] * n_opt ** -p["alpha"] + p["B"] * d_opt ** -p["beta"]
+    # A term with a zero coefficient or exponent (loss not falling with N or D) has no interior optimum: NaN/inf,
+    # which analyze_law names in its warnings.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        g = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1.0 / s)
+        n_opt = g * c6 ** (p["beta"] / s)
+        d_opt = c6 ** (p["alpha"] / s) / g  # = c6 / n_opt, also at C = inf
+        loss = p["E"] + p["A"] * n_opt ** -p["alpha"] + p["B"] * d_opt ** -p["beta"]
     return {"params": n_opt, "tokens": d_opt, "loss": loss}
 
 

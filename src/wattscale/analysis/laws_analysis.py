@@ -33,6 +33,7 @@ from wattscale.analysis.laws_optima import (
     compute_optima,
     loss_targets,
 )
+from wattscale.errors import ConfigError
 
 BUILT_IN_FORMS = ("chinchilla", "kaplan", "three-term")
 
@@ -102,13 +103,24 @@ def analyze_law(data: LawData, form: str = "chinchilla", options: FitOptions | N
     boot = bootstrap_law(data, fit, n_boot=n_boot, seed=seed, level=level, options=options) if n_boot else None
     validation = leave_largest_out(data, form, options) if validate else None
     others = [f for f in (applicable_forms(data) if compare is None else compare) if f != fit.form]
-    comparison = tuple(compare_forms(data, [fit] + [fit_law(data, f, options) for f in others])) if others else ()
+    not_compared = []
+    other_fits = []
+    for name in others:
+        try:
+            other_fits.append(fit_law(data, name, options))
+        except ConfigError as exc:  # too few points for a form with more parameters: said, not fatal
+            not_compared.append(f"form {name} not compared: {exc}")
+    comparison = tuple(compare_forms(data, [fit, *other_fits])) if other_fits else ()
     is_three = fit.form == "three-term"
     has_compute_optimum = fit.form in BUILT_IN_FORMS
+    optima = tuple(compute_optima(fit, boot, flops or default_flops(data))) if has_compute_optimum else ()
+    if any(not np.isfinite([o.params.value, o.tokens.value, o.loss.value]).all() for o in optima):
+        not_compared.append("compute-optimal allocation not computable: the fitted law has a term whose coefficient "
+                            "or exponent is 0 (loss does not fall with N or with D), so N*(C), D*(C) are undefined")
     return LawAnalysis(
         data=summarize_data(data), fit=fit, bootstrap=boot, validation=validation, comparison=comparison,
-        warnings=identifiability_warnings(data, fit, boot),
-        compute_optima=tuple(compute_optima(fit, boot, flops or default_flops(data))) if has_compute_optimum else (),
+        warnings=identifiability_warnings(data, fit, boot) + tuple(not_compared),
+        compute_optima=optima,
         loss_targets=tuple(loss_targets(fit, boot, losses)) if has_compute_optimum and losses else (),
         batch_law=batch_law(fit, boot) if is_three else None,
         batch_optima=tuple(batch_optima(fit, boot, tokens or default_tokens(data), epsilon)) if is_three else (),

@@ -22,7 +22,7 @@ import numpy as np
 from wattscale.analysis.laws import get_form
 from wattscale.analysis.laws_bootstrap import LawBootstrap
 from wattscale.analysis.laws_data import LawData
-from wattscale.analysis.laws_fit import FitOptions, LawFit, Result, fit_law
+from wattscale.analysis.laws_fit import FitOptions, LawFit, Result, fit_law, points_needed
 
 SPAN_WARNING = 10.0
 HOLDOUT_FRACTION = 0.1
@@ -56,7 +56,7 @@ def leave_largest_out(data: LawData, form: str, options: FitOptions | None = Non
         if (data.params >= threshold).sum() >= holdout_fraction * len(data):
             break
     test = data.params >= threshold
-    if np.unique(data.params[~test]).size < 3:
+    if np.unique(data.params[~test]).size < 3 or (~test).sum() < points_needed(form):
         return None
     fit = fit_law(data.subset(~test), form, options)
     held = data.subset(test)

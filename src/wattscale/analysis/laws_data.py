@@ -10,7 +10,8 @@ three are given they must agree within 1%.
 
 From the store (:func:`law_data_from_store`): finished runs only; ``params`` is ``params_non_embedding`` by
 default (``param_counting="total"`` for ``params_total``) and the choice is recorded; ``batch_tokens`` is
-``train.batch_size * train.seq_len`` from the run's config; the point is (tokens_seen, final_val_loss), and with
+``train.batch_size * train.seq_len`` from the run's config (``model.context_length`` when ``train.seq_len`` is null,
+as for every run trained without ``--seq-len``); the point is (tokens_seen, final_val_loss), and with
 ``checkpoints=True`` every stored evaluation too (``steps = tokens_seen / batch_tokens``). Intermediate
 checkpoints of a decaying schedule (cosine) are not what a shorter run would reach, which is why they are off
 by default.
@@ -74,16 +75,34 @@ class LawData:
                        energy_source=self.energy_source, notes=self.notes)
 
 
-def _positive(name: str, values: Any) -> np.ndarray:
+def _floats(name: str, values: Any, source: str = "") -> np.ndarray:
+    """The column as float64; ConfigError naming the first cell that is not a number."""
     try:
-        arr = np.asarray(values, dtype=np.float64)
+        return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}: column is not numeric; give numbers") from None
+        cells = np.asarray(values, dtype=object).ravel()
+        i = next((i for i, v in enumerate(cells) if not _is_number(v)), 0)
+        where = f" of {source}" if source else ""
+        raise ConfigError(f"{name}: {cells[i]!r} at data row {i + 1}{where} is not a number; give numbers") from None
+
+
+def _positive(name: str, values: Any, source: str = "") -> np.ndarray:
+    where = f" of {source}" if source else ""
+    arr = _floats(name, values, source)
     bad = ~(np.isfinite(arr) & (arr > 0))
     if bad.any():
-        raise ConfigError(f"{name}: {int(bad.sum())} value(s) are not finite and > 0 (first at row "
-                          f"{int(np.argmax(bad))}); drop or fix those rows")
+        i = int(np.argmax(bad))
+        raise ConfigError(f"{name}: {int(bad.sum())} value(s) are not finite and > 0 (first at data row {i + 1}"
+                          f"{where}: {arr.ravel()[i]:g}); the fit takes logs: drop or fix those rows")
     return arr
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def make_law_data(*, params: Any, loss: Any, tokens: Any = None, batch_tokens: Any = None, steps: Any = None,
@@ -92,13 +111,16 @@ def make_law_data(*, params: Any, loss: Any, tokens: Any = None, batch_tokens: A
     """Validate and complete the columns (derive the third of tokens/batch_tokens/steps); see the module doc."""
     if param_counting not in PARAM_COUNTINGS:
         raise ConfigError(f"param_counting: {param_counting!r} is not one of {', '.join(PARAM_COUNTINGS)}")
-    n_arr = _positive("params", params)
-    y = _positive("loss", loss)
+    if np.size(loss) == 0:
+        raise ConfigError(f"points: {source or 'the input'} has no rows; a fit needs points (one per run or "
+                          "checkpoint)")
+    n_arr = _positive("params", params, source)
+    y = _positive("loss", loss, source)
     if n_arr.shape != y.shape or n_arr.ndim != 1:
         raise ConfigError(f"params/loss: need 1-D columns of equal length, got {n_arr.shape} and {y.shape}")
     if tokens is None and flops is not None:
-        tokens = _positive("flops", flops) / (6.0 * n_arr)
-    d, m, k = (None if v is None else _positive(name, v)
+        tokens = _positive("flops", flops, source) / (6.0 * n_arr)
+    d, m, k = (None if v is None else _positive(name, v, source)
                for name, v in (("tokens", tokens), ("batch_tokens", batch_tokens), ("steps", steps)))
     if d is None and m is not None and k is not None:
         d = m * k
@@ -113,11 +135,11 @@ def make_law_data(*, params: Any, loss: Any, tokens: Any = None, batch_tokens: A
                               f"steps by more than {CONSISTENCY_RTOL:.0%}; fix them or give only two of the three")
     if d is None:
         raise ConfigError("tokens: missing; give a tokens column (or flops, or batch_tokens and steps)")
-    w = np.ones_like(y) if weight is None else np.asarray(weight, dtype=np.float64)
+    w = np.ones_like(y) if weight is None else _floats("weight", weight, source)
     if w.shape != y.shape or not (np.isfinite(w) & (w >= 0)).all() or not w.sum() > 0:
         raise ConfigError("weight: need one finite weight >= 0 per row, not all zero")
     runs = np.arange(len(y)).astype(str) if run_id is None else np.asarray(run_id).astype(str)
-    energy = None if energy_j is None else np.asarray(energy_j, dtype=np.float64)
+    energy = None if energy_j is None else _floats("energy_j", energy_j, source)
     return LawData(params=n_arr, tokens=d, loss=y, run_id=runs, weight=w, batch_tokens=m, steps=k,
                    energy_j=energy, param_counting=param_counting, source=source)
 
@@ -147,10 +169,14 @@ def law_data_from_csv(path: str | Path, columns: dict[str, str] | None = None, *
 
 
 def _batch_tokens(run: dict[str, Any]) -> float | None:
+    """Tokens per optimiser step: train.batch_size x the sequence length (train.seq_len, which runs trained
+    without --seq-len store as null: then the model's context_length, the rule the store's migrations use)."""
+    from wattscale.store import _seq_len
+
     try:
-        train = json.loads(run.get("config_json") or "{}").get("train", {})
-        return float(train["batch_size"]) * float(train["seq_len"])
-    except (KeyError, TypeError, ValueError):
+        config = json.loads(run.get("config_json") or "{}")
+        return float(config["train"]["batch_size"]) * float(_seq_len(config))
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
 

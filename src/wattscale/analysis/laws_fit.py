@@ -216,10 +216,32 @@ def at_bound(form: LawForm, theta: np.ndarray, rtol: float = 1e-6) -> tuple[str,
     return tuple(name for name, hit in zip(form.fit_names, near, strict=True) if hit)
 
 
+def points_needed(form: str | LawForm) -> int:
+    """Distinct points a fit of ``form`` needs: one more than its parameters (else it passes through every point)."""
+    return len(get_form(form).fit_names) + 1
+
+
+def check_fit_data(data: LawData, form: str | LawForm) -> None:
+    """ConfigError unless the data have enough distinct points for ``form`` (see `points_needed`)."""
+    form = get_form(form)
+    columns = [data.variable(v) for v in form.variables] + [data.loss]
+    distinct = int(np.unique(np.stack(columns, axis=1), axis=0).shape[0]) if len(data) else 0
+    need = points_needed(form)
+    if distinct < need:
+        same = f"; all {len(data)} rows are identical" if len(data) > 1 and distinct == 1 else ""
+        raise ConfigError(f"points: a {form.name} fit has {need - 1} parameters and needs at least {need} distinct "
+                          f"points ({', '.join(form.variables)}, loss), got {len(data)} row(s), {distinct} distinct"
+                          f"{same}; add runs")
+
+
 def fit_law(data: LawData, form: str | LawForm = "chinchilla", options: FitOptions | None = None,
             starts: np.ndarray | None = None) -> LawFit:
-    """Fit one form from a grid of starts (the form's grid unless ``starts`` [S, P] fit space is given)."""
+    """Fit one form from a grid of starts (the form's grid unless ``starts`` [S, P] fit space is given).
+
+    Raises ConfigError when the data have fewer distinct points than `points_needed`.
+    """
     form = get_form(form)
+    check_fit_data(data, form)
     options = options or FitOptions()
     x0 = grid_starts(form, options.grid) if starts is None else np.asarray(starts, dtype=np.float64)
     if x0.ndim != 2 or x0.shape[1] != len(form.fit_names):

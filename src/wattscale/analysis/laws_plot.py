@@ -17,6 +17,7 @@ from wattscale.analysis.laws_bootstrap import LawBootstrap
 from wattscale.analysis.laws_data import LawData
 from wattscale.analysis.laws_fit import LawFit
 from wattscale.errors import ConfigError
+from wattscale.output_paths import write_error
 
 MAX_CURVES = 6
 
@@ -108,7 +109,11 @@ def plot_fit(data: LawData, fit: LawFit, boot: LawBootstrap | None, path: str | 
     axes[2].set(xlabel="observed loss", ylabel="predicted loss", title=f"RMSE(log loss) = {fit.rmse_log_loss:.4f}")
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[2], label="log10 N")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise write_error("--plot", path, exc) from None
+    finally:
+        plt.close(fig)
     return path

@@ -12,6 +12,11 @@ Defaults and choices, the same for every function:
 - **Bad input** raises :class:`wattscale.errors.ConfigError` with a one-line message naming the field: unknown
   column, a metric with non-finite values (the count is given), a non-numeric metric, duplicate rows, a factor
   with fewer than 2 levels, fewer than 2 complete subjects ("not computable").
+- **Numerical failure is "not computable", never a crash.** A test whose numerics fail on the data (a singular
+  matrix, zero variance, a fit that does not converge) or whose statistic comes out NaN/inf raises
+  :class:`NotComputable` (a ConfigError) naming the test and the cause; `compare_metric` and the dynamics list
+  it under ``not_computable``. The mixed model keeps a result with a WARNING note when the optimiser only warns
+  (subject variance at 0), and is not computable when no subject has two observations.
 - :func:`rm_anova`: ``pingouin.rm_anova(correction=True, detailed=True)``. Effect size is generalised eta
   squared (Olejnik & Algina 2003; one-way within: SS_effect / (SS_effect + SS_subjects + SS_error)).
   Sphericity: Mauchly's W and p, alpha = 0.05 (``SPHERICITY_ALPHA``); epsilon is Greenhouse-Geisser and the
@@ -43,12 +48,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from wattscale.analysis.computable import NotComputable, computing, require_finite
 from wattscale.errors import ConfigError
 
 SPHERICITY_ALPHA = 0.05
 CI_LEVEL = 0.95
-
-
 def json_ready(value: Any) -> Any:
     """numpy scalars -> Python scalars, tuples -> lists, so ``to_dict()`` goes straight into JSON."""
     if isinstance(value, (list, tuple)):
@@ -205,10 +209,17 @@ def rm_anova(df: pd.DataFrame, dv: str, within: str, subject: str) -> RMAnovaRes
 
     Example: ``rm_anova(runs, dv="tokens_per_joule", within="data_tokens", subject="seed")``.
     """
-    import pingouin as pg
-
     prep = _prepare(df, dv, within, subject)
     _check_error_variance(prep.wide, dv, within)
+    with computing("RM-ANOVA"):
+        result = _rm_anova(prep, dv, within, subject)
+    require_finite("RM-ANOVA", F=result.f, p=result.p, p_GG=result.p_gg)
+    return result
+
+
+def _rm_anova(prep: _Prepared, dv: str, within: str, subject: str) -> RMAnovaResult:
+    import pingouin as pg
+
     levels = tuple(prep.wide.columns)
     k, n = len(levels), len(prep.wide)
     # Mauchly's test needs more subjects than levels - 1; pingouin always runs it (and divides by zero for n = 2,
@@ -268,10 +279,15 @@ def rm_anova(df: pd.DataFrame, dv: str, within: str, subject: str) -> RMAnovaRes
 
 def pairwise(df: pd.DataFrame, dv: str, within: str, subject: str) -> list[PairwiseResult]:
     """Paired t-tests for every pair of levels (in level order), Bonferroni and Holm adjusted over all pairs."""
+    prep = _prepare(df, dv, within, subject)
+    with computing("paired t-tests"):
+        return _pairwise(prep, dv, within)
+
+
+def _pairwise(prep: _Prepared, dv: str, within: str) -> list[PairwiseResult]:
     import pingouin as pg
     from scipy import stats
 
-    prep = _prepare(df, dv, within, subject)
     n = len(prep.wide)
     rows = []
     for a, b in combinations(prep.wide.columns, 2):
@@ -284,6 +300,7 @@ def pairwise(df: pd.DataFrame, dv: str, within: str, subject: str) -> list[Pairw
             raise ConfigError(f"dv: every subject's {dv!r} differs by exactly {float(diff[0]):g} between {within} "
                               f"{a} and {b}; the paired t-test is undefined")
         dz = float(np.mean(diff)) / sd
+        require_finite(f"paired t-test {a} vs {b}", t=res.statistic, p=res.pvalue)
         rows.append(
             (a, b, float(np.mean(diff)), float(ci.low), float(ci.high), float(res.statistic), float(res.pvalue), dz)
         )
@@ -316,7 +333,9 @@ def friedman(df: pd.DataFrame, dv: str, within: str, subject: str) -> FriedmanRe
     import pingouin as pg
 
     prep = _prepare(df, dv, within, subject)
-    res = pg.friedman(data=prep.long, dv=dv, within=within, subject=subject).iloc[0]
+    with computing("Friedman test"):
+        res = pg.friedman(data=prep.long, dv=dv, within=within, subject=subject).iloc[0]
+    require_finite("Friedman test", Q=res["Q"], p=res["p_unc"])
     return FriedmanResult(
         dv=dv,
         within=within,
@@ -341,7 +360,9 @@ def trend_test(df: pd.DataFrame, dv: str, within: str, subject: str, increasing:
                           "with 2 levels the paired t-test is the trend test")
     data = prep.wide.to_numpy(float)  # (n_subjects, k_levels), columns in level order
     ordered = data if increasing else data[:, ::-1]  # page_trend_test predicts increase left to right
-    res = stats.page_trend_test(ordered)
+    with computing("Page's L trend test"):
+        res = stats.page_trend_test(ordered)
+    require_finite("Page's L trend test", L=res.statistic, p=res.pvalue)
     means = tuple(float(m) for m in data.mean(axis=0))
     steps = np.diff(means)
     if np.all(steps > 0):
@@ -441,24 +462,40 @@ def mixed_model_test(df: pd.DataFrame, dv: str, within: str, subject: str) -> Mi
         if col not in df.columns:
             raise ConfigError(f"{role}: unknown column {col!r}; columns are {list(df.columns)}")
     data = pd.DataFrame({"y": pd.to_numeric(df[dv], errors="coerce"), "level": df[within], "subj": df[subject]})
-    data = data[np.isfinite(data["y"].to_numpy(dtype=float))].reset_index(drop=True)
+    data = data[np.isfinite(data["y"].to_numpy(dtype=float))].dropna(subset=["level", "subj"]).reset_index(drop=True)
     levels = tuple(sorted(data["level"].unique()))
     if len(levels) < 2:
         raise ConfigError(f"within: factor {within!r} has {len(levels)} level(s); at least 2 are needed")
     if data["subj"].nunique() < 2:
         raise ConfigError(f"subject: {data['subj'].nunique()} subject(s); at least 2 are needed for a mixed model")
+    if np.ptp(data["y"].to_numpy(float)) == 0:
+        raise NotComputable(f"mixed model not computable: {dv!r} is the same for every observation")
+    counts = data.groupby("subj").size()
+    if int(counts.max()) < 2:
+        raise NotComputable(f"mixed model not computable: every subject ({subject!r}) has one observation, so the "
+                            "subject variance cannot be told from the residual; it needs a subject with 2 or more")
+    if len(data) <= len(levels) + 1:
+        raise NotComputable(f"mixed model not computable: {len(data)} observation(s) for {len(levels)} level "
+                            f"effects and 2 variances; it needs more than {len(levels) + 1}")
     data["level"] = pd.Categorical(data["level"], categories=list(levels))
-    with warnings.catch_warnings(record=True) as caught:
+    with computing("mixed model"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         full = smf.mixedlm("y ~ C(level)", data, groups=data["subj"]).fit(reml=False)
         null = smf.mixedlm("y ~ 1", data, groups=data["subj"]).fit(reml=False)
+        # Subject variance 0 is on the boundary of the parameter space, where MixedLM's optimisers often stop
+        # short ("failed to converge", "on the boundary"); there the model is ordinary least squares, so each
+        # likelihood is at least the OLS one and the LR test uses the larger of the two.
+        llf_full = max(float(full.llf), float(smf.ols("y ~ C(level)", data).fit().llf))
+        llf_null = max(float(null.llf), float(smf.ols("y ~ 1", data).fit().llf))
+    require_finite("mixed model", llf_full=llf_full, llf_null=llf_null)
     converged = bool(full.converged and null.converged) and not any(
         issubclass(w.category, ConvergenceWarning) for w in caught)
-    lr = max(0.0, 2.0 * (float(full.llf) - float(null.llf)))
+    lr = max(0.0, 2.0 * (llf_full - llf_null))
     dof = len(levels) - 1
     note = "random intercept per subject, ML fits, likelihood-ratio test; uses every observation"
     if not converged:
-        note += "; WARNING: an optimiser did not converge cleanly (e.g. subject variance at 0), read p with care"
+        note += ("; WARNING: the optimiser did not converge cleanly (typically the subject variance at its "
+                 "boundary 0, where the OLS likelihood is used), read p with care")
     return MixedModelResult(dv=dv, within=within, levels=levels, n_subjects=int(data["subj"].nunique()),
                             n_observations=len(data), lr_chi2=lr, df=dof, p=float(stats.chi2.sf(lr, dof)),
                             converged=converged, note=note)

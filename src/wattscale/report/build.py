@@ -12,6 +12,7 @@ from typing import Any
 
 from wattscale.analysis.efficiency import ENERGY_BASES
 from wattscale.errors import ConfigError
+from wattscale.output_paths import check_output_file
 from wattscale.report.data import DEFAULT_MAX_POWER_POINTS, ReportData, gather
 from wattscale.report.html import page, text
 from wattscale.report.sections import (
@@ -102,6 +103,7 @@ def write_report(store_url: str | os.PathLike[str], output: str | os.PathLike[st
                  run_id: str | None = None, **options: Any) -> ReportResult:
     """Write the report for a store (path or URL) to ``output``; the file is replaced atomically."""
     start = time.perf_counter()
+    check_output_file(output, "--output")  # before the work: reading and analysing the store takes a while
     with open_store(store_url, create=False) as store:
         html, data, sections = build_report(store, experiment, run_id, **options)
     target = Path(output)
