@@ -60,6 +60,8 @@ def run_cli_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
         previous = signal.getsignal(signal.SIGTERM)
         try:
             code = main(list(args))
+        except SystemExit as exc:  # argparse refusing a flag, as the console script would exit
+            code = exc.code
         finally:
             signal.signal(signal.SIGTERM, previous)
         out = capsys.readouterr()

@@ -78,6 +78,9 @@ class Result:
         return out
 
 
+MAX_FIT_THREADS = 1024  # as for training: more is a typo, and torch would start them all
+
+
 @dataclass(frozen=True)
 class FitOptions:
     """Fitter settings; every default is the documented one."""
@@ -97,6 +100,8 @@ class FitOptions:
             raise ConfigError(f"grid: {self.grid!r} is not one of full, coarse")
         if self.max_iter < 1:
             raise ConfigError(f"max_iter: must be >= 1, got {self.max_iter}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_FIT_THREADS:
+            raise ConfigError(f"--threads: {self.threads} must lie in [1, {MAX_FIT_THREADS}] torch threads")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,10 @@ CACHE_FORMAT_VERSION = 1
 _ENCODE_BATCH_DOCUMENTS = 1024
 
 
+# The generated corpus is for demonstrations and tests; 10 GB of it is already minutes of generation.
+MAX_SYNTHETIC_MB = 10_000
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the text comes from, how it is tokenized and how validation text is held out."""
@@ -57,8 +61,9 @@ class DataConfig:
         problems = []
         if not isinstance(self.source, str) or not self.source:
             problems.append(f"data.source: must be 'synthetic', a path or 'hf:<dataset>', got {self.source!r}")
-        if not self.synthetic_mb > 0:
-            problems.append(f"data.synthetic_mb: must be > 0, got {self.synthetic_mb}")
+        if not 0 < self.synthetic_mb <= MAX_SYNTHETIC_MB:
+            problems.append(f"data.synthetic_mb: must lie in (0, {MAX_SYNTHETIC_MB:,}] MB, got {self.synthetic_mb}; "
+                            "for more text than that, train on a real corpus (--data PATH)")
         if not self.text_field:
             problems.append("data.text_field: must name a field, got an empty string")
         if not 0 <= self.val_fraction < 1:
