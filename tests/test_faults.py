@@ -9,13 +9,16 @@ import fcntl
 import multiprocessing
 import os
 import sqlite3
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
 
 from conftest import TINY_DATA
 from wattscale.errors import StoreError
-from wattscale.store import open_store
+from wattscale.store import Store, open_store
 from wattscale.train import checkpoints as checkpoint_module
 from wattscale.train import session as session_module
 from wattscale.train.checkpoints import list_checkpoints
@@ -258,3 +261,67 @@ def test_eight_processes_starting_on_a_new_store_file_all_succeed(tmp_path: Path
         assert outcomes == ["ok"] * 8, outcomes
         with open_store(path) as store:
             assert sorted(run["run_id"] for run in store.list_runs()) == [f"run-{seed}" for seed in range(8)]
+
+
+def test_a_run_claimed_meanwhile_under_another_run_root_is_left_to_its_process(
+        tmp_path: Path, train_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = _interrupted_run(tmp_path, train_cli, monkeypatch)
+    # The other process creates the record only after this one has looked (and found none) twice.
+    real, looks = Store.get_run, []
+
+    def get_run(self, run_id):
+        looks.append(run_id)
+        return None if len(looks) <= 2 else real(self, run_id)
+
+    monkeypatch.setattr(Store, "get_run", get_run)
+    line = _one_line(train_cli(root="other"))
+    assert "is being trained by another process" in line and str(run_dir) in line
+    monkeypatch.undo()
+    assert not (tmp_path / "other").exists()
+    run = _only_run(tmp_path / "w.db")
+    assert (run["status"], Path(run["run_dir"])) == ("interrupted", run_dir)  # left exactly as it was
+
+
+@contextmanager
+def _small_disk(path: Path) -> Iterator[None]:
+    """A 16 MiB tmpfs at `path` (skips the test where mounting is not allowed, e.g. as a normal user)."""
+    path.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here; the faked ENOSPC/EROFS tests cover the code")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_really_full_then_read_only_disk(tmp_path: Path, train_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = tmp_path / "disk"
+    with _small_disk(disk):
+        filler = disk / "filler"
+
+        def fill() -> None:
+            with open(filler, "wb") as handle, suppress(OSError):
+                while True:
+                    handle.write(b"\0" * (1 << 20))
+                    handle.flush()
+
+        _after_checkpoints(monkeypatch, 1, fill)
+        line = _one_line(train_cli(root=str(disk)))
+        assert "No space left on device" in line and "--run-root" in line
+        monkeypatch.undo()
+        run = _only_run(tmp_path / "w.db")
+        assert run["status"] == "failed" and list_checkpoints(Path(run["run_dir"]))
+        assert not list((Path(run["run_dir"]) / "checkpoints").glob(".tmp-*"))
+
+        filler.unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        line = _one_line(train_cli(root=str(disk)))  # refused at the run's lock, before anything is written
+        assert "Read-only file system" in line and "--run-root elsewhere" in line
+        assert _only_run(tmp_path / "w.db")["status"] == "failed"
+
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        assert train_cli(root=str(disk)).returncode == 0
+        run = _only_run(tmp_path / "w.db")
+        assert (run["status"], run["tokens_seen"], run["resume_count"]) == ("finished", 512, 1)
