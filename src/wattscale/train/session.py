@@ -168,6 +168,8 @@ def _claim_run(stack: ExitStack, store: Store, run_id: str, run_root: Path) -> _
     if moving and _lock_busy(stored):
         raise WattscaleError(f"run {run_id} is being trained by another process (in {stored}); wait for it or "
                              "stop it first")
+    if stored is not None and not moving:
+        wanted = stored  # as stored (absolute)
     stack.enter_context(run_lock(wanted))
     existing = store.get_run(run_id)  # re-read under the lock: another process may just have finished it
     if existing is not None and existing["status"] in ("finished", "diverged"):
