@@ -180,7 +180,7 @@ def _claim_run(stack: ExitStack, store: Store, run_id: str, run_root: Path) -> _
                           f"{store.display_url} has no record of (another store's run); use another "
                           f"--run-root, or delete {wanted} to train it afresh")
     if moving and existing is not None:
-        note = _move_checkpoints(stored, wanted, run_id)
+        note = _move_checkpoints(stored, wanted.resolve(), run_id)
         store.set_run_dir(run_id, wanted.resolve())
         print(f"wattscale: {note}", file=sys.stderr, flush=True)
     return _Claim(wanted, existing)
