@@ -11,12 +11,8 @@ together (see `wattscale.train.parallel`): rank 0 alone writes the store and the
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
-import os
-import shutil
 import sys
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
@@ -37,7 +33,6 @@ from wattscale.model import Llama, count_parameters, flops_per_token
 from wattscale.progress import ProgressHooks, TrainingProgress
 from wattscale.store import Store, open_store
 from wattscale.train.checkpoints import (
-    CHECKPOINT_DIR,
     CheckpointMeta,
     list_checkpoints,
     read_energy_state,
@@ -73,6 +68,7 @@ from wattscale.train.parallel import (
     shutdown,
     wrap_model,
 )
+from wattscale.train.run_folder import folder_error, lock_busy, move_checkpoints
 
 __all__ = ["DEFAULT_CACHE_DIR", "TrainResult", "make_optimizer", "summed_loss_fn", "train", "training_step"]
 
@@ -165,7 +161,7 @@ def _claim_run(stack: ExitStack, store: Store, run_id: str, run_root: Path) -> _
         run_dir = stored or wanted
         return _Claim(run_dir, existing, _result_from_record(existing, run_dir, already_done=True))
     moving = stored is not None and stored.resolve() != wanted.resolve()
-    if moving and _lock_busy(stored):
+    if moving and lock_busy(stored):
         raise WattscaleError(f"run {run_id} is being trained by another process (in {stored}); wait for it or "
                              "stop it first")
     if stored is not None and not moving:
@@ -180,60 +176,10 @@ def _claim_run(stack: ExitStack, store: Store, run_id: str, run_root: Path) -> _
                           f"{store.display_url} has no record of (another store's run); use another "
                           f"--run-root, or delete {wanted} to train it afresh")
     if moving and existing is not None:
-        note = _move_checkpoints(stored, wanted.resolve(), run_id)
+        note = move_checkpoints(stored, wanted.resolve(), run_id)
         store.set_run_dir(run_id, wanted.resolve())
         print(f"wattscale: {note}", file=sys.stderr, flush=True)
     return _Claim(wanted, existing)
-
-
-def _lock_busy(run_dir: Path) -> bool:
-    """Whether another process holds `run_dir`'s lock (False if there is no lock or it cannot be opened)."""
-    try:
-        fd = os.open(run_dir / "lock", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return False
-
-
-def _move_checkpoints(old: Path, new: Path, run_id: str) -> str:
-    """Copy a run's complete checkpoints from `old` to `new` (each atomically); say what was done, in one line."""
-    try:
-        found = list_checkpoints(old)
-    except OSError as exc:
-        raise WattscaleError(f"run {run_id}: cannot read its checkpoints in {old} ({exc.strerror}); make them "
-                             f"readable, or copy {old / CHECKPOINT_DIR} to {new} yourself, and re-run") from None
-    if not found:
-        return (f"run {run_id} moved from {old} to {new}; {old} held no checkpoint, so it trains from step 0 "
-                "(its stored rows are redone)")
-    target = new / CHECKPOINT_DIR
-    copied = []
-    for path in found:
-        final = target / path.name
-        if (final / "meta.json").is_file():
-            continue
-        tmp = target / f".tmp-{path.name}"
-        try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(path, tmp)
-            os.replace(tmp, final)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            error = _folder_error(exc, new)
-            raise error or WattscaleError(
-                f"run {run_id}: cannot copy checkpoint {path} to {new} ({exc.strerror}); make it readable, "
-                f"or copy {old / CHECKPOINT_DIR} to {new} yourself, and re-run") from None
-        copied.append(path.name)
-    names = ", ".join(copied) or "none needed"
-    return (f"run {run_id} moved from {old} to {new} (--run-root changed): copied checkpoints {names}; it "
-            f"continues from {found[-1].name} there, and {old} is left as it was (delete it when done)")
 
 
 class _Session:
@@ -328,7 +274,7 @@ class _Session:
             path = self.store.file_path if self.store is not None else "its path"
             return StoreError(f"{exc}. The run's checkpoints are kept in {self.run_dir.resolve()}: put the "
                               f"database file back at {path} and re-run the same command to resume")
-        error = _folder_error(exc, self.run_dir.resolve()) if isinstance(exc, OSError) else None
+        error = folder_error(exc, self.run_dir.resolve()) if isinstance(exc, OSError) else None
         if self.store is not None:
             message = str(error) if error is not None else f"{type(exc).__name__}: {exc}"
             with suppress(StoreError):  # the failure comes first; a store that also fails cannot be told
@@ -554,23 +500,3 @@ def config_hash_for(resolved: dict) -> str:
     """
     located = {**resolved, "train": {k: v for k, v in resolved["train"].items() if k != "run_root"}}
     return hashlib.sha256(json.dumps(located, sort_keys=True).encode()).hexdigest()
-
-
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-def _folder_error(exc: OSError, run_dir: Path) -> WattscaleError | None:
-    """A one-line error for a run folder that is full, read-only or failing; None for other OS errors."""
-    if exc.errno in _DISK_FULL:
-        fix = "free space there"
-    elif exc.errno in _NOT_WRITABLE:
-        fix = "make it writable"
-    elif exc.errno == errno.EIO:
-        fix = "check the disk (the system log names the device)"
-    else:
-        return None
-    where = exc.filename or run_dir
-    return WattscaleError(f"run folder {run_dir}: cannot write {where} ({exc.strerror}); {fix}, or re-run the "
-                          "same command with --run-root on another disk (the run continues from its last "
-                          "checkpoint, copied there)")
