@@ -22,3 +22,7 @@ class DataError(WattscaleError):
 
 class StoreError(WattscaleError):
     """The results database cannot be opened or is inconsistent."""
+
+
+class StoreFileGone(StoreError):
+    """A SQLite store's file was deleted or replaced while a process had it open: nothing more is written."""

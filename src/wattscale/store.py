@@ -16,13 +16,16 @@ import csv
 import dataclasses
 import json
 import os
+import random
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     URL,
@@ -45,7 +48,7 @@ from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError,
 from sqlalchemy.schema import CreateTable
 
 from wattscale import __version__
-from wattscale.errors import StoreError
+from wattscale.errors import StoreError, StoreFileGone
 from wattscale.store_schema import (
     END_STATUSES,
     EXPORT_TABLES,
@@ -86,6 +89,7 @@ _POWER_COLUMNS = columns_of(power_samples, without=("id", "run_id"))
 _ENERGY_COLUMNS = columns_of(energy_measurements, without=("id", "run_id"))
 _EXPERIMENT_COLUMNS = columns_of(experiments)
 _EXPERIMENT_RUN_COLUMNS = columns_of(experiment_runs)
+_T = TypeVar("_T")
 _PLAN_FIELDS = ("position", "block", "repetition", "condition", "condition_json")
 
 
@@ -106,7 +110,8 @@ def open_store(url: str | os.PathLike[str], create: bool = True) -> Store:
         ) from None
     store = Store(engine, sa_url.render_as_string(hide_password=False), display)
     try:
-        _prepare_schema(store, create)
+        _retry_while_busy(lambda: _prepare_schema(store, create))
+        store.remember_file()
     except DBAPIError as exc:
         store.close()
         fix = (
@@ -183,9 +188,31 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
+    # Switching a new file to WAL needs an exclusive lock and can answer SQLITE_BUSY at once, without
+    # the busy handler, while another process creates the same file: retry it up to the busy timeout.
+    _retry_while_busy(lambda: cursor.execute("PRAGMA journal_mode = WAL"))
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
+
+
+def _is_busy(exc: BaseException) -> bool:
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return isinstance(orig, sqlite3.OperationalError) and ("locked" in str(orig) or "busy" in str(orig))
+
+
+def _retry_while_busy(action: Callable[[], _T], timeout_s: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> _T:
+    """Run `action`, again after a short random pause while SQLite answers "database is locked", up to
+    `timeout_s`. For the steps that SQLite's busy timeout does not cover: opening and creating a new file."""
+    deadline = time.monotonic() + timeout_s
+    pause_s = 0.005
+    while True:
+        try:
+            return action()
+        except (sqlite3.OperationalError, DBAPIError) as exc:
+            if not _is_busy(exc) or time.monotonic() + pause_s > deadline:
+                raise
+        time.sleep(pause_s * (0.5 + random.random()))
+        pause_s = min(0.2, pause_s * 2)
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
@@ -224,6 +251,25 @@ def _prepare_schema(store: Store, create: bool) -> None:
         )
     if version < SCHEMA_VERSION:
         _migrate(store, version)
+    with store.engine.connect() as conn:
+        _check_tables(conn, store.display_url)
+
+
+def _check_tables(conn: Connection, display_url: str) -> None:
+    """Refuse a database that lacks a wattscale table or column, before anything is written to it."""
+    inspector = inspect(conn)
+    existing = set(inspector.get_table_names())
+    missing = []
+    for table in metadata.sorted_tables:
+        if table.name not in existing:
+            missing.append(f"table {table.name}")
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing += [f"column {table.name}.{c.name}" for c in table.columns if c.name not in present]
+    if missing:
+        raise StoreError(
+            f"{STORE_OPTION}: {display_url} is missing {', '.join(missing)} (schema {SCHEMA_VERSION}); the "
+            "database is damaged or was edited by hand: restore it from a backup, or give another --store")
 
 
 def _migrate_1_to_2(conn: Connection) -> None:
@@ -344,6 +390,10 @@ class Store:
         self.url = url  # the full SQLAlchemy URL (password included), to reopen the store elsewhere
         self.display_url = display_url  # the URL with the password masked, for messages
         self.backend = engine.dialect.name  # "sqlite" | "postgresql"
+        database = engine.url.database if self.backend == "sqlite" else None
+        # A SQLite file's identity (st_dev, st_ino) as opened, checked before every write (`check_file`).
+        self.file_path: Path | None = Path(database) if database not in (None, "", ":memory:") else None
+        self._file_id: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return f"Store({self.display_url!r})"
@@ -360,12 +410,41 @@ class Store:
         """Close the connection pool; the store cannot be used afterwards."""
         self.engine.dispose()
 
+    def remember_file(self) -> None:
+        """Note which file a SQLite store is (device and inode), so that `check_file` sees it deleted or replaced."""
+        if self.file_path is not None:
+            info = os.stat(self.file_path)
+            self._file_id = (info.st_dev, info.st_ino)
+
+    def check_file(self) -> None:
+        """Raise StoreFileGone if the SQLite file opened is no longer at its path (deleted, moved or replaced).
+
+        Writes through a connection opened before then would go to a file nobody can read any more (or
+        to a new empty one), and be lost. One os.stat; nothing to check for PostgreSQL or in memory.
+        """
+        if self._file_id is None:
+            return
+        try:
+            info = os.stat(self.file_path)
+        except FileNotFoundError:
+            what = "was deleted"
+        else:
+            if (info.st_dev, info.st_ino) == self._file_id:
+                return
+            what = "was replaced by another file"
+        raise StoreFileGone(f"store {self.file_path}: the database file {what} while this process was writing "
+                            "to it; nothing more was written")
+
     @contextmanager
     def _tx(self, what: str, *, write: bool = True) -> Iterator[Connection]:
         engine = self.write_engine if write else self.engine
+        if write:
+            self.check_file()
         try:
             with engine.begin() as conn:
                 yield conn
+                if write:
+                    self.check_file()  # before the commit: a write that would be lost is rolled back
         except (OperationalError, IntegrityError, DataError) as exc:
             raise StoreError(f"store {self.display_url}: {what} failed: {_first_line(exc.orig)}") from exc
 
@@ -380,12 +459,13 @@ class Store:
             raise StoreError(f"store: unknown run_id {run_id!r}; create_run first (or check the id)")
         return row
 
-    def create_run(self, record: Mapping[str, Any] | Any) -> str | None:
+    def create_run(self, record: Mapping[str, Any] | Any, *, only_new: bool = False) -> str | None:
         """Insert a run (a mapping or dataclass of ``runs`` columns); return None, or the status it already had.
 
         An existing run keeps its config and status; where and with what it runs (device,
         versions, run_dir, ...) is refreshed unless it is finished. A different config_hash under
         the same run_id raises StoreError. ``status`` defaults to 'running', ``created_at`` to now.
+        With ``only_new`` an existing run is left exactly as it is (a claim: the caller lost a race).
         """
         raw = dataclasses.asdict(record) if dataclasses.is_dataclass(record) else dict(record)
         raw.setdefault("status", "running")
@@ -408,6 +488,8 @@ class Store:
             if conn.execute(insert.execution_options(preserve_rowcount=True)).rowcount == 1:
                 return None
             existing = self._run_row(conn, run_id, runs.c.status, runs.c.config_hash, lock=True)
+            if only_new:
+                return str(existing.status)
             if existing.config_hash != values["config_hash"]:
                 raise StoreError(
                     f"store: run {run_id!r} already exists with config_hash {existing.config_hash}, not "

@@ -20,6 +20,7 @@ listed, loaded or counted again.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -27,13 +28,14 @@ import random
 import shutil
 import warnings
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from wattscale.errors import DataError
 
@@ -120,13 +122,17 @@ def write_checkpoint(run_dir: Path, weights: dict[str, torch.Tensor], optimizer_
     final = root / f"step-{meta.step:08d}"
     tmp = root / f".tmp-step-{meta.step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_cpu_weights(weights), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    torch.save({"optimizer": optimizer_state, "rng": rng_state()}, tmp / "trainer_state.pt")
-    (tmp / "meta.json").write_text(json.dumps(asdict(meta)))
-    for name in ("model.safetensors", "trainer_state.pt", "meta.json"):
-        fsync_path(tmp / name)
-    fsync_path(tmp)
+    try:
+        tmp.mkdir()
+        write_file(tmp / "model.safetensors", save(_cpu_weights(weights), metadata={"format": "pt"}))
+        state = io.BytesIO()
+        torch.save({"optimizer": optimizer_state, "rng": rng_state()}, state)
+        write_file(tmp / "trainer_state.pt", state.getbuffer())
+        write_file(tmp / "meta.json", json.dumps(asdict(meta)).encode())
+        fsync_path(tmp)
+    except BaseException:  # a full disk, say: no half-written checkpoint is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     fsync_path(root)  # the rename itself
@@ -228,8 +234,12 @@ def write_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
     """`save_weights` from a state dict."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(_cpu_weights(weights), str(tmp), metadata={"format": "pt"})
-    fsync_path(tmp)
+    try:
+        write_file(tmp, save(_cpu_weights(weights), metadata={"format": "pt"}))
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     fsync_path(path.parent)
 
@@ -241,6 +251,21 @@ def _cpu_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def write_file(path: Path, data: bytes | memoryview) -> None:
+    """Write `data` to `path` and fsync it. A failed write raises OSError with its errno and the path.
+
+    Checkpoint files are serialised in memory and written here, because torch.save and safetensors
+    report a full disk as a RuntimeError or SafetensorError without the errno.
+    """
+    try:
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 def fsync_path(path: Path) -> None:
@@ -265,8 +290,12 @@ def write_energy_state(run_dir: Path, step: int, state: dict | None) -> None:
         return
     folder = run_dir / CHECKPOINT_DIR / f"step-{step:08d}"
     tmp = folder / (ENERGY_STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state))
-    fsync_path(tmp)
+    try:
+        write_file(tmp, json.dumps(state).encode())
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, folder / ENERGY_STATE_FILE)
     fsync_path(folder)
 

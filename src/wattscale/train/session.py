@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import ExitStack
+import sys
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from wattscale import __version__
 from wattscale.budget import StepPlan, mask_targets
 from wattscale.config import RunConfig, run_id_for
 from wattscale.data import PreparedData, TokenShard, prepare_data, sequence_batch, training_subset
-from wattscale.errors import ConfigError
+from wattscale.errors import ConfigError, DataError, StoreError, StoreFileGone, WattscaleError
 from wattscale.evaluate import Evaluation, evaluate, validation_windows
 from wattscale.hardware import apply_matmul_precision, device_info, git_revision, resolve_precision, run_peak_flops
 from wattscale.locking import run_lock
@@ -67,6 +68,7 @@ from wattscale.train.parallel import (
     shutdown,
     wrap_model,
 )
+from wattscale.train.run_folder import folder_error, lock_busy, move_checkpoints
 
 __all__ = ["DEFAULT_CACHE_DIR", "TrainResult", "make_optimizer", "summed_loss_fn", "train", "training_step"]
 
@@ -147,22 +149,37 @@ def _train(config: RunConfig, store_url: str, ctx: DistributedContext, show_prog
 
 
 def _claim_run(stack: ExitStack, store: Store, run_id: str, run_root: Path) -> _Claim:
-    """Find the run's folder and take its lock (held until `stack` closes), unless the run already ended."""
+    """Find the run's folder and take its lock (held until `stack` closes), unless the run already ended.
+
+    A run that was started under another run root moves to `<run_root>/<run_id>`: its checkpoints are
+    copied there and the store's run_dir updated (the old folder is left as it was).
+    """
     existing = store.get_run(run_id)
-    # A run resumes from wherever its checkpoints were written, even if --run-root changed since.
-    run_dir = Path(existing["run_dir"]) if existing and existing.get("run_dir") else run_root / run_id
+    wanted = run_root / run_id
+    stored = Path(existing["run_dir"]) if existing and existing.get("run_dir") else None
     if existing is not None and existing["status"] in ("finished", "diverged"):
+        run_dir = stored or wanted
         return _Claim(run_dir, existing, _result_from_record(existing, run_dir, already_done=True))
-    stack.enter_context(run_lock(run_dir))
+    moving = stored is not None and stored.resolve() != wanted.resolve()
+    if moving and lock_busy(stored):
+        raise WattscaleError(f"run {run_id} is being trained by another process (in {stored}); wait for it or "
+                             "stop it first")
+    if stored is not None and not moving:
+        wanted = stored  # as stored (absolute)
+    stack.enter_context(run_lock(wanted))
     existing = store.get_run(run_id)  # re-read under the lock: another process may just have finished it
     if existing is not None and existing["status"] in ("finished", "diverged"):
-        return _Claim(run_dir, existing, _result_from_record(existing, run_dir, already_done=True))
-    if existing is None and list_checkpoints(run_dir):
+        return _Claim(wanted, existing, _result_from_record(existing, wanted, already_done=True))
+    if existing is None and list_checkpoints(wanted):
         # Resuming them would leave this store without the rows written before the checkpoint.
-        raise ConfigError(f"train.run_root: {run_dir} holds checkpoints of run {run_id} that "
+        raise ConfigError(f"train.run_root: {wanted} holds checkpoints of run {run_id} that "
                           f"{store.display_url} has no record of (another store's run); use another "
-                          f"--run-root, or delete {run_dir} to train it afresh")
-    return _Claim(run_dir, existing)
+                          f"--run-root, or delete {wanted} to train it afresh")
+    if moving and existing is not None:
+        note = move_checkpoints(stored, wanted.resolve(), run_id)
+        store.set_run_dir(run_id, wanted.resolve())
+        print(f"wattscale: {note}", file=sys.stderr, flush=True)
+    return _Claim(wanted, existing)
 
 
 class _Session:
@@ -203,14 +220,22 @@ class _Session:
         self.parallel = wrap_model(model, self.ctx, self.config.train.parallel)
         optimizer = make_optimizer(model, self.config)
         # The newest checkpoint that loads (an unreadable newer one is set aside with a CheckpointWarning).
-        meta = load_newest_checkpoint(self.ctx, self.run_dir, model, optimizer).meta
+        try:
+            meta = load_newest_checkpoint(self.ctx, self.run_dir, model, optimizer).meta
+        except DataError as exc:  # none loads: the run cannot continue until its folder is seen to
+            self._end_failed(existing, str(exc))
+            raise
         self.resumed = meta is not None
         resume = rank0_decides(self.ctx, lambda: _resume_state(self.run_dir, meta))
         if self.store is not None:
-            self._record_start(existing, resumed=self.resumed)
-            # Rows written after the checkpoint (or by a session killed before its first one) are redone.
-            self.store.truncate_after(self.run_id, meta.step if meta else 0)
-            self.store.truncate_energy_after(self.run_id, resume["job_seconds"] if resume else 0.0)
+            resolved = self._record_start(existing, resumed=self.resumed)
+            try:
+                self._write_run_files(resolved)
+                # Rows written after the checkpoint (or by a session killed before its first one) are redone.
+                self.store.truncate_after(self.run_id, meta.step if meta else 0)
+                self.store.truncate_energy_after(self.run_id, resume["job_seconds"] if resume else 0.0)
+            except Exception as exc:
+                raise self._failed(exc) from None
         idle_due = self.config.meter.idle_seconds > 0 and rank0_decides(self.ctx, lambda: not any(
             row["scope"] == "idle" for row in self.store.energy_measurements(self.run_id)))
         self.metering = RunMetering(self.config.meter, self.ctx, self.store, self.run_id, resume, idle_due)
@@ -234,14 +259,40 @@ class _Session:
             raise
         except Exception as exc:
             self.metering.abort("failed")
-            if self.store is not None:
-                self.store.finish_run(self.run_id, "failed", {"message": f"{type(exc).__name__}: {exc}"})
-            raise
+            error = self._failed(exc)
+            if error is exc:
+                raise
+            raise error from None
         finally:
             progress.close()
             self.metering.close()
 
-    def _record_start(self, existing: dict | None, resumed: bool) -> None:
+    def _failed(self, exc: Exception) -> Exception:
+        """Mark the run failed (unless its store is gone) and return the error to raise: a one-line
+        WattscaleError for a run folder that cannot be written or a store file that vanished, else `exc`."""
+        if isinstance(exc, StoreFileGone):
+            path = self.store.file_path if self.store is not None else "its path"
+            return StoreError(f"{exc}. The run's checkpoints are kept in {self.run_dir.resolve()}: put the "
+                              f"database file back at {path} and re-run the same command to resume")
+        error = folder_error(exc, self.run_dir.resolve()) if isinstance(exc, OSError) else None
+        if self.store is not None:
+            message = str(error) if error is not None else f"{type(exc).__name__}: {exc}"
+            with suppress(StoreError):  # the failure comes first; a store that also fails cannot be told
+                self.store.finish_run(self.run_id, "failed", {"message": message})
+        return error if error is not None else exc
+
+    def _end_failed(self, existing: dict | None, message: str) -> None:
+        """Record a failure found before the run was marked running (a stale 'running' from a killed process)."""
+        if self.store is None or existing is None:
+            return
+        with suppress(StoreError):
+            if existing["status"] in ("running", "interrupted", "pending"):
+                self.store.finish_run(self.run_id, "failed", {"message": message})
+            elif existing["status"] == "failed":
+                self.store.update_run(self.run_id, message=message)
+
+    def _record_start(self, existing: dict | None, resumed: bool) -> dict:
+        """Create the run's record (or mark it running again); return the resolved config to save."""
         counts = count_parameters(self.config.model)
         now = datetime.now(UTC)
         resolved = self.config.to_dict()
@@ -251,10 +302,12 @@ class _Session:
                                 "checkpoint_interval_tokens": self.checkpoint_interval,
                                 "total_steps": self.plan.total_steps, "warmup_steps": self.warmup_steps}
         config_json = json.dumps(resolved, sort_keys=True)
+        # Where the run's folder is does not change what it computes: two processes that train the same
+        # settings under different run roots agree on the hash (see config_hash_for).
         record = {
             "run_id": self.run_id, "kind": "train", "experiment": self.experiment, "name": self.config.train.name,
             "preset": self.config.model.name, "status": "running", "config_json": config_json,
-            "config_hash": _sha(config_json), "seed": self.config.train.seed,
+            "config_hash": config_hash_for(resolved), "seed": self.config.train.seed,
             "created_at": now, "started_at": now, "tokens_budget": self.config.train.tokens,
             "data_tokens": self.config.train.data_tokens, "epochs": self.config.train.epochs,
             "repeat": self.config.train.repeat,
@@ -273,9 +326,16 @@ class _Session:
             record["device_info_json"] = json.dumps({
                 **device_info(self.device), "world_size": self.ctx.world_size, "matmul": self.matmul,
                 **run_peak_flops(self.device, self.precision, devices_used=self.ctx.world_size)})
-            self.store.create_run(record)
+            if self.store.create_run(record, only_new=True) is not None:
+                # Another process claimed the run under another run root since this one looked.
+                other = (self.store.get_run(self.run_id) or {}).get("run_dir")
+                raise WattscaleError(f"run {self.run_id} is being trained by another process (in {other}); "
+                                     "wait for it or stop it first")
         else:
             self.store.mark_running(self.run_id, now, resumed=resumed)
+        return resolved
+
+    def _write_run_files(self, resolved: dict) -> None:
         # The tokenizer travels with the run so that export-hf needs nothing else.
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "tokenizer.json").write_bytes(Path(self.data.tokenizer_path).read_bytes())
@@ -433,5 +493,10 @@ def _result_from_record(record: dict, run_dir: Path, already_done: bool) -> Trai
                        train_seconds=record.get("train_seconds"))
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def config_hash_for(resolved: dict) -> str:
+    """The runs.config_hash of a resolved config: sha256 of its JSON without train.run_root (a location).
+
+    Runs stored before this rule keep the hash they were stored with: a resume never compares it.
+    """
+    located = {**resolved, "train": {k: v for k, v in resolved["train"].items() if k != "run_root"}}
+    return hashlib.sha256(json.dumps(located, sort_keys=True).encode()).hexdigest()
