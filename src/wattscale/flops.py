@@ -65,6 +65,12 @@ def parameter_counts(model: Mapping[str, Any]) -> ParameterCounts:
                            output_head=head)
 
 
+def stored_seq_len(config: Mapping[str, Any]) -> int:
+    """Tokens per sequence of a stored run config: train.seq_len, or the model's context_length when it was
+    trained without --seq-len (stored as null) -- the rule of RunConfig.seq_len, for resolved config dicts."""
+    return config.get("train", {}).get("seq_len") or config["model"]["context_length"]
+
+
 def flops_per_token_from_config(model: Mapping[str, Any], seq_len: int | None = None,
                                 counting: str = "with_head") -> float:
     """Training FLOPs per token (forward + backward) of the shape in ``model``; see the module docstring.

@@ -331,20 +331,16 @@ def _rebuild_sqlite_table(conn: Connection, table: Table) -> None:
 
 def _recount_flops(conn: Connection) -> None:
     """Stored train FLOPs per token with the output-head matmul (schema 2 runs left it out)."""
-    from wattscale.flops import flops_per_token_from_config
+    from wattscale.flops import flops_per_token_from_config, stored_seq_len
 
     rows = conn.execute(select(runs.c.run_id, runs.c.config_json).where(runs.c.flops_per_token.is_not(None))).all()
     for run_id, config_json in rows:
         try:
             config = json.loads(config_json)
-            flops = flops_per_token_from_config(config["model"], _seq_len(config))
+            flops = flops_per_token_from_config(config["model"], stored_seq_len(config))
         except (ValueError, KeyError, TypeError):
             continue  # not a wattscale-trained config: its figure stays as stored
         conn.execute(update(runs).where(runs.c.run_id == run_id).values(flops_per_token=flops))
-
-
-def _seq_len(config: dict[str, Any]) -> int:
-    return config.get("train", {}).get("seq_len") or config["model"]["context_length"]
 
 
 # version -> the step that brings a database at that version to the next one.

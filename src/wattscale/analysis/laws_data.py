@@ -170,12 +170,12 @@ def law_data_from_csv(path: str | Path, columns: dict[str, str] | None = None, *
 
 def _batch_tokens(run: dict[str, Any]) -> float | None:
     """Tokens per optimiser step: train.batch_size x the sequence length (train.seq_len, which runs trained
-    without --seq-len store as null: then the model's context_length, the rule the store's migrations use)."""
-    from wattscale.store import _seq_len
+    without --seq-len store as null: then the model's context_length, see flops.stored_seq_len)."""
+    from wattscale.flops import stored_seq_len
 
     try:
         config = json.loads(run.get("config_json") or "{}")
-        return float(config["train"]["batch_size"]) * float(_seq_len(config))
+        return float(config["train"]["batch_size"]) * float(stored_seq_len(config))
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
 

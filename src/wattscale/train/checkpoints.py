@@ -125,9 +125,10 @@ def write_checkpoint(run_dir: Path, weights: dict[str, torch.Tensor], optimizer_
     try:
         tmp.mkdir()
         write_file(tmp / "model.safetensors", save(_cpu_weights(weights), metadata={"format": "pt"}))
-        state = io.BytesIO()
-        torch.save({"optimizer": optimizer_state, "rng": rng_state()}, state)
-        write_file(tmp / "trainer_state.pt", state.getbuffer())
+        # Streamed, not built in memory: the optimiser state is twice the model (a 1.1B model's is ~9 GB), and
+        # torch.save into a Python file object passes a write error on as that OSError, errno and all.
+        write_file(tmp / "trainer_state.pt",
+                   lambda handle: torch.save({"optimizer": optimizer_state, "rng": rng_state()}, handle))
         write_file(tmp / "meta.json", json.dumps(asdict(meta)).encode())
         fsync_path(tmp)
     except BaseException:  # a full disk, say: no half-written checkpoint is left behind
@@ -253,15 +254,19 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def write_file(path: Path, data: bytes | memoryview) -> None:
-    """Write `data` to `path` and fsync it. A failed write raises OSError with its errno and the path.
+def write_file(path: Path, data: bytes | memoryview | Callable[[io.BufferedWriter], object]) -> None:
+    """Write `data` (bytes, or a function writing to the open file) to `path` and fsync it.
 
-    Checkpoint files are serialised in memory and written here, because torch.save and safetensors
-    report a full disk as a RuntimeError or SafetensorError without the errno.
+    A failed write raises OSError with its errno and the path. Weights are serialised in memory (one copy of
+    the model) and written here, because safetensors' own file writer reports a full disk as a
+    SafetensorError without the errno.
     """
     try:
         with open(path, "wb") as handle:
-            handle.write(data)
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as exc:
