@@ -2,8 +2,9 @@
 
 The contract each call must keep (README, "Errors and exit codes"): exit 0 or 2 (or the command's documented
 code), no traceback, at most one line on stderr when it refuses, and the store unchanged when it refuses.
-Flags are read from the parser itself, so a new flag is fuzzed without touching this file; a new string flag
-needs a kind in FLAG_KINDS (the test says so) or is fuzzed as free text.
+Flags are read from the parser itself, so a new flag is fuzzed without touching this file: int and float flags
+by their type, choices as choices, and string flags by their kind in FLAG_KINDS (a path to read, a file or folder
+to write, a store), else as free text. A new sub-command needs a valid base command in _base_commands.
 """
 
 from __future__ import annotations

@@ -52,6 +52,16 @@ def test_exact_budget_not_a_multiple_of_the_batch(tmp_path: Path, cache_dir: Pat
     assert record["params_total"] == sum(p.numel() for p in _tiny_model().parameters())
 
 
+def test_train_threads_apply_to_the_run_only(tmp_path: Path, cache_dir: Path) -> None:
+    """train.threads sets torch's thread count for the run and restores the caller's setting afterwards."""
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    result = train(_api_config(tmp_path, tokens=256, threads=target), str(tmp_path / "w.db"), show_progress=False,
+                   cache_dir=cache_dir)
+    assert result.status == "finished"
+    assert torch.get_num_threads() == before
+
+
 def test_final_evaluation_only_and_no_intermediate_checkpoints(tmp_path: Path, cache_dir: Path,
                                                               run_cli_in_process) -> None:
     config = _api_config(tmp_path, eval_interval_tokens=0, checkpoint_interval_tokens=0)

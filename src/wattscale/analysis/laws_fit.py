@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,6 +37,7 @@ from wattscale.analysis.laws import LawForm, get_form
 from wattscale.analysis.laws_data import LawData
 from wattscale.analysis.laws_optim import BatchResult, ValueGrad, autograd_value_grad, batched_lbfgs
 from wattscale.errors import ConfigError
+from wattscale.threads import torch_threads
 
 HUBER_DELTA = 1e-3
 AGREE_RTOL = 1e-5
@@ -133,18 +132,6 @@ class LawFit(Result):
     def predict(self, **variables: np.ndarray) -> np.ndarray:
         """Predicted loss at the given variables (params=..., tokens=..., ...)."""
         return get_form(self.form).predict(self.params, **variables)
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run a block with n torch threads, then restore the previous setting."""
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def log_variables(form: LawForm, data: LawData) -> torch.Tensor:

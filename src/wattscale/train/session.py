@@ -32,6 +32,7 @@ from wattscale.locking import run_lock
 from wattscale.model import Llama, count_parameters, flops_per_token
 from wattscale.progress import ProgressHooks, TrainingProgress
 from wattscale.store import Store, open_store
+from wattscale.threads import torch_threads
 from wattscale.train.checkpoints import (
     CheckpointMeta,
     list_checkpoints,
@@ -105,13 +106,13 @@ def train(config: RunConfig, store_url: str, *, show_progress: bool = True,
     sweep show this run's bar inside its own display. Under torchrun every rank returns the same
     result.
     """
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    ctx = init_distributed(config.train.device)
-    try:
-        return _train(config, store_url, ctx, show_progress and ctx.is_main, cache_dir, experiment, progress_hooks)
-    finally:
-        shutdown(ctx)
+    with torch_threads(config.train.threads):
+        ctx = init_distributed(config.train.device)
+        try:
+            return _train(config, store_url, ctx, show_progress and ctx.is_main, cache_dir, experiment,
+                          progress_hooks)
+        finally:
+            shutdown(ctx)
 
 
 @dataclass(frozen=True)
