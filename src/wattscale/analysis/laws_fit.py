@@ -36,6 +36,7 @@ import torch
 from wattscale.analysis.laws import LawForm, get_form
 from wattscale.analysis.laws_data import LawData
 from wattscale.analysis.laws_optim import BatchResult, ValueGrad, autograd_value_grad, batched_lbfgs
+from wattscale.config import MAX_THREADS
 from wattscale.errors import ConfigError
 from wattscale.threads import torch_threads
 
@@ -77,9 +78,6 @@ class Result:
         return out
 
 
-MAX_FIT_THREADS = 1024  # as for training: more is a typo, and torch would start them all
-
-
 @dataclass(frozen=True)
 class FitOptions:
     """Fitter settings; every default is the documented one."""
@@ -99,8 +97,8 @@ class FitOptions:
             raise ConfigError(f"grid: {self.grid!r} is not one of full, coarse")
         if self.max_iter < 1:
             raise ConfigError(f"max_iter: must be >= 1, got {self.max_iter}")
-        if self.threads is not None and not 1 <= self.threads <= MAX_FIT_THREADS:
-            raise ConfigError(f"--threads: {self.threads} must lie in [1, {MAX_FIT_THREADS}] torch threads")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise ConfigError(f"--threads: {self.threads} must lie in [1, {MAX_THREADS}] torch threads")
 
 
 @dataclass(frozen=True)
