@@ -1,0 +1,115 @@
+"""A run's identity: the run id (and config hash) come from the fields marked as identity, and stay stable.
+
+The golden values were computed with the code before identity was marked on the dataclass fields
+(commit 09f7139): runs stored then must keep their ids so that they still resume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wattscale.config import RunConfig, build_run_config, load_toml, run_id_for
+from wattscale.experiment import load_experiment, plan_experiment
+from wattscale.train.session import config_hash_for
+
+FINGERPRINT = "fp0"
+
+
+def _config(model=None, train=None, data=None, meter=None) -> RunConfig:
+    overrides = {"model": {"preset": "llama-tiny", **(model or {})},
+                 "train": {"tokens": 10_000, "batch_size": 4, **(train or {})}}
+    if data:
+        overrides["data"] = data
+    if meter:
+        overrides["meter"] = meter
+    return build_run_config(None, overrides)
+
+
+def _config_hash(config: RunConfig) -> str:
+    """The runs.config_hash a training session stores for `config` (see Session._record_start)."""
+    resolved = config.to_dict()
+    resolved["data_fingerprint"] = FINGERPRINT
+    resolved["resolved"] = {"device": "cpu", "precision": "fp32", "world_size": 1, "eval_interval_tokens": 1024,
+                            "checkpoint_interval_tokens": 1024, "total_steps": 10, "warmup_steps": 1}
+    return config_hash_for(resolved)
+
+
+RUN_TOML = ('[model]\npreset = "llama-1m"\n[train]\ntokens = 131072\nbatch_size = 8\nseq_len = 128\nlr = 2e-3\n'
+            'eval_interval_tokens = 16384\n[data]\nsource = "synthetic"\nsynthetic_mb = 1.0\n[meter]\nsample_hz = 20\n')
+
+CASES = {
+    "defaults": {},
+    "preset_override": {"model": {"preset": "llama-4m", "n_layers": 2, "rope_base": 500000.0}},
+    "data_tokens_epochs": {"train": {"tokens": None, "data_tokens": 4096, "epochs": 2}},
+    "repeat": {"train": {"repeat": 3, "seed": 7}},
+    "optimiser": {"train": {"lr": 1e-3, "schedule": "wsd", "eval_at_start": True, "precision": "fp32",
+                            "device": "cpu"}},
+    "data_meter": {"data": {"synthetic_mb": 0.5, "val_fraction": 0.1},
+                   "meter": {"sample_hz": 50.0, "idle_seconds": 0.0}},
+    "non_identity": {"train": {"run_root": "/x", "name": "n", "threads": 2, "parallel": "fsdp",
+                               "checkpoint_interval_tokens": 0}},
+}
+
+GOLDEN = {  # case: (run id, config hash)
+    "defaults": ("6aa515f192a54313", "6f5595028c9cd2407ba5f3a0b596abbe94529580b311aaffe455515df6d52ba0"),
+    "preset_override": ("004cdd880d79a1d7", "56db5d9b11407dc52f2dfd277778d26460ec65f7adabc4aca4e7f792b29e22fc"),
+    "data_tokens_epochs": ("ff6a6e9ddc65dc78", "bbeec5df1a49ff90576faf9b5090485cfa8cc4b9a319383eac0a12072e647e73"),
+    "repeat": ("f5f67bb1f424d902", "fd6c436235af5a2c4f536df3fc0fb1ea56b0d8136879e7436fc49fba03a372be"),
+    "optimiser": ("a2ed8a9995c410ca", "d89eb571fdc45f6067dfb445189bf25c8b032cfc8acbdabeb77e6901b75c5450"),
+    "data_meter": ("3cd9c534907e083f", "5f8718d1160e60516cbdc80d666411256ec0f9ac1e99c343e925f4095e65cc29"),
+    "non_identity": ("6aa515f192a54313", "d6b248d806f87b1ae8c96f2f462d7bd5e1dd1ac26e12d818cca355eae9607cfa"),
+    "toml_file": ("f22bc3e9af679929", "0f8003587fca95306af3dfc8b0934d9aaf8b3009ade6d0e810723f8dfd2a1de0"),
+}
+
+EXPERIMENT_TOML = '''[experiment]
+name = "golden"
+repetitions = 2
+seeds = "per-repetition"
+order = "random-blocks"
+[model]
+preset = "llama-tiny"
+[train]
+epochs = 1
+batch_size = 4
+seq_len = 64
+eval_tokens = 4096
+device = "cpu"
+threads = 2
+[data]
+source = "synthetic"
+synthetic_mb = 0.5
+[grid]
+"train.data_tokens" = [2048, 4096]
+"train.lr" = [0.001, 0.003]
+'''
+
+GOLDEN_PLAN = [  # (data_tokens, lr, seed, run id) in the plan's order
+    (4096, 0.001, 0, "0e6d7dd73bcff3f6"), (2048, 0.001, 0, "eb5062ee9f2968af"),
+    (2048, 0.003, 0, "b9613953677ef57a"), (4096, 0.003, 0, "ea6d223f85345676"),
+    (4096, 0.001, 1, "6593225afa27dfeb"), (2048, 0.003, 1, "6e51b6a72961f8ed"),
+    (4096, 0.003, 1, "06d0c4b63384c56d"), (2048, 0.001, 1, "4d50913e7725ae52"),
+]
+
+
+def _case(name: str, tmp_path: Path) -> RunConfig:
+    if name == "toml_file":
+        path = tmp_path / "run.toml"
+        path.write_text(RUN_TOML)
+        return build_run_config(load_toml(path))
+    return _config(**CASES[name])
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_run_ids_and_config_hashes_match_those_stored_before(name: str, tmp_path: Path) -> None:
+    config = _case(name, tmp_path)
+    assert (run_id_for(config, FINGERPRINT), _config_hash(config)) == GOLDEN[name]
+
+
+def test_experiment_plan_run_ids_match_those_stored_before(tmp_path: Path) -> None:
+    path = tmp_path / "golden.toml"
+    path.write_text(EXPERIMENT_TOML)
+    plan = plan_experiment(load_experiment(path), tmp_path / "cache", prepare=False)
+    got = [(r.config.train.data_tokens, r.config.train.lr, r.config.train.seed, r.run_id) for r in plan.runs]
+    assert got == GOLDEN_PLAN
