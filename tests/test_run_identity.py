@@ -6,12 +6,16 @@ The golden values were computed with the code before identity was marked on the 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from wattscale.config import RunConfig, build_run_config, load_toml, run_id_for
+from wattscale.config import RunConfig, TrainConfig, build_run_config, load_toml, run_id_for
+from wattscale.data import DataConfig
 from wattscale.experiment import load_experiment, plan_experiment
+from wattscale.identity import identity_field, identity_names
+from wattscale.model import ModelConfig
 from wattscale.train.session import config_hash_for
 
 FINGERPRINT = "fp0"
@@ -113,3 +117,55 @@ def test_experiment_plan_run_ids_match_those_stored_before(tmp_path: Path) -> No
     plan = plan_experiment(load_experiment(path), tmp_path / "cache", prepare=False)
     got = [(r.config.train.data_tokens, r.config.train.lr, r.config.train.seed, r.run_id) for r in plan.runs]
     assert got == GOLDEN_PLAN
+
+
+def _with_new_field(config: RunConfig, section: str, new_field: tuple) -> RunConfig:
+    """`config` whose `section` dataclass is a subclass with one more field (at its default)."""
+    part = getattr(config, section)
+    cls = dataclasses.make_dataclass(f"New{type(part).__name__}", [new_field], bases=(type(part),), frozen=True)
+    values = {f.name: getattr(part, f.name) for f in dataclasses.fields(part)}
+    return dataclasses.replace(config, **{section: cls(**values)})
+
+
+@pytest.mark.parametrize("section", ["model", "train", "data", "meter"])
+@pytest.mark.parametrize("value", [0, 7])
+def test_an_unmarked_new_field_leaves_run_ids_unchanged(section: str, value: int, tmp_path: Path) -> None:
+    for name in ("defaults", "data_tokens_epochs", "repeat", "toml_file"):
+        config = _case(name, tmp_path)
+        extended = _with_new_field(config, section, ("new_knob", int, dataclasses.field(default=value)))
+        assert extended != config and getattr(extended, section).new_knob == value
+        assert run_id_for(extended, FINGERPRINT) == GOLDEN[name][0]
+
+
+@pytest.mark.parametrize("section", ["model", "train", "data"])
+def test_a_marked_new_field_enters_the_run_id(section: str) -> None:
+    config = _config()
+    marked = _with_new_field(config, section, ("new_knob", int, identity_field(3)))
+    assert run_id_for(marked, FINGERPRINT) != GOLDEN["defaults"][0]
+    later = _with_new_field(config, section, ("new_knob", int, identity_field(3, since=3)))
+    assert run_id_for(later, FINGERPRINT) == GOLDEN["defaults"][0]  # at its default: runs stored before keep ids
+    changed = dataclasses.replace(later, **{section: dataclasses.replace(getattr(later, section), new_knob=4)})
+    assert run_id_for(changed, FINGERPRINT) != GOLDEN["defaults"][0]
+
+
+CHANGES = {  # one marked field of each config and a value other than the default case's
+    "model": {"n_layers": 3, "rope_base": 20000.0, "name": "renamed", "init_std": 0.01},
+    "train": {"tokens": 20_000, "seed": 1, "repeat": 1, "lr": 1e-3, "schedule": "constant", "eval_tokens": 1024,
+              "device": "cpu", "precision": "fp32", "compile": True, "divergence_factor": 3.0},
+    "data": {"source": "other.txt", "synthetic_mb": 2.0, "synthetic_seed": 1, "val_fraction": 0.1},
+}
+
+
+@pytest.mark.parametrize("section,key,value", [(s, k, v) for s, kv in CHANGES.items() for k, v in kv.items()])
+def test_changing_a_marked_field_changes_the_run_id(section: str, key: str, value: object) -> None:
+    config = _config()
+    changed = dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **{key: value})})
+    assert run_id_for(changed, FINGERPRINT) != run_id_for(config, FINGERPRINT)
+
+
+def test_the_identity_fields_are_marked_on_the_dataclasses() -> None:
+    assert identity_names(RunConfig) == ("model", "train", "data")
+    assert set(identity_names(ModelConfig)) == {f.name for f in dataclasses.fields(ModelConfig)}
+    assert set(identity_names(DataConfig)) == {f.name for f in dataclasses.fields(DataConfig)}
+    not_identity = {f.name for f in dataclasses.fields(TrainConfig)} - set(identity_names(TrainConfig))
+    assert not_identity == {"checkpoint_interval_tokens", "run_root", "name", "threads", "parallel"}

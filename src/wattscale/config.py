@@ -31,6 +31,7 @@ from typing import Any, get_type_hints
 from wattscale.data import DataConfig
 from wattscale.energy.meter import MeterConfig
 from wattscale.errors import ConfigError
+from wattscale.identity import identity_field, identity_values
 from wattscale.model import ModelConfig
 
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -72,32 +73,34 @@ class TrainConfig:
     same run, so it is not part of the run id; one process ignores it.
     """
 
-    tokens: int | None = None
-    seed: int = 0
-    data_tokens: int | None = None
-    epochs: float | None = None
-    repeat: int = 0
-    batch_size: int = 16
-    micro_batch_size: int | None = None
-    seq_len: int | None = None
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    schedule: str = "cosine"
-    warmup_fraction: float = 0.05
-    decay_fraction: float = 0.2
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    adam_eps: float = 1e-8
-    grad_clip: float = 1.0
-    eval_interval_tokens: int | None = None
-    eval_tokens: int = 65_536
-    eval_at_start: bool = False
+    tokens: int | None = identity_field(None)
+    seed: int = identity_field(0)
+    data_tokens: int | None = identity_field(None, since=None)
+    epochs: float | None = identity_field(None, since=None)
+    repeat: int = identity_field(0, since=0)
+    batch_size: int = identity_field(16)
+    micro_batch_size: int | None = identity_field(None)
+    seq_len: int | None = identity_field(None)
+    lr: float = identity_field(3e-3)
+    min_lr_ratio: float = identity_field(0.1)
+    schedule: str = identity_field("cosine")
+    warmup_fraction: float = identity_field(0.05)
+    decay_fraction: float = identity_field(0.2)
+    weight_decay: float = identity_field(0.1)
+    beta1: float = identity_field(0.9)
+    beta2: float = identity_field(0.95)
+    adam_eps: float = identity_field(1e-8)
+    grad_clip: float = identity_field(1.0)
+    eval_interval_tokens: int | None = identity_field(None)
+    eval_tokens: int = identity_field(65_536)
+    eval_at_start: bool = identity_field(False)
+    # The unmarked fields (checkpoint interval, run root, name, threads, parallel) are not part of the run
+    # id: they change how a run is executed or stored, not what it computes.
     checkpoint_interval_tokens: int | None = None
-    divergence_factor: float = 2.0
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
+    divergence_factor: float = identity_field(2.0)
+    device: str = identity_field("auto")
+    precision: str = identity_field("auto")
+    compile: bool = identity_field(False)
     run_root: str = "wattscale_runs"
     name: str | None = None
     threads: int | None = None
@@ -194,9 +197,9 @@ def _train_problems(c: TrainConfig) -> list[str]:
 class RunConfig:
     """Everything that defines one training run: model, training and data settings."""
 
-    model: ModelConfig
-    train: TrainConfig
-    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = identity_field()
+    train: TrainConfig = identity_field()
+    data: DataConfig = identity_field(default_factory=DataConfig)
     meter: MeterConfig = field(default_factory=MeterConfig)
 
     @property
@@ -219,23 +222,13 @@ class RunConfig:
         }
 
 
-# Settings that change how a run is executed or stored but not what it computes; they are left
-# out of the run id so that re-running with, e.g., another checkpoint interval resumes the run.
-_NON_IDENTITY_TRAIN_KEYS = ("checkpoint_interval_tokens", "run_root", "name", "threads", "parallel")
-_LATER_TRAIN_KEYS: dict[str, Any] = {"data_tokens": None, "epochs": None, "repeat": 0}
-
-
 def run_id_for(config: RunConfig, data_fingerprint: str) -> str:
-    """A stable 16-hex-digit id: a hash of the resolved settings, the seed and the data content."""
-    resolved = config.to_dict()
-    for key in _NON_IDENTITY_TRAIN_KEYS:
-        resolved["train"].pop(key)
-    # Settings added after the first release are left out at their defaults, so that the ids of
-    # runs stored before they existed do not change.
-    for key, default in _LATER_TRAIN_KEYS.items():
-        if resolved["train"][key] == default:
-            resolved["train"].pop(key)
-    resolved.pop("meter")  # measuring a run does not change what it computes
+    """A stable 16-hex-digit id: a hash of the identity fields (see wattscale.identity) and the data content.
+
+    Only fields marked with ``identity_field`` count: the meter settings, where a run is stored and
+    how it is executed do not change what it computes, and a field added unmarked changes no run id.
+    """
+    resolved = identity_values(config)
     resolved["data_fingerprint"] = data_fingerprint
     blob = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

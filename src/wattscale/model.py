@@ -29,6 +29,7 @@ from torch import nn
 
 from wattscale.errors import ConfigError
 from wattscale.flops import ParameterCounts, flops_per_token_from_config, parameter_counts
+from wattscale.identity import identity_field
 
 # --------------------------------------------------------------------------------------------------
 # Configuration and presets
@@ -39,18 +40,19 @@ from wattscale.flops import ParameterCounts, flops_per_token_from_config, parame
 class ModelConfig:
     """The shape of a Llama-style model. Build one with ``ModelConfig.from_name("llama-4m")``."""
 
-    name: str
-    n_layers: int
-    d_model: int
-    n_heads: int
-    n_kv_heads: int  # grouped-query attention: n_heads / n_kv_heads query heads share one K/V head
-    ffn_hidden: int  # SwiGLU hidden width (HF "intermediate_size")
-    vocab_size: int
-    context_length: int  # longest sequence the RoPE tables cover (HF "max_position_embeddings")
-    tie_embeddings: bool  # the output head reuses the input embedding matrix
-    rms_norm_eps: float = 1e-5
-    rope_base: float = 10000.0  # HF "rope_theta"
-    init_std: float = 0.02  # std of the normal init; output projections get init_std / sqrt(2 * n_layers)
+    name: str = identity_field()
+    n_layers: int = identity_field()
+    d_model: int = identity_field()
+    n_heads: int = identity_field()
+    n_kv_heads: int = identity_field()  # grouped-query attention: n_heads / n_kv_heads query heads share one K/V head
+    ffn_hidden: int = identity_field()  # SwiGLU hidden width (HF "intermediate_size")
+    vocab_size: int = identity_field()
+    context_length: int = identity_field()  # longest sequence the RoPE tables cover (HF "max_position_embeddings")
+    tie_embeddings: bool = identity_field()  # the output head reuses the input embedding matrix
+    rms_norm_eps: float = identity_field(1e-5)
+    rope_base: float = identity_field(10000.0)  # HF "rope_theta"
+    # std of the normal init; output projections get init_std / sqrt(2 * n_layers)
+    init_std: float = identity_field(0.02)
 
     def __post_init__(self) -> None:
         problems = _config_problems(self)

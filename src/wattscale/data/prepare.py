@@ -31,6 +31,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from wattscale.errors import ConfigError, DataError
+from wattscale.identity import identity_field
 
 from .shards import SHARD_FORMAT_VERSION, TokenShard, read_shard, token_dtype, write_shard
 from .sources import TextSource, file_sha256, open_source
@@ -49,13 +50,14 @@ class DataConfig:
     """Where the text comes from, how it is tokenized and how validation text is held out."""
 
     # "synthetic" | a .txt/.jsonl/.parquet file or a directory of them | "hf:<dataset>[:<config>][@<split>]"
-    source: str = "synthetic"
-    synthetic_mb: float = 4.0  # size of the generated corpus, in MB (10**6 bytes)
-    synthetic_seed: int = 0
-    text_field: str = "text"  # jsonl field / parquet or hf column holding the text
-    tokenizer: str | None = None  # path to a tokenizer.json; None -> train a byte-level BPE on the train split
-    val_fraction: float = 0.05  # share of documents held out for validation (ignored with val_source)
-    val_source: str | None = None  # a separate validation source instead of a split
+    source: str = identity_field("synthetic")
+    synthetic_mb: float = identity_field(4.0)  # size of the generated corpus, in MB (10**6 bytes)
+    synthetic_seed: int = identity_field(0)
+    text_field: str = identity_field("text")  # jsonl field / parquet or hf column holding the text
+    # path to a tokenizer.json; None -> train a byte-level BPE on the train split
+    tokenizer: str | None = identity_field(None)
+    val_fraction: float = identity_field(0.05)  # share of documents held out for validation (ignored with val_source)
+    val_source: str | None = identity_field(None)  # a separate validation source instead of a split
 
     def __post_init__(self) -> None:
         problems = []
