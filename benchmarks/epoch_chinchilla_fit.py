@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wattscale.analysis.laws_analysis import analyze_law
-from wattscale.analysis.laws_data import law_data_from_csv
+from wattscale.analysis.laws.analysis import analyze_law
+from wattscale.analysis.laws.data import law_data_from_csv
 from wattscale.hardware import device_info
 
 ROOT = Path(__file__).resolve().parents[1]

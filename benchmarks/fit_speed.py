@@ -4,7 +4,7 @@ Data: Epoch AI's reconstruction of the Chinchilla points (240 after dropping the
 ``../shared/data/external/chinchilla_epoch``); synthetic Chinchilla-law points of the same size when absent.
 Grid: the full Hoffmann grid of Besiroglu et al. (2024), 4,500 starts, the same for every method.
 
-- **ours**: ``wattscale.analysis.laws_fit.fit_law`` (grid stage with scipy's default tolerances, then the
+- **ours**: ``wattscale.analysis.laws.fit.fit_law`` (grid stage with scipy's default tolerances, then the
   polish of the distinct optima), timed end to end, with torch on 1 thread (the default) and on 2.
 - **scipy, notebook way**: for each start ``scipy.optimize.minimize(objective, x0, method="L-BFGS-B")`` with
   default options and finite-difference gradients, the best successful result kept: the loop of the published
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
-from wattscale.analysis.laws import get_form
-from wattscale.analysis.laws_data import law_data_from_csv, make_law_data
-from wattscale.analysis.laws_fit import FitOptions, fit_law
+from wattscale.analysis.laws.data import law_data_from_csv, make_law_data
+from wattscale.analysis.laws.fit import FitOptions, fit_law
+from wattscale.analysis.laws.forms import get_form
 from wattscale.hardware import device_info
 
 ROOT = Path(__file__).resolve().parents[1]

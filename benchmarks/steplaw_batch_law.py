@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from wattscale.analysis.laws_analysis import analyze_law
-from wattscale.analysis.laws_data import make_law_data
-from wattscale.analysis.laws_fit import FitOptions
+from wattscale.analysis.laws.analysis import analyze_law
+from wattscale.analysis.laws.data import make_law_data
+from wattscale.analysis.laws.fit import FitOptions
 from wattscale.hardware import device_info
 
 ROOT = Path(__file__).resolve().parents[1]

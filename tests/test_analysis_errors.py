@@ -161,7 +161,7 @@ def test_fit_compares_only_the_forms_the_points_allow(run_cli_in_process, tmp_pa
 
 
 def test_fit_from_store_uses_the_context_length_when_seq_len_is_null(tmp_path: Path) -> None:
-    from wattscale.analysis.laws_data import law_data_from_store
+    from wattscale.analysis.laws.data import law_data_from_store
 
     with open_store(str(tmp_path / "s.db")) as store:
         for i, (n, tokens) in enumerate([(1e6, 1e8), (2e6, 2e8)]):
@@ -195,7 +195,7 @@ def test_unwritable_output_paths_fail_before_the_work(run_cli_in_process, tmp_pa
     (tmp_path / "a_dir").mkdir()
     if command[0] == "analyze" and where == "a_dir":
         where = "a_file"  # a folder is what --out wants; a file is the wrong kind
-    import wattscale.analysis.study as study
+    import wattscale.analysis.study.analysis as study
     import wattscale.report.build as build
 
     def no_work(*args, **kwargs):
@@ -203,7 +203,7 @@ def test_unwritable_output_paths_fail_before_the_work(run_cli_in_process, tmp_pa
 
     monkeypatch.setattr(study, "analyze_study", no_work)
     monkeypatch.setattr(build, "open_store", no_work)
-    monkeypatch.setattr("wattscale.analysis.laws_data.law_data_from_store", no_work)
+    monkeypatch.setattr("wattscale.analysis.laws.data.law_data_from_store", no_work)
     before = _digest(study_db)
     res = run_cli_in_process("--store", str(study_db), *command, where)
     _one_line_error(res, flag)

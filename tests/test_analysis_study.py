@@ -15,8 +15,8 @@ from scipy import stats as sps
 from statsmodels.stats.anova import AnovaRM
 
 from analysis_fixtures import FLOPS_PER_TOKEN, LEVELS, PARAMS, PEAK_FLOPS, energy_j, eval_loss, val_loss, write_study
-from wattscale.analysis.study import analyze_study
-from wattscale.analysis.study_data import load_from_store
+from wattscale.analysis.study.analysis import analyze_study
+from wattscale.analysis.study.data import load_from_store
 
 
 def _by_metric(result: dict) -> dict:

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from wattscale.analysis.laws_bootstrap import bootstrap_law, cluster_weights
-from wattscale.analysis.laws_check import identifiability_warnings, leave_largest_out
-from wattscale.analysis.laws_data import make_law_data
-from wattscale.analysis.laws_fit import FitOptions, compare_forms, fit_law, log_likelihood
+from wattscale.analysis.laws.bootstrap import bootstrap_law, cluster_weights
+from wattscale.analysis.laws.checks import identifiability_warnings, leave_largest_out
+from wattscale.analysis.laws.data import make_law_data
+from wattscale.analysis.laws.fit import FitOptions, compare_forms, fit_law, log_likelihood
 
 COARSE = FitOptions(grid="coarse")
 

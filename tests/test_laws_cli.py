@@ -18,7 +18,7 @@ def law_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_store_points_runs_checkpoints_and_parameter_counting(law_store):
-    from wattscale.analysis.laws_data import law_data_from_store
+    from wattscale.analysis.laws.data import law_data_from_store
 
     finals = law_data_from_store(str(law_store), "laws")
     assert len(finals) == 60 and finals.n_runs == 60 and finals.param_counting == "non_embedding"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from wattscale.analysis.energy_plan import GRID_PARAMS, energy_for_losses, fit_energy_model, plan_energy
-from wattscale.analysis.laws_bootstrap import bootstrap_law
-from wattscale.analysis.laws_data import make_law_data
-from wattscale.analysis.laws_fit import FitOptions, fit_law
+from wattscale.analysis.laws.bootstrap import bootstrap_law
+from wattscale.analysis.laws.data import make_law_data
+from wattscale.analysis.laws.fit import FitOptions, fit_law
+from wattscale.analysis.laws.plans import GRID_PARAMS, energy_for_losses, fit_energy_model, plan_energy
 
 KAPPA = 2e-11  # joules per FLOP in the synthetic measurements
 CHIN = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.30}

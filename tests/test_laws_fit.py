@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA
-from wattscale.analysis.laws import LawForm, form_names, get_form, register_form
-from wattscale.analysis.laws_bootstrap import bootstrap_law
-from wattscale.analysis.laws_data import law_data_from_csv, make_law_data
-from wattscale.analysis.laws_fit import FitOptions, fit_law
+from wattscale.analysis.laws.bootstrap import bootstrap_law
+from wattscale.analysis.laws.data import law_data_from_csv, make_law_data
+from wattscale.analysis.laws.fit import FitOptions, fit_law
+from wattscale.analysis.laws.forms import LawForm, form_names, get_form, register_form
 from wattscale.errors import ConfigError
 
 EPOCH_CSV = SHARED_DATA / "external" / "chinchilla_epoch" / "svg_extracted_data.csv"
@@ -62,7 +62,7 @@ def test_steplaw_batch_exponent_reported(record_property):
         pytest.skip(f"Step-Law run data not found at {STEPLAW_CSV} (set WATTSCALE_SHARED_DATA)")
     import pandas as pd
 
-    from wattscale.analysis.laws import batch_law_exponent
+    from wattscale.analysis.laws.forms import batch_law_exponent
 
     runs = pd.read_csv(STEPLAW_CSV)
     runs = runs[runs["smooth loss"] <= 4]

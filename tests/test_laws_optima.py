@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq, minimize, minimize_scalar
 
-from wattscale.analysis.laws import (
+from wattscale.analysis.laws.bootstrap import estimate
+from wattscale.analysis.laws.forms import (
     batch_band,
     batch_law_exponent,
     compute_optimal,
@@ -17,7 +18,6 @@ from wattscale.analysis.laws import (
     optimal_batch_tokens,
     tokens_for_loss,
 )
-from wattscale.analysis.laws_bootstrap import estimate
 
 CHIN = {"E": 1.817, "A": 482.0, "B": 2085.4, "alpha": 0.3478, "beta": 0.3658}  # Besiroglu et al. 2024
 KAP = {"Nc": 8.8e13, "Dc": 5.4e13, "alpha_N": 0.076, "alpha_D": 0.095}  # Kaplan et al. 2020

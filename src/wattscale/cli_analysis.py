@@ -78,8 +78,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.factor:
         raise ConfigError("--factor: only with --csv; for stored runs use --by")
     from wattscale.analysis.dynamics import DynamicsConfig
-    from wattscale.analysis.study import AnalysisOptions, analyze_study
-    from wattscale.analysis.study_data import load_from_export, load_from_store
+    from wattscale.analysis.study.analysis import AnalysisOptions, analyze_study
+    from wattscale.analysis.study.data import load_from_export, load_from_store
     from wattscale.cli import store_url
 
     options = AnalysisOptions(
@@ -105,7 +105,7 @@ def _print_study(result: dict, console: Any) -> None:
 
 
 def _analyze_csv(args: argparse.Namespace) -> int:
-    from wattscale.analysis.csv_study import analyze_long_csv
+    from wattscale.analysis.study.long_table import analyze_long_csv
 
     missing = [flag for flag, value in (("--metric", args.metric), ("--factor", args.factor),
                                         ("--subject", args.subject)) if not value]

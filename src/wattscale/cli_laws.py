@@ -2,7 +2,7 @@
 
 Each command reads the points (store: finished runs; CSV: the documented columns, renamed with
 ``--column NAME=HEADER``), fits the law with its bootstrap, and prints tables with intervals, or one JSON object
-with ``--json``. The analysis lives in ``wattscale.analysis.laws*`` and ``wattscale.analysis.energy_plan``.
+with ``--json``. The analysis lives in ``wattscale.analysis.laws`` (the plans in ``wattscale.analysis.laws.plans``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _columns(pairs: list[str] | None) -> dict[str, str]:
 
 def load_points(args: argparse.Namespace):
     """LawData from --csv or the store (the default), with the flags' column mapping and parameter counting."""
-    from wattscale.analysis.laws_data import law_data_from_csv, law_data_from_store
+    from wattscale.analysis.laws.data import law_data_from_csv, law_data_from_store
 
     if args.csv:
         if args.from_store:
@@ -40,7 +40,7 @@ def load_points(args: argparse.Namespace):
 
 
 def _options(args: argparse.Namespace):
-    from wattscale.analysis.laws_fit import FitOptions
+    from wattscale.analysis.laws.fit import FitOptions
 
     return FitOptions(huber_delta=args.huber_delta, grid=args.grid, threads=args.threads)
 
@@ -125,8 +125,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
         check_output_file(args.plot or f"fit_{args.form}.png", "--plot", (".png", ".pdf", ".svg"))
     data = load_points(args)  # first: bad input fails before torch and matplotlib are imported
-    from wattscale.analysis.laws_analysis import analyze_law
-    from wattscale.analysis.laws_plot import plot_fit
+    from wattscale.analysis.laws.analysis import analyze_law
+    from wattscale.analysis.laws.plot import plot_fit
 
     compare = None if args.compare == "auto" else [] if args.compare == "none" else args.compare.split(",")
     analysis = analyze_law(data, args.form, _options(args), n_boot=args.boot, seed=args.seed, level=args.level,
@@ -146,8 +146,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _fit_and_boot(args: argparse.Namespace, data: Any = None):
-    from wattscale.analysis.laws_bootstrap import bootstrap_law
-    from wattscale.analysis.laws_fit import fit_law
+    from wattscale.analysis.laws.bootstrap import bootstrap_law
+    from wattscale.analysis.laws.fit import fit_law
 
     data = load_points(args) if data is None else data
     options = _options(args)
@@ -159,7 +159,7 @@ def _fit_and_boot(args: argparse.Namespace, data: Any = None):
 
 def cmd_plan_compute(args: argparse.Namespace) -> int:
     """N*, D*, L* for compute budgets (and C(L) for target losses), with intervals."""
-    from wattscale.analysis.laws_optima import batch_optima, compute_optima, loss_targets
+    from wattscale.analysis.laws.optima import batch_optima, compute_optima, loss_targets
 
     if not all(c > 0 for c in args.flops):
         raise ConfigError("--flops: every compute budget must be > 0")
@@ -182,7 +182,7 @@ def cmd_plan_compute(args: argparse.Namespace) -> int:
 
 def cmd_plan_energy(args: argparse.Namespace) -> int:
     """The lowest-loss (N, D, M) for energy budgets (and the energy for target losses), with intervals."""
-    from wattscale.analysis.energy_plan import energy_for_losses, fit_energy_model, plan_energy
+    from wattscale.analysis.laws.plans import energy_for_losses, fit_energy_model, plan_energy
 
     if not all(e > 0 for e in args.kwh):
         raise ConfigError("--kwh: energy budgets must be > 0")

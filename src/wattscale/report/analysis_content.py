@@ -21,8 +21,8 @@ def study_content(store: Any, experiment: str | None,
                   energy_basis: str = "train") -> tuple[dict[str, Any], dict[str, Any]]:
     """(statistics content, dynamics content) for the study; a note in each when it cannot be analysed."""
     try:
-        from wattscale.analysis.study import AnalysisOptions, analyze_study
-        from wattscale.analysis.study_data import load_study
+        from wattscale.analysis.study.analysis import AnalysisOptions, analyze_study
+        from wattscale.analysis.study.data import load_study
     except ImportError as exc:
         note = {"notes": [f"Statistics need the analysis extra (pip install 'wattscale[analysis]'): {exc}"]}
         return note, note

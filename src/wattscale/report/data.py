@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from wattscale.analysis.efficiency import basis_figures
-from wattscale.analysis.study_data import condition_of
+from wattscale.analysis.study.data import condition_of
 from wattscale.errors import ConfigError
 from wattscale.report.queries import val_loss_curves
 from wattscale.report.summary import minmax_downsample

@@ -1,6 +1,6 @@
 """The report's scaling-law section: the fitted law with its CI, the batch-size band, the energy-optimal frontier.
 
-:func:`laws_content` fits the study's runs with `wattscale.analysis.laws_analysis.analyze_law` (the same code as
+:func:`laws_content` fits the study's runs with `wattscale.analysis.laws.analysis.analyze_law` (the same code as
 ``wattscale fit``) and turns the result into the generic content dict ``laws_section`` renders. The form is the
 three-term law when the runs vary both batch size and step count, else the Chinchilla law when they vary model
 size and tokens; otherwise the section says why no law is fitted. To keep the report quick it fits from the
@@ -37,9 +37,9 @@ def choose_form(data: Any) -> tuple[str | None, str]:
 def laws_content(store: Any, experiment: str | None, n_boot: int = REPORT_BOOTSTRAP) -> dict[str, Any]:
     """The content dict of the scaling-law section (a note when no law can be fitted here)."""
     try:
-        from wattscale.analysis.laws_analysis import analyze_law
-        from wattscale.analysis.laws_data import law_data_from_open_store
-        from wattscale.analysis.laws_fit import FitOptions
+        from wattscale.analysis.laws.analysis import analyze_law
+        from wattscale.analysis.laws.data import law_data_from_open_store
+        from wattscale.analysis.laws.fit import FitOptions
     except ImportError as exc:
         return {"notes": [f"Scaling laws need the analysis extra (pip install 'wattscale[analysis]'): {exc}"]}
     try:
@@ -124,7 +124,7 @@ def _observed_vs_predicted(fit: Any, data: Any) -> dict[str, Any]:
 
 
 def _batch_figure(result: Any, data: Any) -> dict[str, Any]:
-    from wattscale.analysis.laws_optima import batch_optima
+    from wattscale.analysis.laws.optima import batch_optima
 
     d = np.geomspace(float(data.tokens.min()), float(data.tokens.max()), CURVE_POINTS)
     rows = batch_optima(result.fit, result.bootstrap, d.tolist(), result.batch_optima[0].epsilon
@@ -146,7 +146,7 @@ def _batch_figure(result: Any, data: Any) -> dict[str, Any]:
 
 def _energy(result: Any, data: Any) -> dict[str, list]:
     """The energy-optimal frontier: the lowest predicted loss per energy budget, with its CI."""
-    from wattscale.analysis.energy_plan import plan_energy
+    from wattscale.analysis.laws.plans import plan_energy
 
     out: dict[str, list] = {"tables": [], "figures": [], "notes": []}
     if data.energy_j is None or not np.isfinite(data.energy_j).any():

@@ -15,7 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from wattscale.analysis.study_data import condition_of
+from wattscale.analysis.study.data import condition_of
 from wattscale.errors import ConfigError
 from wattscale.report.queries import interval_energy, latest_evaluation, latest_power, latest_train_step
 from wattscale.store import Store, open_store

@@ -1,9 +1,9 @@
 """One call from data to a fitted law with everything a researcher checks: :func:`analyze_law`.
 
-It fits the form (:func:`.laws_fit.fit_law`), bootstraps it over runs (:func:`.laws_bootstrap.bootstrap_law`),
-validates it on the largest sizes held out (:func:`.laws_check.leave_largest_out`), compares it by AIC with the
-other built-in forms the data allow (:func:`.laws_fit.compare_forms`), collects identifiability warnings, and
-derives the optima with intervals (:mod:`.laws_optima`): N*, D*, L* at compute budgets, C(L) at target losses,
+It fits the form (:func:`.fit.fit_law`), bootstraps it over runs (:func:`.bootstrap.bootstrap_law`),
+validates it on the largest sizes held out (:func:`.checks.leave_largest_out`), compares it by AIC with the
+other built-in forms the data allow (:func:`.fit.compare_forms`), collects identifiability warnings, and
+derives the optima with intervals (:mod:`.optima`): N*, D*, L* at compute budgets, C(L) at target losses,
 and for the three-term law M*(D) = k D^s, the epsilon band and the implied Chinchilla-form law.
 
 Default budgets, when none are given: compute budgets at the decades spanned by the data's 6 N D and one decade
@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wattscale.analysis.laws import get_form
-from wattscale.analysis.laws_bootstrap import CI_LEVEL, N_BOOT, LawBootstrap, bootstrap_law
-from wattscale.analysis.laws_check import Validation, identifiability_warnings, leave_largest_out
-from wattscale.analysis.laws_data import LawData
-from wattscale.analysis.laws_fit import FitOptions, FormComparison, LawFit, Result, compare_forms, fit_law
-from wattscale.analysis.laws_optima import (
+from wattscale.analysis.laws.bootstrap import CI_LEVEL, N_BOOT, LawBootstrap, bootstrap_law
+from wattscale.analysis.laws.checks import Validation, identifiability_warnings, leave_largest_out
+from wattscale.analysis.laws.data import LawData
+from wattscale.analysis.laws.fit import FitOptions, FormComparison, LawFit, Result, compare_forms, fit_law
+from wattscale.analysis.laws.forms import get_form
+from wattscale.analysis.laws.optima import (
     BAND_EPSILON,
     BatchLaw,
     BatchOptimum,

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from wattscale.analysis.laws import compute_optimal, get_form, optimal_batch_tokens
-from wattscale.analysis.laws_bootstrap import LawBootstrap
-from wattscale.analysis.laws_data import LawData
-from wattscale.analysis.laws_fit import LawFit
+from wattscale.analysis.laws.bootstrap import LawBootstrap
+from wattscale.analysis.laws.data import LawData
+from wattscale.analysis.laws.fit import LawFit
+from wattscale.analysis.laws.forms import compute_optimal, get_form, optimal_batch_tokens
 from wattscale.errors import ConfigError
 from wattscale.output_paths import write_error
 

@@ -1,8 +1,8 @@
 """Derived quantities of a fitted law, each with its bootstrap interval.
 
 Every quantity is computed once from the fit on all data (the value) and once per converged bootstrap
-replicate (the interval and SE, :func:`wattscale.analysis.laws_bootstrap.estimate`); without a bootstrap the
-intervals are NaN. The closed forms are those of :mod:`wattscale.analysis.laws` (C = 6 N D).
+replicate (the interval and SE, :func:`wattscale.analysis.laws.bootstrap.estimate`); without a bootstrap the
+intervals are NaN. The closed forms are those of :mod:`wattscale.analysis.laws.forms` (C = 6 N D).
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wattscale.analysis.laws import (
+from wattscale.analysis.laws.bootstrap import Estimate, LawBootstrap, estimate
+from wattscale.analysis.laws.fit import LawFit, Result
+from wattscale.analysis.laws.forms import (
     batch_band,
     batch_law_coefficient,
     batch_law_exponent,
@@ -21,8 +23,6 @@ from wattscale.analysis.laws import (
     implied_chinchilla,
     optimal_batch_tokens,
 )
-from wattscale.analysis.laws_bootstrap import Estimate, LawBootstrap, estimate
-from wattscale.analysis.laws_fit import LawFit, Result
 from wattscale.errors import ConfigError
 
 BAND_EPSILON = 0.01  # loss units (nats/token)

@@ -2,7 +2,7 @@
 
 A form is data (:class:`LawForm`): how to compute log-loss from fit-space parameters and log-variables (in
 torch, so the fitter gets gradients by autograd), how fit-space parameters map to the reported ones, a grid
-of starting points and box bounds. The fitter (:mod:`wattscale.analysis.laws_fit`) only ever calls these
+of starting points and box bounds. The fitter (:mod:`wattscale.analysis.laws.fit`) only ever calls these
 fields, so a user adds a form with :func:`register_form` without touching it.
 
 Built-in forms (N parameters, D tokens, M batch size in tokens, K optimiser steps, D = M*K):

@@ -4,8 +4,8 @@ The method is Hoffmann et al. (2022) approach 3 with the corrections of Besirogl
 
 - objective: ``sum_i w_i * Huber_delta(log L_pred(x_i) - log L_i)``, the SUM (not the mean, whose tiny
   values stopped L-BFGS early in the original), ``delta = 1e-3`` by default (``FitOptions.huber_delta``);
-- parameters in log-sum-exp form (``log L = LSE(e, a - alpha log N, ...)``), see :mod:`.laws`;
-- L-BFGS (box-bounded, :mod:`.laws_optim`) from every start of the form's grid (the full Hoffmann grid of
+- parameters in log-sum-exp form (``log L = LSE(e, a - alpha log N, ...)``), see :mod:`.forms`;
+- L-BFGS (box-bounded, :mod:`.optimiser`) from every start of the form's grid (the full Hoffmann grid of
   4,500 starts for ``chinchilla``), the lowest objective kept;
 - the distinct local optima found (up to 8, best first: ``LawFit.candidates``) are then polished with tight
   tolerances (``POLISH``: ftol 1e-13, gtol 1e-10, 1,000 iterations) and the best polished one is the fit. The
@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from wattscale.analysis.laws import LawForm, get_form
-from wattscale.analysis.laws_data import LawData
-from wattscale.analysis.laws_optim import BatchResult, ValueGrad, autograd_value_grad, batched_lbfgs
+from wattscale.analysis.laws.data import LawData
+from wattscale.analysis.laws.forms import LawForm, get_form
+from wattscale.analysis.laws.optimiser import BatchResult, ValueGrad, autograd_value_grad, batched_lbfgs
 from wattscale.config import MAX_THREADS
 from wattscale.errors import ConfigError
 from wattscale.threads import torch_threads
@@ -250,7 +250,7 @@ def fit_law(data: LawData, form: str | LawForm = "chinchilla", options: FitOptio
     best = int(np.argmin(np.where(np.isfinite(polished.f), polished.f, np.inf)))
     f_best, theta = float(polished.f[best]), polished.x[best]
     distinct_x, distinct_f = _candidates(polished, N_CANDIDATES)  # polished starts often meet again
-    from wattscale.analysis.laws_optim import STATUS_NAMES
+    from wattscale.analysis.laws.optimiser import STATUS_NAMES
 
     return LawFit(
         form=form.name, formula=form.formula,

@@ -29,10 +29,10 @@ import pandas as pd
 from wattscale.analysis import efficiency
 from wattscale.analysis.comparisons import DEFAULT_ALPHA, compare_metric
 from wattscale.analysis.dynamics import DynamicsConfig
-from wattscale.analysis.dynamics_study import condition_dynamics
 from wattscale.analysis.returns import metric_returns, token_levels
 from wattscale.analysis.stats import json_ready
-from wattscale.analysis.study_data import StudyData, condition_of
+from wattscale.analysis.study.data import StudyData, condition_of
+from wattscale.analysis.study.dynamics import condition_dynamics
 from wattscale.errors import ConfigError
 
 RETURN_METRICS = ("final_val_loss", "final_val_ppl", "tokens_per_joule", "pee")

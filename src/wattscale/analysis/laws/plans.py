@@ -14,7 +14,7 @@ estimated).
 by ``extrapolate`` (default 1: no extrapolation beyond the measured sizes and batches). For an energy budget
 E: ``D = E / j(N, M)``, ``K = D / M``, loss from the law (a Chinchilla or Kaplan law has no batch term, so its
 plan uses the batch size that makes tokens cheapest); the grid cell with the lowest loss wins. For a target
-loss: the tokens that reach it at each (N, M) (closed form, :func:`wattscale.analysis.laws.tokens_for_loss`),
+loss: the tokens that reach it at each (N, M) (closed form, :func:`wattscale.analysis.laws.forms.tokens_for_loss`),
 times j, the cell with the least energy wins.
 
 A best cell on the edge of the searched range is reported in ``at_edge``: the optimum may lie beyond the
@@ -32,10 +32,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wattscale.analysis.laws import tokens_for_loss
-from wattscale.analysis.laws_bootstrap import Estimate, LawBootstrap, estimate
-from wattscale.analysis.laws_data import LawData
-from wattscale.analysis.laws_fit import LawFit, Result
+from wattscale.analysis.laws.bootstrap import Estimate, LawBootstrap, estimate
+from wattscale.analysis.laws.data import LawData
+from wattscale.analysis.laws.fit import LawFit, Result
+from wattscale.analysis.laws.forms import tokens_for_loss
 from wattscale.errors import ConfigError
 
 JOULES_PER_KWH = 3.6e6

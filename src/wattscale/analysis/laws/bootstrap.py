@@ -26,9 +26,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from wattscale.analysis.laws import get_form
-from wattscale.analysis.laws_data import LawData
-from wattscale.analysis.laws_fit import POLISH, FitOptions, LawFit, Result, grid_starts, run_starts
+from wattscale.analysis.laws.data import LawData
+from wattscale.analysis.laws.fit import POLISH, FitOptions, LawFit, Result, grid_starts, run_starts
+from wattscale.analysis.laws.forms import get_form
 from wattscale.errors import ConfigError
 
 CI_LEVEL = 0.95

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wattscale.analysis.laws import get_form
-from wattscale.analysis.laws_bootstrap import LawBootstrap
-from wattscale.analysis.laws_data import LawData
-from wattscale.analysis.laws_fit import FitOptions, LawFit, Result, fit_law, points_needed
+from wattscale.analysis.laws.bootstrap import LawBootstrap
+from wattscale.analysis.laws.data import LawData
+from wattscale.analysis.laws.fit import FitOptions, LawFit, Result, fit_law, points_needed
+from wattscale.analysis.laws.forms import get_form
 
 SPAN_WARNING = 10.0
 HOLDOUT_FRACTION = 0.1
