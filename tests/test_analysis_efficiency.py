@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from wattscale.analysis.efficiency import mean_ci, metric_names, run_efficiency, summarise
+from wattscale.analysis.efficiency import metric_names, run_efficiency, summarise
 from wattscale.analysis.returns import metric_returns
+from wattscale.confidence import mean_ci
 from wattscale.errors import ConfigError
 
 RECORD = {

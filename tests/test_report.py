@@ -12,9 +12,10 @@ import pytest
 from scipy import stats
 
 from report_helpers import XSS_PAYLOADS, XSS_RUN_NAME, add_synthetic_run, embedded_figures, real_study_store, xss_store
+from wattscale.confidence import mean_ci_summary as mean_ci
 from wattscale.report import build_report, write_report
 from wattscale.report.html import plot_text, script_json, text
-from wattscale.report.summary import band_across_runs, mean_ci, minmax_downsample
+from wattscale.report.summary import band_across_runs, minmax_downsample
 from wattscale.store import open_store
 
 

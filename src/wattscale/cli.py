@@ -21,12 +21,12 @@ from typing import Any
 
 from wattscale.errors import WattscaleError
 from wattscale.jsonout import strict_json
+from wattscale.limits import MAX_INT64
 
 DEFAULT_STORE = "./wattscale.db"
 EXIT_DIVERGED = 3
 EXIT_RUNS_FAILED = 4
 EXIT_INTERNAL_ERROR = 1
-MAX_INT64 = 2**63 - 1
 # OS errors that are the environment's, not wattscale's: reported in one line with the file, exit 2.
 _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT,
                                  errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EMFILE,

@@ -32,16 +32,10 @@ from wattscale.data import DataConfig
 from wattscale.energy.meter import MeterConfig
 from wattscale.errors import ConfigError
 from wattscale.identity import identity_field, identity_values
+from wattscale.limits import MAX_INT64, MAX_THREADS, MAX_TRAIN_TOKENS
 from wattscale.model import ModelConfig
 
 SCHEDULES = ("cosine", "wsd", "constant")
-# Integers are stored as SQL BIGINT (64-bit signed), so no setting may exceed this.
-MAX_INT64 = 2**63 - 1
-# A quadrillion tokens: some 60x the largest published training runs, far below where the token arithmetic
-# (tokens x FLOPs per token, stored as a double) loses precision. A larger budget is a typo.
-MAX_TRAIN_TOKENS = 10**15
-# torch starts this many intra-op threads on the first matmul; more is a typo, not oversubscription.
-MAX_THREADS = 1024
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # tf32: fp32 weights, TF32 tensor-core matmuls (CUDA only)
 PARALLEL_MODES = ("ddp", "fsdp")
 

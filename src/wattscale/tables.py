@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wattscale.model import PRESETS, count_parameters, flops_per_token
+from wattscale.units import JOULES_PER_KWH, SECONDS_PER_HOUR
 
 RUN_COLUMNS = ("run_id", "kind", "status", "preset", "params", "tokens_seen", "seed", "wall_seconds",
                "final_val_loss", "joules", "train_energy_j", "energy_source")
@@ -181,10 +182,10 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds:,.0f} s" if seconds < 120 else f"{seconds / 60:,.1f} min" if seconds < 7200 \
-        else f"{seconds / 3600:,.1f} h"
+        else f"{seconds / SECONDS_PER_HOUR:,.1f} h"
 
 
 def _energy(joules: float | None) -> str:
     if joules is None:
         return "-"
-    return f"{joules:,.0f} J" if joules < 10_000 else f"{joules / 3.6e6:.4g} kWh"
+    return f"{joules:,.0f} J" if joules < 10_000 else f"{joules / JOULES_PER_KWH:.4g} kWh"

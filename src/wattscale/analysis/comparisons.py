@@ -26,12 +26,13 @@ import pandas as pd
 from wattscale.analysis import stats
 from wattscale.analysis.efficiency import level_order_key
 from wattscale.errors import ConfigError
+from wattscale.jsonout import JsonResult
 
 DEFAULT_ALPHA = 0.05
 
 
 @dataclass(frozen=True)
-class MetricComparison:
+class MetricComparison(JsonResult):
     """All tests of one metric across one factor; dicts are the `stats` results' ``to_dict()``."""
 
     metric: str
@@ -52,9 +53,6 @@ class MetricComparison:
     monotonic_verdict: str | None
     mixed_model: dict | None
     not_computable: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return stats.json_ready(dict(vars(self)))
 
 
 def _numeric(levels: list) -> bool:

@@ -42,15 +42,14 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from wattscale.confidence import mean_ci
 from wattscale.errors import ConfigError
+from wattscale.units import JOULES_PER_KWH, SECONDS_PER_HOUR
 
-JOULES_PER_KWH = 3.6e6
-CI_LEVEL = 0.95
 ENERGY_BASES = ("train", "job")
 
 # (name, unit, higher_is_better) of the built-in metrics, in display order.
@@ -228,7 +227,7 @@ def run_efficiency(record: Mapping[str, Any], extra_metrics: Mapping[str, Metric
         why["perplexity"] = "no finite final validation perplexity"
 
     params_m = None if params is None else params / 1e6
-    hours = None if seconds is None else seconds / 3600
+    hours = None if seconds is None else seconds / SECONDS_PER_HOUR
     inv_ppl = None if ppl is None or ppl == 0 else 1.0 / ppl
     pee = _ratio(inv_ppl, None if params_m is None or energy_kwh is None else params_m * energy_kwh)
     mfu_flops = None if fpt is None or mfu_tokens is None else fpt * mfu_tokens
@@ -259,23 +258,6 @@ def run_efficiency(record: Mapping[str, Any], extra_metrics: Mapping[str, Metric
         run_id=str(record.get("run_id")), metrics=metrics, energy_source=record.get("energy_source") or None,
         initial_ppl_source=initial_source, peak_flops=peak, peak_flops_source=peak_source, not_computable=why,
         energy_basis=basis)
-
-
-def mean_ci(values: Iterable[float], level: float = CI_LEVEL) -> tuple[float | None, float | None, float | None,
-                                                                          float | None]:
-    """(mean, SD with ddof=1, CI low, CI high) of a sample: a t-interval of the mean; None where undefined."""
-    # scipy.special.stdtrit is scipy.stats.t.ppf without importing all of scipy.stats (seconds on a small machine).
-    from scipy.special import stdtrit
-
-    data = [float(v) for v in values]
-    if not data:
-        return None, None, None, None
-    mean = statistics.fmean(data)
-    if len(data) < 2:
-        return mean, None, None, None
-    sd = statistics.stdev(data)
-    half = float(stdtrit(len(data) - 1, 0.5 + level / 2)) * sd / math.sqrt(len(data))
-    return mean, sd, mean - half, mean + half
 
 
 def summarise(runs: Iterable[RunEfficiency], level_of: Mapping[str, Any],

@@ -24,14 +24,16 @@ from typing import Any
 import pandas as pd
 
 from wattscale.analysis import stats
-from wattscale.analysis.efficiency import level_order_key, mean_ci
+from wattscale.analysis.efficiency import level_order_key
+from wattscale.confidence import mean_ci
 from wattscale.errors import ConfigError
+from wattscale.jsonout import JsonResult
 
 LOWER_IS_BETTER = {"final_val_loss", "final_val_ppl", "joules_per_token", "energy_j", "energy_kwh", "wall_s"}
 
 
 @dataclass(frozen=True)
-class Summary:
+class Summary(JsonResult):
     n: int
     mean: float | None
     sd: float | None
@@ -45,7 +47,7 @@ class Summary:
 
 
 @dataclass(frozen=True)
-class ReturnStep:
+class ReturnStep(JsonResult):
     """One step up the token factor for one metric, summarised across the subjects present at both levels."""
 
     metric: str
@@ -59,21 +61,14 @@ class ReturnStep:
     per_kwh: Summary
     relative_change: Summary
 
-    def to_dict(self) -> dict[str, Any]:
-        return stats.json_ready({k: (vars(v) if isinstance(v, Summary) else v) for k, v in vars(self).items()})
-
 
 @dataclass(frozen=True)
-class MetricReturns:
+class MetricReturns(JsonResult):
     metric: str
     factor: str
     steps: tuple[ReturnStep, ...]
     diminishing: dict | None  # Page's L (decreasing) on the per-doubling values across steps, or None
     note: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "factor": self.factor, "steps": [s.to_dict() for s in self.steps],
-                "diminishing": self.diminishing, "note": self.note}
 
 
 def token_levels(frame: pd.DataFrame, factor: str) -> tuple[list, dict] | None:

@@ -49,28 +49,13 @@ import numpy as np
 import pandas as pd
 
 from wattscale.analysis.computable import NotComputable, computing, require_finite
+from wattscale.confidence import CI_LEVEL
 from wattscale.errors import ConfigError
+from wattscale.jsonout import JsonResult
 
 SPHERICITY_ALPHA = 0.05
-CI_LEVEL = 0.95
-def json_ready(value: Any) -> Any:
-    """numpy scalars -> Python scalars, tuples -> lists, so ``to_dict()`` goes straight into JSON."""
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if hasattr(value, "item"):
-        return value.item()
-    return value
-
-
-class _Result:
-    def to_dict(self) -> dict[str, Any]:
-        return json_ready(dict(vars(self)))
-
-
 @dataclass(frozen=True)
-class RMAnovaResult(_Result):
+class RMAnovaResult(JsonResult):
     dv: str
     within: str
     levels: tuple
@@ -92,7 +77,7 @@ class RMAnovaResult(_Result):
 
 
 @dataclass(frozen=True)
-class PairwiseResult(_Result):
+class PairwiseResult(JsonResult):
     dv: str
     within: str
     level_a: Any
@@ -110,7 +95,7 @@ class PairwiseResult(_Result):
 
 
 @dataclass(frozen=True)
-class FriedmanResult(_Result):
+class FriedmanResult(JsonResult):
     dv: str
     within: str
     levels: tuple
@@ -123,7 +108,7 @@ class FriedmanResult(_Result):
 
 
 @dataclass(frozen=True)
-class TrendResult(_Result):
+class TrendResult(JsonResult):
     dv: str
     within: str
     levels: tuple
@@ -431,7 +416,7 @@ def apa_sentence(result: RMAnovaResult | FriedmanResult) -> str:
 
 
 @dataclass(frozen=True)
-class MixedModelResult(_Result):
+class MixedModelResult(JsonResult):
     dv: str
     within: str
     levels: tuple

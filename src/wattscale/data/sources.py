@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wattscale.errors import DataError
+from wattscale.units import BYTES_PER_MB
 
 from .synthetic import GENERATOR_VERSION, generate_stories
 
@@ -80,7 +81,7 @@ def file_sha256(path: Path) -> str:
 
 def _synthetic_source(synthetic_mb: float, synthetic_seed: int) -> TextSource:
     """The built-in stories, generated on first use (a cache hit never needs them) and then kept."""
-    n_bytes = int(synthetic_mb * 1_000_000)
+    n_bytes = int(synthetic_mb * BYTES_PER_MB)
     stories: list[str] = []
 
     def iter_documents() -> Iterator[str]:

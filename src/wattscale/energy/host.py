@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-KEEP_SECONDS = 7 * 24 * 3600.0
+from wattscale.units import SECONDS_PER_HOUR
+
+KEEP_SECONDS = 7 * 24 * SECONDS_PER_HOUR
 DEFAULT_FOLDER_NAME = "wattscale-host"
 
 

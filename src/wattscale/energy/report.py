@@ -13,8 +13,8 @@ import numpy as np
 from wattscale.energy.integrate import resample_energy
 from wattscale.errors import StoreError
 from wattscale.store import Store
+from wattscale.units import JOULES_PER_KWH
 
-JOULES_PER_KWH = 3.6e6
 DEFAULT_RESAMPLE_HZ = (1000.0, 100.0, 10.0, 1.0, 0.1)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from wattscale.errors import WattscaleError
+from wattscale.units import JOULES_PER_KWH
 
 REPORT_BOOTSTRAP = 200
 CURVE_POINTS = 24
@@ -152,7 +153,7 @@ def _energy(result: Any, data: Any) -> dict[str, list]:
     if data.energy_j is None or not np.isfinite(data.energy_j).any():
         out["notes"].append("No energy-optimal frontier: the runs have no measured energy.")
         return out
-    measured_kwh = data.energy_j[np.isfinite(data.energy_j)] / 3.6e6
+    measured_kwh = data.energy_j[np.isfinite(data.energy_j)] / JOULES_PER_KWH
     budgets = np.geomspace(float(measured_kwh.min()), float(measured_kwh.max()) * 10, CURVE_POINTS)
     try:
         plans = plan_energy(result.fit, result.bootstrap, data, budgets.tolist())

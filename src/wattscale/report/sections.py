@@ -12,10 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from wattscale.confidence import CI_LEVEL, mean_ci_summary
 from wattscale.report import figures
 from wattscale.report.data import ReportData
 from wattscale.report.html import definition_list, figure_slot, fmt, paragraph, table, text
-from wattscale.report.summary import CONFIDENCE, band_across_runs, mean_ci
+from wattscale.report.summary import band_across_runs
 
 
 @dataclass(frozen=True)
@@ -233,9 +234,9 @@ def efficiency_summary(data: ReportData) -> dict[str, Any]:
             sources.setdefault(run["condition"], set()).add(run.get("energy_source") or "not measured")
     conditions = [c for c in data.conditions if c in runs]
     return {
-        "conditions": conditions, "metrics": metrics, "confidence": CONFIDENCE,
+        "conditions": conditions, "metrics": metrics, "confidence": CI_LEVEL,
         "method": "mean and two-sided Student-t interval over the finished runs of each condition",
-        "summaries": {c: {m: mean_ci(r[m] for r in runs[c]) for m in metrics} for c in conditions},
+        "summaries": {c: {m: mean_ci_summary(r[m] for r in runs[c]) for m in metrics} for c in conditions},
         "runs": runs, "energy_sources": {c: sorted(sources[c]) for c in conditions},
         "energy_basis": data.energy_basis,
     }

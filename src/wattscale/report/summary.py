@@ -1,30 +1,15 @@
-"""Small numeric summaries for the report: mean with a 95% t-interval, a band across seeds, downsampling.
+"""Small numeric summaries for the report: a band across seeds, downsampling (the mean with its interval is
+``wattscale.confidence.mean_ci_summary``).
 
-These are the report's own until ``wattscale.analysis.efficiency`` takes over the per-condition
-summaries; they are deliberately plain (lists in, dicts out) so the figures can use them directly.
+They are deliberately plain (lists in, dicts out) so the figures can use them directly.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-CONFIDENCE = 0.95
-
-
-def mean_ci(values: Iterable[float | None], confidence: float = CONFIDENCE) -> dict[str, float | int | None]:
-    """Mean, SD and a two-sided Student-t interval of the finite values.
-
-    Returns ``{"n", "mean", "sd", "ci_low", "ci_high"}``; sd and the interval are None for n < 2,
-    everything but n is None for n = 0. The interval is mean +- t(1 - (1 - confidence)/2, n - 1) * sd / sqrt(n).
-    """
-    from wattscale.analysis.efficiency import mean_ci as sample_mean_ci
-
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    mean, sd, low, high = sample_mean_ci(finite, confidence)
-    return {"n": len(finite), "mean": mean, "sd": sd, "ci_low": low, "ci_high": high}
 
 
 def band_across_runs(curves: Mapping[str, Sequence[tuple[int, float | None]]]) -> list[dict[str, Any]]:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wattscale.analysis.laws.bootstrap import CI_LEVEL, N_BOOT, LawBootstrap, bootstrap_law
+from wattscale.analysis.laws.bootstrap import N_BOOT, LawBootstrap, bootstrap_law
 from wattscale.analysis.laws.checks import Validation, identifiability_warnings, leave_largest_out
 from wattscale.analysis.laws.data import LawData
-from wattscale.analysis.laws.fit import FitOptions, FormComparison, LawFit, Result, compare_forms, fit_law
+from wattscale.analysis.laws.fit import FitOptions, FormComparison, LawFit, compare_forms, fit_law
 from wattscale.analysis.laws.forms import get_form
 from wattscale.analysis.laws.optima import (
     BAND_EPSILON,
@@ -33,13 +33,15 @@ from wattscale.analysis.laws.optima import (
     compute_optima,
     loss_targets,
 )
+from wattscale.confidence import CI_LEVEL
 from wattscale.errors import ConfigError
+from wattscale.jsonout import JsonResult
 
 BUILT_IN_FORMS = ("chinchilla", "kaplan", "three-term")
 
 
 @dataclass(frozen=True)
-class DataSummary(Result):
+class DataSummary(JsonResult):
     """What the fit was given: counts, ranges of each variable, parameter counting and source."""
 
     n_points: int
@@ -51,7 +53,7 @@ class DataSummary(Result):
 
 
 @dataclass(frozen=True)
-class LawAnalysis(Result):
+class LawAnalysis(JsonResult):
     """A fitted law with its uncertainty, checks and derived optima; ``to_dict()`` is the CLI's --json."""
 
     data: DataSummary

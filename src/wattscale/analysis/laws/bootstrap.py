@@ -27,16 +27,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from wattscale.analysis.laws.data import LawData
-from wattscale.analysis.laws.fit import POLISH, FitOptions, LawFit, Result, grid_starts, run_starts
+from wattscale.analysis.laws.fit import POLISH, FitOptions, LawFit, grid_starts, run_starts
 from wattscale.analysis.laws.forms import get_form
+from wattscale.confidence import CI_LEVEL
 from wattscale.errors import ConfigError
+from wattscale.jsonout import JsonResult
 
-CI_LEVEL = 0.95
 N_BOOT = 1000
 
 
 @dataclass(frozen=True)
-class Estimate(Result):
+class Estimate(JsonResult):
     """A point estimate (from the fit on all data) with its bootstrap interval and standard error."""
 
     value: float
@@ -46,7 +47,7 @@ class Estimate(Result):
 
 
 @dataclass(frozen=True)
-class LawBootstrap(Result):
+class LawBootstrap(JsonResult):
     """Replicate fits of one law; ``replicates`` [R, P] natural parameters of the converged replicates."""
 
     form: str

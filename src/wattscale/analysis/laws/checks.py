@@ -21,8 +21,9 @@ import numpy as np
 
 from wattscale.analysis.laws.bootstrap import LawBootstrap
 from wattscale.analysis.laws.data import LawData
-from wattscale.analysis.laws.fit import FitOptions, LawFit, Result, fit_law, points_needed
+from wattscale.analysis.laws.fit import FitOptions, LawFit, fit_law, points_needed
 from wattscale.analysis.laws.forms import get_form
+from wattscale.jsonout import JsonResult
 
 SPAN_WARNING = 10.0
 HOLDOUT_FRACTION = 0.1
@@ -30,7 +31,7 @@ CI_RATIO_WARNING = 10.0
 
 
 @dataclass(frozen=True)
-class Validation(Result):
+class Validation(JsonResult):
     """Leave-the-largest-scale-out validation: a fit without the largest sizes, scored on them."""
 
     holdout_rule: str

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +35,9 @@ import torch
 from wattscale.analysis.laws.data import LawData
 from wattscale.analysis.laws.forms import LawForm, get_form
 from wattscale.analysis.laws.optimiser import BatchResult, ValueGrad, autograd_value_grad, batched_lbfgs
-from wattscale.config import MAX_THREADS
 from wattscale.errors import ConfigError
+from wattscale.jsonout import JsonResult
+from wattscale.limits import MAX_THREADS
 from wattscale.threads import torch_threads
 
 HUBER_DELTA = 1e-3
@@ -46,36 +46,6 @@ NEAR_RTOL = 1e-3
 N_CANDIDATES = 8  # distinct local optima kept from the grid (bootstrap starts)
 POLISH = {"ftol": 1e-13, "gtol": 1e-10, "max_iter": 1000}
 CHUNK_ROWS = 256  # starts per tensor block: keeps each [rows, points] block near the cache
-
-
-def plain(value: Any) -> Any:
-    """numpy scalars/arrays -> Python scalars/lists, tuples -> lists, so results go straight into JSON."""
-    if isinstance(value, Result):
-        return value.to_dict()
-    if isinstance(value, np.ndarray):
-        return plain(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if hasattr(value, "item"):
-        return value.item()
-    return value
-
-
-class Result:
-    """Mixin: ``to_dict()`` of a frozen dataclass, JSON-ready; fields named in ``_hidden`` are left out."""
-
-    _hidden: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """The result as plain JSON-ready values."""
-        out = {}
-        for k, v in vars(self).items():
-            if k in self._hidden:
-                continue
-            out[k] = plain(v)
-        return out
 
 
 @dataclass(frozen=True)
@@ -102,7 +72,7 @@ class FitOptions:
 
 
 @dataclass(frozen=True)
-class LawFit(Result):
+class LawFit(JsonResult):
     """The best fit of one form, with the diagnostics of the multi-start search."""
 
     form: str
@@ -314,7 +284,7 @@ def log_likelihood(r: np.ndarray, weights: np.ndarray, delta: float = HUBER_DELT
 
 
 @dataclass(frozen=True)
-class FormComparison(Result):
+class FormComparison(JsonResult):
     """One row of an information-criterion comparison of forms fitted to the same points."""
 
     form: str

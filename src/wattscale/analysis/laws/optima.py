@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wattscale.analysis.laws.bootstrap import Estimate, LawBootstrap, estimate
-from wattscale.analysis.laws.fit import LawFit, Result
+from wattscale.analysis.laws.fit import LawFit
 from wattscale.analysis.laws.forms import (
     batch_band,
     batch_law_coefficient,
@@ -24,12 +24,13 @@ from wattscale.analysis.laws.forms import (
     optimal_batch_tokens,
 )
 from wattscale.errors import ConfigError
+from wattscale.jsonout import JsonResult
 
 BAND_EPSILON = 0.01  # loss units (nats/token)
 
 
 @dataclass(frozen=True)
-class ComputeOptimum(Result):
+class ComputeOptimum(JsonResult):
     """The compute-optimal allocation at one budget: N*(C), D*(C), L*(C) and D*/N*."""
 
     flops: float
@@ -40,7 +41,7 @@ class ComputeOptimum(Result):
 
 
 @dataclass(frozen=True)
-class LossTarget(Result):
+class LossTarget(JsonResult):
     """C(L): the compute, and its optimal allocation, at which the compute-optimal loss equals a target."""
 
     loss: float
@@ -50,7 +51,7 @@ class LossTarget(Result):
 
 
 @dataclass(frozen=True)
-class BatchOptimum(Result):
+class BatchOptimum(JsonResult):
     """Three-term law at one token budget: M*(D) and the band of batch sizes within epsilon of it."""
 
     tokens: float
@@ -61,7 +62,7 @@ class BatchOptimum(Result):
 
 
 @dataclass(frozen=True)
-class BatchLaw(Result):
+class BatchLaw(JsonResult):
     """Three-term law: M*(D) = coefficient * D^exponent, and the Chinchilla-form law at M*."""
 
     coefficient: Estimate

@@ -34,17 +34,18 @@ import numpy as np
 
 from wattscale.analysis.laws.bootstrap import Estimate, LawBootstrap, estimate
 from wattscale.analysis.laws.data import LawData
-from wattscale.analysis.laws.fit import LawFit, Result
+from wattscale.analysis.laws.fit import LawFit
 from wattscale.analysis.laws.forms import tokens_for_loss
 from wattscale.errors import ConfigError
+from wattscale.jsonout import JsonResult
+from wattscale.units import JOULES_PER_KWH
 
-JOULES_PER_KWH = 3.6e6
 GRID_PARAMS = 121
 GRID_BATCH = 61
 
 
 @dataclass(frozen=True)
-class EnergyModel(Result):
+class EnergyModel(JsonResult):
     """log(J/token) = intercept + coef_log_params log N + coef_log_batch log M, fitted on measured runs."""
 
     intercept: float
@@ -65,7 +66,7 @@ class EnergyModel(Result):
 
 
 @dataclass(frozen=True)
-class EnergyPlan(Result):
+class EnergyPlan(JsonResult):
     """The lowest-loss (N, D, M) for an energy budget, with intervals."""
 
     energy_kwh: float
@@ -81,7 +82,7 @@ class EnergyPlan(Result):
 
 
 @dataclass(frozen=True)
-class EnergyTarget(Result):
+class EnergyTarget(JsonResult):
     """The least energy (and its N, D, M) that reaches a target loss, with intervals; inf when unreachable."""
 
     loss: float

@@ -30,10 +30,10 @@ from wattscale.analysis import efficiency
 from wattscale.analysis.comparisons import DEFAULT_ALPHA, compare_metric
 from wattscale.analysis.dynamics import DynamicsConfig
 from wattscale.analysis.returns import metric_returns, token_levels
-from wattscale.analysis.stats import json_ready
 from wattscale.analysis.study.data import StudyData, condition_of
 from wattscale.analysis.study.dynamics import condition_dynamics
 from wattscale.errors import ConfigError
+from wattscale.jsonout import JsonResult
 
 RETURN_METRICS = ("final_val_loss", "final_val_ppl", "tokens_per_joule", "pee")
 # Which of a run's not-computable reasons explains a metric without a value.
@@ -66,7 +66,7 @@ class AnalysisOptions:
 
 
 @dataclass(frozen=True)
-class StudyAnalysis:
+class StudyAnalysis(JsonResult):
     """Everything `wattscale analyze` prints; ``to_dict()`` is the JSON it writes."""
 
     experiment: str | None
@@ -84,9 +84,6 @@ class StudyAnalysis:
     not_computable: dict[str, str]
     energy_basis: str = "train"  # what was asked; each run says which it used
     warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_ready(dict(vars(self)))
 
 
 def _condition_values(record: dict[str, Any]) -> dict[str, Any]:

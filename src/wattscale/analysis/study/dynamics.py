@@ -25,10 +25,11 @@ import pandas as pd
 
 from wattscale.analysis import dynamics, stats
 from wattscale.errors import ConfigError
+from wattscale.jsonout import JsonResult
 
 
 @dataclass(frozen=True)
-class ConditionDynamics:
+class ConditionDynamics(JsonResult):
     condition: Any
     run_ids: tuple[str, ...]
     intervals: list[dict]  # one row per (run, interval): IntervalDynamics.as_dict()
@@ -38,9 +39,6 @@ class ConditionDynamics:
     stable_phase: dict
     rm_anova: dict[str, dict]  # "val_loss" / "val_ppl" / "volatility" -> RMAnovaResult.to_dict() + "apa"
     not_computable: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return stats.json_ready(dict(vars(self)))
 
 
 def condition_dynamics(condition: Any, evaluations: pd.DataFrame, train_steps: pd.DataFrame,

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from wattscale.analysis.comparisons import DEFAULT_ALPHA, compare_metric
-from wattscale.analysis.efficiency import level_order_key, mean_ci
-from wattscale.analysis.stats import json_ready
+from wattscale.analysis.efficiency import level_order_key
 from wattscale.analysis.tidy import load_long_csv
+from wattscale.confidence import mean_ci
 from wattscale.errors import ConfigError, DataError
+from wattscale.jsonout import JsonResult
 
 
 @dataclass(frozen=True)
-class LongTableAnalysis:
+class LongTableAnalysis(JsonResult):
     source: str
     metric: str
     factor: str
@@ -32,9 +32,6 @@ class LongTableAnalysis:
     statistics: dict  # MetricComparison.to_dict()
     n_rows: int = 0  # rows read, before missing metric cells were left out
     notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_ready(dict(vars(self)))
 
 
 def analyze_long_frame(frame: pd.DataFrame, metric: str, factor: str, subject: str, source: str,
