@@ -137,6 +137,14 @@ def test_an_unmarked_new_field_leaves_run_ids_unchanged(section: str, value: int
         assert run_id_for(extended, FINGERPRINT) == GOLDEN[name][0]
 
 
+def test_an_unmarked_new_section_leaves_run_ids_unchanged() -> None:
+    config = _config()
+    cls = dataclasses.make_dataclass("NewRunConfig", [("extra", dict, dataclasses.field(default_factory=dict))],
+                                     bases=(RunConfig,), frozen=True)
+    extended = cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, extra={"a": 1})
+    assert run_id_for(extended, FINGERPRINT) == GOLDEN["defaults"][0]
+
+
 @pytest.mark.parametrize("section", ["model", "train", "data"])
 def test_a_marked_new_field_enters_the_run_id(section: str) -> None:
     config = _config()
