@@ -1,1 +1,51 @@
-"""Analysis of stored runs: efficiency, repeated-measures statistics, training dynamics, scaling laws."""
+"""Analysis of stored runs: efficiency, repeated-measures statistics, training dynamics, scaling laws.
+
+The public names below are the stable entry points (the docs' API reference documents them); each is
+imported from its module on first use, so `import wattscale.analysis` stays light (no pandas, no torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and the docs' API reference; imported lazily by __getattr__
+    from .efficiency import run_efficiency
+    from .energy_plan import plan_energy
+    from .laws import LawForm, register_form
+    from .laws_analysis import LawAnalysis, analyze_law
+    from .laws_data import law_data_from_csv, law_data_from_store
+    from .laws_fit import fit_law
+    from .stats import apa_sentence, friedman, mixed_model_test, pairwise, rm_anova, trend_test
+    from .study import AnalysisOptions, StudyAnalysis, analyze_study
+    from .study_data import load_from_store
+
+_PUBLIC = {
+    # studies: `wattscale analyze`
+    "AnalysisOptions": "study", "StudyAnalysis": "study", "analyze_study": "study",
+    "load_from_store": "study_data", "run_efficiency": "efficiency",
+    # repeated-measures statistics
+    "rm_anova": "stats", "pairwise": "stats", "friedman": "stats", "trend_test": "stats",
+    "mixed_model_test": "stats", "apa_sentence": "stats",
+    # scaling laws: `wattscale fit`, `plan-compute`, `plan-energy`
+    "LawForm": "laws", "register_form": "laws", "fit_law": "laws_fit", "analyze_law": "laws_analysis",
+    "LawAnalysis": "laws_analysis", "law_data_from_store": "laws_data", "law_data_from_csv": "laws_data",
+    "plan_energy": "energy_plan",
+}
+__all__ = [
+    "AnalysisOptions", "LawAnalysis", "LawForm", "StudyAnalysis", "analyze_law", "analyze_study",
+    "apa_sentence", "fit_law", "friedman", "law_data_from_csv", "law_data_from_store", "load_from_store",
+    "mixed_model_test", "pairwise", "plan_energy", "register_form", "rm_anova", "run_efficiency",
+    "trend_test",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wattscale.analysis' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"wattscale.analysis.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
