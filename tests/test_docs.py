@@ -98,7 +98,8 @@ def blocks(page: str) -> list[Block]:
 
 
 def all_blocks() -> list[Block]:
-    return [b for page in nav_pages() for b in blocks(page)]
+    """The README's blocks, then every docs page's, in nav order."""
+    return [b for page in ["../README.md", *nav_pages()] for b in blocks(page)]
 
 
 # ---- the site ---------------------------------------------------------------------------------------------
