@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,7 +204,7 @@ def _newest_run_id(store_url: str) -> str:
     return max(runs, key=lambda r: str(r["created_at"]))["run_id"]
 
 
-def _run_bash(block: Block, run_cli: Any) -> list[str]:
+def _run_bash(block: Block, run_cli: Any, timings: list[tuple[float, str]]) -> list[str]:
     failures = []
     for line in block.text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
@@ -212,14 +213,16 @@ def _run_bash(block: Block, run_cli: Any) -> list[str]:
         args = shlex.split(line, comments=True)[1:]
         if "RUN_ID" in args:
             args = [_newest_run_id(_store_of(args)) if a == "RUN_ID" else a for a in args]
+        start = time.perf_counter()
         result = run_cli(*args)
+        timings.append((time.perf_counter() - start, f"{block.where}: {line.strip()[:90]}"))
         want = int(expected.group("code")) if expected else 0
-        if result.code != want:
-            failures.append(f"{block.where}: `{line.strip()}` exited {result.code}, not {want}: "
-                            f"{(result.err or result.out).strip()[-600:]}")
+        if result.returncode != want:
+            failures.append(f"{block.where}: `{line.strip()}` exited {result.returncode}, not {want}: "
+                            f"{(result.stderr or result.stdout).strip()[-600:]}")
         elif want == 0 and "--json" in args:
             try:
-                json.loads(result.out)
+                json.loads(result.stdout)
             except ValueError as exc:
                 failures.append(f"{block.where}: `{line.strip()}` printed no strict JSON ({exc})")
     return failures
@@ -233,21 +236,26 @@ def test_every_example_in_the_docs_runs(run_cli_in_process: Any, tmp_path: Path,
     failures: list[str] = []
     not_run: list[str] = []
     ran = 0
+    timings: list[tuple[float, str]] = []
     for block in all_blocks():
         if block.not_run is not None:
             not_run.append(f"{block.where}: {block.not_run}")
         elif block.title:
             (tmp_path / block.title).write_text(block.text, encoding="utf-8")
         elif block.lang == "bash":
-            failures += _run_bash(block, run_cli_in_process)
+            failures += _run_bash(block, run_cli_in_process, timings)
             ran += 1
         elif block.lang == "python":
+            start = time.perf_counter()
             try:
                 exec(compile(block.text, block.where, "exec"), {"__name__": "__docs_example__"})
             except Exception as exc:  # noqa: BLE001 - every failing example is reported, not the first only
                 failures.append(f"{block.where}: python example raised {type(exc).__name__}: {exc}")
+            timings.append((time.perf_counter() - start, f"{block.where}: python"))
             ran += 1
     with capsys.disabled():
         print(f"\ndocs examples: {ran} blocks run, {len(not_run)} not run:\n  " + "\n  ".join(not_run))
+        slowest = sorted(timings, reverse=True)[:8]
+        print("slowest examples:\n  " + "\n  ".join(f"{s:6.1f} s  {what}" for s, what in slowest))
     assert ran > 0
     assert failures == [], "\n".join(failures)
