@@ -158,6 +158,8 @@ def test_generated_reference_covers_every_command_setting_and_table() -> None:
     for section, cls in hook._config_classes():
         for field in dataclasses.fields(cls):
             assert f"| `{section}.{field.name}` |" in config
+    no_meaning = [line for line in config.splitlines() if line.endswith("| — |")]
+    assert no_meaning == [], "settings without a meaning: give the field a comment in its dataclass"
     assert "| `train.lr` | `float` | `0.003` | `--lr` | peak learning rate" in config
     from wattscale.store_schema import metadata
 

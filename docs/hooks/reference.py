@@ -127,6 +127,7 @@ def field_comments(cls: type) -> dict[str, str]:
 
 # Settings whose `wattscale train` flag is not `--` + the key with dashes.
 FLAG_DESTS = {("data", "source"): "data", ("data", "val_source"): "val_data", ("meter", "kinds"): "meters"}
+MODEL_FLAGS = {"vocab_size"}  # the only ModelConfig fields with a flag (the model's name comes from --preset)
 
 
 def _train_flags() -> dict[str, argparse.Action]:
@@ -181,7 +182,8 @@ def config_markdown() -> str:
             out.append(f"| `model.preset` | `str` | required | `--preset` | "
                        f"{_cell(action.help if action else 'a preset name')}; any key below overrides its value |")
         for field in dataclasses.fields(cls):
-            action = flags.get(FLAG_DESTS.get((section, field.name), field.name))
+            dest = FLAG_DESTS.get((section, field.name), field.name)
+            action = flags.get(dest) if section != "model" or field.name in MODEL_FLAGS else None
             flag = f"`{action.option_strings[-1]}`" if action else "—"
             meaning = field.metadata.get("doc") or comments.get(field.name) or (action.help if action else "") or ""
             kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))

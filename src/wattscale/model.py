@@ -39,16 +39,16 @@ from wattscale.flops import ParameterCounts, flops_per_token_from_config, parame
 class ModelConfig:
     """The shape of a Llama-style model. Build one with ``ModelConfig.from_name("llama-4m")``."""
 
-    name: str
-    n_layers: int
-    d_model: int
-    n_heads: int
+    name: str  # the preset's name (ModelConfig.from_name)
+    n_layers: int  # transformer blocks
+    d_model: int  # residual stream width
+    n_heads: int  # query heads (head width = d_model / n_heads)
     n_kv_heads: int  # grouped-query attention: n_heads / n_kv_heads query heads share one K/V head
     ffn_hidden: int  # SwiGLU hidden width (HF "intermediate_size")
     vocab_size: int
     context_length: int  # longest sequence the RoPE tables cover (HF "max_position_embeddings")
     tie_embeddings: bool  # the output head reuses the input embedding matrix
-    rms_norm_eps: float = 1e-5
+    rms_norm_eps: float = 1e-5  # RMSNorm epsilon
     rope_base: float = 10000.0  # HF "rope_theta"
     init_std: float = 0.02  # std of the normal init; output projections get init_std / sqrt(2 * n_layers)
 

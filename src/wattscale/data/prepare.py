@@ -51,7 +51,7 @@ class DataConfig:
     # "synthetic" | a .txt/.jsonl/.parquet file or a directory of them | "hf:<dataset>[:<config>][@<split>]"
     source: str = "synthetic"
     synthetic_mb: float = 4.0  # size of the generated corpus, in MB (10**6 bytes)
-    synthetic_seed: int = 0
+    synthetic_seed: int = 0  # seed of the generated corpus
     text_field: str = "text"  # jsonl field / parquet or hf column holding the text
     tokenizer: str | None = None  # path to a tokenizer.json; None -> train a byte-level BPE on the train split
     val_fraction: float = 0.05  # share of documents held out for validation (ignored with val_source)
