@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # for type checkers and the docs' API reference; imported laz
     from .laws import LawForm, register_form
     from .laws_analysis import LawAnalysis, analyze_law
     from .laws_data import law_data_from_csv, law_data_from_store
-    from .laws_fit import fit_law
+    from .laws_fit import FitOptions, fit_law
     from .stats import apa_sentence, friedman, mixed_model_test, pairwise, rm_anova, trend_test
     from .study import AnalysisOptions, StudyAnalysis, analyze_study
     from .study_data import load_from_store
@@ -28,12 +28,12 @@ _PUBLIC = {
     "rm_anova": "stats", "pairwise": "stats", "friedman": "stats", "trend_test": "stats",
     "mixed_model_test": "stats", "apa_sentence": "stats",
     # scaling laws: `wattscale fit`, `plan-compute`, `plan-energy`
-    "LawForm": "laws", "register_form": "laws", "fit_law": "laws_fit", "analyze_law": "laws_analysis",
-    "LawAnalysis": "laws_analysis", "law_data_from_store": "laws_data", "law_data_from_csv": "laws_data",
+    "LawForm": "laws", "register_form": "laws", "fit_law": "laws_fit", "FitOptions": "laws_fit",
+    "analyze_law": "laws_analysis", "LawAnalysis": "laws_analysis", "law_data_from_store": "laws_data", "law_data_from_csv": "laws_data",
     "plan_energy": "energy_plan",
 }
 __all__ = [
-    "AnalysisOptions", "LawAnalysis", "LawForm", "StudyAnalysis", "analyze_law", "analyze_study",
+    "AnalysisOptions", "FitOptions", "LawAnalysis", "LawForm", "StudyAnalysis", "analyze_law", "analyze_study",
     "apa_sentence", "fit_law", "friedman", "law_data_from_csv", "law_data_from_store", "load_from_store",
     "mixed_model_test", "pairwise", "plan_energy", "register_form", "rm_anova", "run_efficiency",
     "trend_test",
