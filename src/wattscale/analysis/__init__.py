@@ -29,7 +29,8 @@ _PUBLIC = {
     "mixed_model_test": "stats", "apa_sentence": "stats",
     # scaling laws: `wattscale fit`, `plan-compute`, `plan-energy`
     "LawForm": "laws", "register_form": "laws", "fit_law": "laws_fit", "FitOptions": "laws_fit",
-    "analyze_law": "laws_analysis", "LawAnalysis": "laws_analysis", "law_data_from_store": "laws_data", "law_data_from_csv": "laws_data",
+    "analyze_law": "laws_analysis", "LawAnalysis": "laws_analysis",
+    "law_data_from_store": "laws_data", "law_data_from_csv": "laws_data",
     "plan_energy": "energy_plan",
 }
 __all__ = [
