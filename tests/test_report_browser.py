@@ -8,6 +8,7 @@ tests skip locally and fail under CI=true (.ci/chromium.sh installs it).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,3 +166,34 @@ def test_runs_table_sorts_and_filters_and_figures_export_svg(browser: Any, study
         assert page.errors == [] and page.foreign_requests() == []
     finally:
         page.close()
+
+
+SCREENSHOT_MAX_BYTES = 300_000
+README_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "assets" / "report.png"
+
+
+def test_first_screen_screenshot_for_the_readme(browser: Any, tmp_path_factory: pytest.TempPathFactory,
+                                                 cache_dir: Path, tmp_path: Path) -> None:
+    """The report's first screen of an experiment, as the README and the docs show it (docs/assets/report.png).
+
+    With WATTSCALE_UPDATE_SCREENSHOT=1 the PNG replaces docs/assets/report.png; it must stay under 300 KB.
+    """
+    db = real_study_store(tmp_path_factory, cache_dir)
+    out = tmp_path / "report.html"
+    write_report(db, out, experiment="report-study")  # the study of report_helpers.TINY_STUDY
+    page = Page(browser, out)
+    try:
+        assert page.errors == []
+        page.page.set_viewport_size({"width": 1280, "height": 800})
+        shot = artifacts_dir(tmp_path / "artifacts") / "report-first-screen.png"
+        page.page.screenshot(path=str(shot), full_page=False)
+    finally:
+        page.close()
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 10_000 < len(data) < SCREENSHOT_MAX_BYTES, f"{len(data):,} bytes; the README's screenshot must be < 300 KB"
+    if os.environ.get("WATTSCALE_UPDATE_SCREENSHOT") == "1":
+        README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        README_SCREENSHOT.write_bytes(data)
+    if README_SCREENSHOT.exists():
+        assert README_SCREENSHOT.stat().st_size < SCREENSHOT_MAX_BYTES, "docs/assets/report.png must be < 300 KB"

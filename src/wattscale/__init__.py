@@ -6,7 +6,10 @@ first use, so `import wattscale` (and the command line) stays light.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and the docs' API reference; imported lazily below
+    from wattscale.energy import Monitor, MonitorResult
 
 __version__ = "0.1.0"
 __all__ = ["Monitor", "MonitorResult", "__version__"]

@@ -76,22 +76,22 @@ class TrainConfig:
     micro_batch_size: int | None = identity_field(None)
     seq_len: int | None = identity_field(None)
     lr: float = identity_field(3e-3)
-    min_lr_ratio: float = identity_field(0.1)
+    min_lr_ratio: float = identity_field(0.1)  # the schedule ends at min_lr_ratio x peak lr
     schedule: str = identity_field("cosine")
     warmup_fraction: float = identity_field(0.05)
-    decay_fraction: float = identity_field(0.2)
-    weight_decay: float = identity_field(0.1)
-    beta1: float = identity_field(0.9)
-    beta2: float = identity_field(0.95)
-    adam_eps: float = identity_field(1e-8)
-    grad_clip: float = identity_field(1.0)
+    decay_fraction: float = identity_field(0.2)  # wsd: share of steps in the final linear decay
+    weight_decay: float = identity_field(0.1)  # AdamW weight decay, on matrices only
+    beta1: float = identity_field(0.9)  # AdamW first-moment decay
+    beta2: float = identity_field(0.95)  # AdamW second-moment decay
+    adam_eps: float = identity_field(1e-8)  # AdamW epsilon
+    grad_clip: float = identity_field(1.0)  # clip the gradient norm to this (0 disables clipping)
     eval_interval_tokens: int | None = identity_field(None)
     eval_tokens: int = identity_field(65_536)
-    eval_at_start: bool = identity_field(False)
+    eval_at_start: bool = identity_field(False)  # also evaluate at 0 tokens (the initial loss)
     # The unmarked fields (checkpoint interval, run root, name, threads, parallel) are not part of the run
     # id: they change how a run is executed or stored, not what it computes.
     checkpoint_interval_tokens: int | None = None
-    divergence_factor: float = identity_field(2.0)
+    divergence_factor: float = identity_field(2.0)  # stop as diverged when the smoothed loss exceeds this x its best
     device: str = identity_field("auto")
     precision: str = identity_field("auto")
     compile: bool = identity_field(False)

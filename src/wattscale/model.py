@@ -40,16 +40,16 @@ from wattscale.identity import identity_field
 class ModelConfig:
     """The shape of a Llama-style model. Build one with ``ModelConfig.from_name("llama-4m")``."""
 
-    name: str = identity_field()
-    n_layers: int = identity_field()
-    d_model: int = identity_field()
-    n_heads: int = identity_field()
+    name: str = identity_field()  # the preset's name (ModelConfig.from_name)
+    n_layers: int = identity_field()  # transformer blocks
+    d_model: int = identity_field()  # residual stream width
+    n_heads: int = identity_field()  # query heads (head width = d_model / n_heads)
     n_kv_heads: int = identity_field()  # grouped-query attention: n_heads / n_kv_heads query heads share one K/V head
     ffn_hidden: int = identity_field()  # SwiGLU hidden width (HF "intermediate_size")
     vocab_size: int = identity_field()
     context_length: int = identity_field()  # longest sequence the RoPE tables cover (HF "max_position_embeddings")
     tie_embeddings: bool = identity_field()  # the output head reuses the input embedding matrix
-    rms_norm_eps: float = identity_field(1e-5)
+    rms_norm_eps: float = identity_field(1e-5)  # RMSNorm epsilon
     rope_base: float = identity_field(10000.0)  # HF "rope_theta"
     # std of the normal init; output projections get init_std / sqrt(2 * n_layers)
     init_std: float = identity_field(0.02)

@@ -52,7 +52,7 @@ class DataConfig:
     # "synthetic" | a .txt/.jsonl/.parquet file or a directory of them | "hf:<dataset>[:<config>][@<split>]"
     source: str = identity_field("synthetic")
     synthetic_mb: float = identity_field(4.0)  # size of the generated corpus, in MB (10**6 bytes)
-    synthetic_seed: int = identity_field(0)
+    synthetic_seed: int = identity_field(0)  # seed of the generated corpus
     text_field: str = identity_field("text")  # jsonl field / parquet or hf column holding the text
     # path to a tokenizer.json; None -> train a byte-level BPE on the train split
     tokenizer: str | None = identity_field(None)

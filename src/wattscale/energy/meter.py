@@ -64,7 +64,7 @@ class MeterConfig:
     sample_hz: float = 10.0
     kinds: tuple[str, ...] = METER_KINDS  # preference order; ("none",) disables metering
     cpu_tdp_w_per_core: float = 10.0  # stated in every estimated output
-    powercap_root: str = "/sys/class/powercap"
+    powercap_root: str = "/sys/class/powercap"  # where RAPL zones are read
     grid_gco2e_per_kwh: float | None = None  # user-given; never a guessed default
     idle_seconds: float = 3.0  # idle baseline sampled before a run's first session (0 skips it)
     # How a total adds components: "measured" leaves an estimate beside measured components instead of

@@ -103,7 +103,7 @@ def _conditions_table(analysis: Mapping[str, Any]) -> dict[str, Any]:
     rows = [[metric, *(_mean_ci(by_level[lv]) if lv in by_level else "–" for lv in levels)]
             for metric, by_level in cells.items()]
     return {"title": "Every efficiency metric per condition: mean [95% CI]", "columns": ["metric", *map(str, levels)],
-            "rows": rows, "note": "Definitions in the README (Analysis); a metric a run cannot have (no energy, no "
+            "rows": rows, "note": "Definitions in the docs (Analysis guide); a metric a run cannot have (no energy, no "
                                   "peak FLOP/s) is left out of its condition's n, never counted as zero."}
 
 
@@ -174,5 +174,5 @@ def dynamics_content(analysis: Mapping[str, Any]) -> dict[str, Any]:
     table = {"title": "Per run", "columns": ["condition", "run", "backslides", "max backslide depth (nats)", "spikes",
                                             "steps tested for spikes", "stable from tokens"], "rows": rows}
     return {"intro": "Per evaluation interval: rolling volatility, backslides, spikes and the spread across seeds "
-                     "(definitions and thresholds in the README, Analysis).", "sentences": sentences,
+                     "(definitions and thresholds in the docs, Analysis guide).", "sentences": sentences,
             "tables": [table], "figures": figures, "notes": notes}

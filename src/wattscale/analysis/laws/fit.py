@@ -58,7 +58,7 @@ class FitOptions:
     ftol: float = 2.220446049250313e-09  # scipy L-BFGS-B's default (factr 1e7 * machine eps)
     gtol: float = 1e-5
     agree_rtol: float = AGREE_RTOL
-    threads: int | None = 1  # torch threads during the fit (None: leave torch's setting); see README
+    threads: int | None = 1  # torch threads during the fit (None: leave torch's setting); docs: Methods
 
     def __post_init__(self) -> None:
         if not self.huber_delta > 0:
