@@ -121,7 +121,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         ids = [r["run_id"] for r in records]
         if not args.yes and not _confirm(ids):
             print("nothing deleted", file=sys.stderr)
-            return 1
+            return 0
         rows = store.delete_runs(ids)
     folders = {r["run_id"]: r.get("run_dir") for r in records}
     if args.json:
