@@ -128,7 +128,8 @@ def test_enumerated_flags_refuse_other_values_in_one_line(cli, argv: list[str], 
     result = cli(*argv)
     assert result.returncode == 2
     line = _one_line(result)
-    assert f"argument {flag}" in line and "invalid choice" in line, line
+    assert line.startswith(f"wattscale {argv[0]}: error: argument {flag}: invalid choice"), line
+    assert line.endswith(f"(see `wattscale {argv[0]} --help`)"), line
 
 
 # ---- list convention ------------------------------------------------------------------------------------------

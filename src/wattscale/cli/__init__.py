@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", help=STORE_HELP)
     common = WattscaleArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands", prog="wattscale")
     for name in _COMMAND_MODULES:
         importlib.import_module(f"wattscale.cli.{name}").register(sub, common)
     registered = {action.dest.split(" ")[0] for action in sub._choices_actions}  # "analyze (analyse)"
