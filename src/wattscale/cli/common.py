@@ -124,7 +124,7 @@ def add_command(sub: Any, name: str, help: str, examples: Sequence[str], **kwarg
 
 
 def add_json_flag(p: argparse.ArgumentParser, what: str = "the result") -> None:
-    p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+    p.add_argument("--json", action="store_true", help=f"print {what}" + ("" if "JSON" in what else " as JSON"))
 
 
 def add_output_flag(p: argparse.ArgumentParser, help: str, *, default: str | None = None,
