@@ -184,9 +184,11 @@ def study_db(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(("command", "flag"), [
-    (["fit", "--boot", "0", "--plot"], "--plot"),
+    (["fit", "--boot", "0", "--plot"], "-o/--output"),  # the old spelling; messages name -o/--output
+    (["fit", "--boot", "0", "-o"], "-o/--output"),
     (["report", "-o"], "--output"),
-    (["analyze", "--no-dynamics", "--out"], "--out"),
+    (["analyze", "--no-dynamics", "--out"], "-o/--output"),
+    (["analyze", "--no-dynamics", "-o"], "-o/--output"),
 ])
 @pytest.mark.parametrize("where", ["/proc/x.png", "a_file/x.png", "a_dir"])
 def test_unwritable_output_paths_fail_before_the_work(run_cli_in_process, tmp_path: Path, study_db: Path, command,
@@ -222,5 +224,5 @@ def test_a_write_error_after_the_fit_is_one_line(run_cli_in_process, tmp_path: P
                   "loss": 1.8 + 300 / n.ravel() ** 0.3 + 400 / d.ravel() ** 0.3}).to_csv(tmp_path / "p.csv",
                                                                                       index=False)
     res = run_cli_in_process("fit", "--csv", "p.csv", "--boot", "0", "--grid", "coarse", "--compare", "none",
-                             "--no-validate", "--plot", "f.png")
-    _one_line_error(res, "--plot: cannot write 'f.png' (No space left on device)")
+                             "--no-validate", "-o", "f.png")
+    _one_line_error(res, "-o/--output: cannot write 'f.png' (No space left on device)")

@@ -44,7 +44,8 @@ FLAG_KINDS: dict[str, str] = {
 }
 # Per command, flags that are outputs of a different kind than their name suggests elsewhere.
 COMMAND_FLAG_KINDS: dict[tuple[str, str], str] = {
-    ("report", "--output"): "out_file", ("export-hf", "--output"): "out_folder",
+    ("report", "--output"): "out_file", ("export-hf", "--output"): "out_folder", ("export", "--output"): "out_file",
+    ("fit", "--output"): "out_file", ("analyze", "--output"): "out_folder", ("quickstart", "--output"): "out_folder",
 }
 # Exit codes a command may document besides 0 and 2.
 OTHER_EXIT_CODES: dict[str, set[int]] = {"train": {3}, "run": {4}}
@@ -98,9 +99,10 @@ def _base_commands(fx: Fixture) -> dict[str, list[str]]:
         "run": ["run", str(root / "fuzz.toml"), "--cache-dir", str(root / "cache"), "--no-progress"],
         "experiments": ["experiments"],
         "runs": ["runs"],
-        "export": ["export", str(root / "out" / "runs.csv")],
+        "export": ["export", "-o", str(root / "out" / "runs.csv")],
         "export-hf": ["export-hf", fx.train_run_id, "-o", str(root / "out" / "hf")],
         "energy": ["energy", fx.train_run_id],
+        "show": ["show", fx.train_run_id],
         "meters": ["meters"],
         "presets": ["presets"],
         "quickstart": ["quickstart", "--no-progress"],
@@ -178,9 +180,11 @@ def _value_flags(command: str) -> list[tuple[str, str]]:
 def _argv(base: list[str], flag: str, value: str) -> list[str]:
     if flag.startswith("-"):
         return [*base, f"{flag}={value}"]  # '=' so that values such as -1 are not read as flags
-    positionals = {"file": 1, "path": 1, "run_id": 1}
     argv = list(base)
-    argv[positionals[flag]] = value
+    if len(argv) > 1 and not argv[1].startswith("-"):
+        argv[1] = value  # the command's positional (plan/run FILE, energy/export-hf RUN_ID)
+    else:
+        argv.insert(1, value)  # an optional one: runs/analyze/report/fit FILE, the old export path
     return argv
 
 

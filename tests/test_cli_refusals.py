@@ -72,12 +72,12 @@ def test_huge_budget_in_an_experiment_grid_is_refused_by_plan(run_cli_in_process
 
 
 def test_an_unexpected_exception_is_one_line_unless_debugging(run_cli_in_process, monkeypatch) -> None:
-    import wattscale.cli
+    import wattscale.cli.machine
 
     def broken(args):
         raise ZeroDivisionError("division by zero\nsecond line")
 
-    monkeypatch.setattr(wattscale.cli, "cmd_presets", broken)
+    monkeypatch.setattr(wattscale.cli.machine, "cmd_presets", broken)
     result = run_cli_in_process("presets")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -91,12 +91,12 @@ def test_an_unexpected_exception_is_one_line_unless_debugging(run_cli_in_process
 def test_os_errors_of_the_environment_name_the_file(run_cli_in_process, monkeypatch) -> None:
     import errno
 
-    import wattscale.cli
+    import wattscale.cli.machine
 
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device", "/mnt/full/ckpt.safetensors")
 
-    monkeypatch.setattr(wattscale.cli, "cmd_presets", full)
+    monkeypatch.setattr(wattscale.cli.machine, "cmd_presets", full)
     result = run_cli_in_process("presets")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

@@ -209,7 +209,7 @@ def test_report_cli_errors_are_one_line_with_exit_2(study_db: Path, run_cli, tmp
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
     missing = run_cli("--store", str(tmp_path / "none.db"), "report")
-    assert missing.returncode == 2 and "no results database" in missing.stderr
+    assert missing.returncode == 2 and "wattscale report: error: no store at " in missing.stderr  # read-only: #14
     assert not (tmp_path / "none.db").exists()
 
 

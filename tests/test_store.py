@@ -700,3 +700,25 @@ def test_copy_run_from_replaces_one_runs_rows_in_one_go(store: Store, tmp_path: 
             worker.copy_run_from(empty, "run-b")
         worker.copy_run_from(store, "run-b")  # and back, across backends
         assert rows(worker, "run-b") == run_b
+
+
+def test_delete_runs_removes_every_row_of_the_runs_in_one_transaction(store: Store) -> None:
+    from wattscale.store_schema import EXPORT_TABLES
+
+    for run_id in ("run-a", "run-b", "run-c"):
+        store.create_run(run_record(run_id))
+        store.add_train_steps(run_id, [{"step": 0, "tokens_seen": 64, "loss": 5.0}])
+        store.add_evaluation(run_id, {"step": 0, "tokens_seen": 64, "val_loss": 5.0})
+        store.add_power_samples(run_id, [{"device": "cpu", "t_seconds": 0.1, "power_w": 9.0}])
+        store.add_energy_measurements(run_id, [{"device": "cpu", "scope": "run", "start_seconds": 0.0,
+                                                "end_seconds": 1.0, "energy_j": 9.0, "source": "counter"}])
+    with pytest.raises(StoreError, match="unknown run_id 'nope'"):
+        store.delete_runs(["run-a", "nope"])
+    assert store.get_run("run-a") is not None and store.evaluations("run-a"), "an unknown id deletes nothing"
+    deleted = store.delete_runs(["run-a", "run-b", "run-a"])
+    assert deleted == {"evaluations": 2, "train_steps": 2, "power_samples": 2, "energy_measurements": 2, "runs": 2}
+    assert set(deleted) == {name for name in EXPORT_TABLES if name not in ("experiments", "experiment_runs")}
+    for run_id in ("run-a", "run-b"):
+        assert store.get_run(run_id) is None and not store.evaluations(run_id) and not store.train_steps(run_id)
+        assert not store.power_samples(run_id) and not store.energy_measurements(run_id)
+    assert store.get_run("run-c") is not None and len(store.power_samples("run-c")) == 1

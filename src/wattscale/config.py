@@ -20,6 +20,7 @@ Every problem in a file is collected and raised as one `ConfigError` that names 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -255,13 +256,28 @@ def _build(cls: type, table: dict[str, Any], section: str) -> Any:
     return cls(**table)
 
 
+def unknown_key_message(section: str, key: str, known: Any) -> str:
+    """`section.key: unknown key; did you mean section.closest?`, or every known key when none is close.
+
+    Close means difflib's similarity (typos: ``tokns``) or the initials of a snake_case key (``learning_rate``
+    -> ``lr``).
+    """
+    names = sorted(known)
+    initials = "".join(part[:1] for part in key.lower().split("_") if part)
+    close = difflib.get_close_matches(key.lower(), names, n=1) or (
+        [initials] if len(initials) > 1 and initials in names else [])
+    where = f"{section}." if section else ""
+    if close:
+        return f"{where}{key}: unknown key; did you mean {where}{close[0]}?"
+    return f"{where}{key}: unknown key; known keys: {', '.join(names)}"
+
+
 def _check_table(cls: type, table: dict[str, Any], section: str, allowed_extra: tuple[str, ...] = ()) -> None:
     """Raise ConfigError for the first key of `table` that `cls` lacks or whose value has the wrong type."""
     known = {f.name for f in fields(cls) if f.name != "name" or section != "model"}
     unknown = sorted(set(table) - known)
     if unknown:
-        keys = ", ".join(sorted(known | set(allowed_extra)))
-        raise ConfigError(f"{section}.{unknown[0]}: unknown key; known keys: {keys}")
+        raise ConfigError(unknown_key_message(section, unknown[0], known | set(allowed_extra)))
     hints = get_type_hints(cls)
     for key, value in table.items():
         _check_type(f"{section}.{key}", value, hints[key])

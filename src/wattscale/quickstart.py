@@ -38,7 +38,7 @@ def run_quickstart(out_dir: Path, show_progress: bool = True) -> list[str]:
     print(f"results database: {store}")
     print(f"checkpoints and final weights: {out_dir / 'runs'}")
     print(f"energy of a run: wattscale --store {store} energy {run_ids[-1]}")
-    print(f"next: wattscale --store {store} runs --json   or   wattscale --store {store} export runs.csv")
+    print(f"next: wattscale --store {store} runs --json   or   wattscale --store {store} export -o runs.csv")
     report = write_report(store, out_dir / "report.html")
     print(f"report ({report.size_bytes / 1e6:.1f} MB, open it in a browser): {report.path.resolve()}")
     return run_ids

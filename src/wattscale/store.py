@@ -567,6 +567,21 @@ class Store:
         with self._tx(f"delete_run({run_id!r})") as conn:
             return conn.execute(delete(runs).where(runs.c.run_id == run_id)).rowcount > 0
 
+    def delete_runs(self, run_ids: Iterable[str]) -> dict[str, int]:
+        """Delete runs with every row of theirs (steps, evaluations, power samples, energy) in one transaction.
+
+        Returns the number of rows deleted per table. An unknown run id raises StoreError and deletes
+        nothing. Experiment plans (``experiment_runs``) keep the run: re-running the experiment trains it again.
+        """
+        ids = list(dict.fromkeys(run_ids))
+        deleted: dict[str, int] = {}
+        with self._tx(f"delete_runs({len(ids)} runs)") as conn:
+            for run_id in ids:
+                self._run_row(conn, run_id, lock=True)
+            for table in (evaluations, train_steps, power_samples, energy_measurements, runs):
+                deleted[table.name] = conn.execute(delete(table).where(table.c.run_id.in_(ids))).rowcount
+        return deleted
+
     def add_train_steps(self, run_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """Write training steps (step, tokens_seen, loss, lr, grad_norm, step_seconds) in one batch.
 

@@ -101,7 +101,7 @@ def write_outputs(analysis: dict[str, Any], folder: Path, json_text: str) -> lis
             make(analysis).to_csv(path, index=False)
             written.append(path)
     except OSError as exc:
-        raise ConfigError(f"--out: cannot write to {folder} ({exc.strerror}); choose a writable folder") from None
+        raise ConfigError(f"-o/--output: cannot write to {folder} ({exc.strerror}); choose a writable folder") from None
     return written
 
 

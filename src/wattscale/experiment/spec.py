@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from wattscale.config import TrainConfig
+from wattscale.config import TrainConfig, unknown_key_message
 from wattscale.data import DataConfig
 from wattscale.energy.meter import MeterConfig
 from wattscale.errors import ConfigError
@@ -272,7 +272,7 @@ def _build_spec(raw: dict[str, Any], variant: str | None, source_path: str) -> E
         values = dict(raw.get(table, {}))
         for key in values:
             if key not in known[table]:
-                raise ConfigError(f"{table}.{key}: unknown key; known keys: {', '.join(sorted(known[table]))}")
+                raise ConfigError(unknown_key_message(table, key, known[table]))
         tables[table] = values
     for key in ("seed", "repeat"):
         if key in tables["train"]:
@@ -291,7 +291,7 @@ def _build_design(table: dict[str, Any]) -> StudyDesign:
     known = {f.name for f in fields(StudyDesign)}
     for key in table:
         if key not in known:
-            raise ConfigError(f"experiment.{key}: unknown key; known keys: {', '.join(sorted(known))}")
+            raise ConfigError(unknown_key_message("experiment", key, known))
     name = table.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("experiment.name: missing; every study needs a name (its runs are stored under it)")
@@ -353,7 +353,7 @@ def _qualify(key: str, known: dict[str, set[str]]) -> str:
         if section not in known:
             raise ConfigError(f"grid.{key}: unknown table {section!r}; use one of {', '.join(RUN_TABLES)}")
         if name not in known[section]:
-            raise ConfigError(f"grid.{key}: unknown key; known {section} keys: {', '.join(sorted(known[section]))}")
+            raise ConfigError("grid." + unknown_key_message(section, name, known[section]))
         return key
     owners = [section for section, names in known.items() if key in names]
     if len(owners) != 1:

@@ -96,7 +96,7 @@ def plot_fit(data: LawData, fit: LawFit, boot: LawBootstrap | None, path: str | 
 
     path = Path(path)
     if path.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise ConfigError(f"--plot: {str(path)!r} must end in .png, .pdf or .svg")
+        raise ConfigError(f"-o/--output: {str(path)!r} must end in .png, .pdf or .svg")
     cmap = plt.get_cmap("viridis")
     norm = plt.Normalize(np.log10(data.params.min()), np.log10(data.params.max()) + 1e-9)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
@@ -113,7 +113,7 @@ def plot_fit(data: LawData, fit: LawFit, boot: LawBootstrap | None, path: str | 
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
     except OSError as exc:
-        raise write_error("--plot", path, exc) from None
+        raise write_error("-o/--output", path, exc) from None
     finally:
         plt.close(fig)
     return path

@@ -97,7 +97,7 @@ def load_from_export(path: Path, experiment: str | None = None) -> StudyData:
     missing = [c for c in REQUIRED_RUN_COLUMNS if c not in frame.columns]
     if missing:
         raise ConfigError(f"--runs-file: {path.name} lacks column(s) {missing}; export the runs table "
-                          "(`wattscale export runs.csv`)")
+                          "(`wattscale export -o runs.csv`)")
     records = [{k: _clean(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
     if experiment is not None:
         records = [r for r in records if r.get("experiment") == experiment]

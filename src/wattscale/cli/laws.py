@@ -2,7 +2,7 @@
 
 Each command reads the points (store: finished runs; CSV: the documented columns, renamed with
 ``--column NAME=HEADER``), fits the law with its bootstrap, and prints tables with intervals, or one JSON object
-with ``--json``. The analysis lives in ``wattscale.analysis.laws`` (the plans in ``wattscale.analysis.laws.plans``).
+with ``--json``. The analysis lives in ``wattscale.analysis.laws*`` and ``wattscale.analysis.laws.plans``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,20 @@ import argparse
 import sys
 from typing import Any
 
+from wattscale.cli.common import (
+    add_command,
+    add_file_flags,
+    add_json_flag,
+    add_list_argument,
+    existing_store,
+    experiment_and_store,
+)
 from wattscale.errors import ConfigError
 from wattscale.jsonout import strict_json
+
+# Named statically: importing the form registry (torch) while building the parser would slow every command.
+LAW_FORMS = ("chinchilla", "kaplan", "three-term")
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 def _columns(pairs: list[str] | None) -> dict[str, str]:
@@ -30,13 +42,12 @@ def load_points(args: argparse.Namespace):
     from wattscale.analysis.laws.data import law_data_from_csv, law_data_from_store
 
     if args.csv:
-        if args.from_store:
-            raise ConfigError("--csv and --from-store: give one source, not both")
+        if args.from_store or args.file:
+            raise ConfigError("--csv: give one source (a CSV, or the store / an experiment FILE), not both")
         return law_data_from_csv(args.csv, _columns(args.column), param_counting=args.param_counting or "unspecified")
-    from wattscale.cli import store_url
-
-    return law_data_from_store(store_url(args), args.experiment, param_counting=args.param_counting or "non_embedding",
-                               checkpoints=args.checkpoints)
+    experiment, url = experiment_and_store(args)
+    return law_data_from_store(existing_store(url), experiment,
+                               param_counting=args.param_counting or "non_embedding", checkpoints=args.checkpoints)
 
 
 def _options(args: argparse.Namespace):
@@ -118,22 +129,46 @@ def _print_optima(compute: Any, targets: Any, law: Any, batches: Any) -> None:
                [[_fmt(b.tokens), _ci(b.batch_tokens), _ci(b.band_low), _ci(b.band_high)] for b in batches])
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
-    """Fit a law with bootstrap, validation, comparison and optima; print tables or JSON; write the plot."""
-    if not args.no_plot:  # before the work: a figure that cannot be written would waste the fit
-        from wattscale.output_paths import check_output_file
+def _check_figure(path: str | None) -> None:
+    """Before the work: a figure that cannot be written (suffix, folder, matplotlib) would waste the fit."""
+    if path is None:
+        return
+    from wattscale.output_paths import check_output_file
 
-        check_output_file(args.plot or f"fit_{args.form}.png", "--plot", (".png", ".pdf", ".svg"))
+    check_output_file(path, "-o/--output", FIGURE_SUFFIXES)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"-o/--output: drawing the figure needs matplotlib ({exc}); pip install matplotlib, "
+                          "or leave -o out") from None
+
+
+def _compare(values: list[str] | None) -> list[str] | None:
+    """--compare: None (auto), [] (none) or the named forms."""
+    if not values or values == ["auto"]:
+        return None
+    if values == ["none"]:
+        return []
+    if "auto" in values or "none" in values:
+        raise ConfigError("--compare: auto and none stand alone; or name the forms, e.g. --compare chinchilla kaplan")
+    return values
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit a law with bootstrap, validation, comparison and optima; print tables or JSON; with -o, draw it."""
+    _check_figure(args.output)
+    compare = _compare(args.compare)
     data = load_points(args)  # first: bad input fails before torch and matplotlib are imported
     from wattscale.analysis.laws.analysis import analyze_law
-    from wattscale.analysis.laws.plot import plot_fit
 
-    compare = None if args.compare == "auto" else [] if args.compare == "none" else args.compare.split(",")
-    analysis = analyze_law(data, args.form, _options(args), n_boot=args.boot, seed=args.seed, level=args.level,
+    analysis = analyze_law(data, args.form, _options(args), n_boot=args.boot, seed=args.boot_seed, level=args.level,
                            validate=not args.no_validate, compare=compare, flops=args.flops, losses=args.loss or (),
-                           tokens=args.tokens, epsilon=args.epsilon)
-    plot = None if args.no_plot else str(plot_fit(data, analysis.fit, analysis.bootstrap,
-                                                  args.plot or f"fit_{analysis.fit.form}.png"))
+                           tokens=args.at_tokens, epsilon=args.epsilon)
+    plot = None
+    if args.output is not None:
+        from wattscale.analysis.laws.plot import plot_fit
+
+        plot = str(plot_fit(data, analysis.fit, analysis.bootstrap, args.output))
     if args.json:
         print(strict_json(analysis.to_dict() | {"plot": plot}))
         return 0
@@ -152,7 +187,7 @@ def _fit_and_boot(args: argparse.Namespace, data: Any = None):
     data = load_points(args) if data is None else data
     options = _options(args)
     fit = fit_law(data, args.form, options)
-    boot = bootstrap_law(data, fit, n_boot=args.boot, seed=args.seed, level=args.level, options=options) \
+    boot = bootstrap_law(data, fit, n_boot=args.boot, seed=args.boot_seed, level=args.level, options=options) \
         if args.boot else None
     return data, fit, boot
 
@@ -215,15 +250,14 @@ def cmd_plan_energy(args: argparse.Namespace) -> int:
 
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    # Forms are named statically: importing the registry (torch) while building the parser would slow every command.
-    p.add_argument("--form", default="chinchilla",
-                   help="law form: chinchilla (default), kaplan, three-term, or one registered in Python")
+    add_file_flags(p)
+    p.add_argument("--form", default="chinchilla", choices=LAW_FORMS, help="law form (default chinchilla)")
     p.add_argument("--from-store", action="store_true", help="read finished runs from the store (the default)")
-    p.add_argument("--experiment", help="with the store: only this experiment's runs")
+    p.add_argument("--experiment", help="with the store: only this experiment's runs (default: the FILE's)")
     p.add_argument("--csv", help="read points from a CSV file: columns params, tokens, batch_tokens, steps, loss, "
                    "optional run_id, weight, flops, energy_j")
-    p.add_argument("--column", action="append", metavar="NAME=HEADER",
-                   help="map one of our column names to a CSV header, e.g. --column params='Model Size' (repeatable)")
+    p.add_argument("--column", nargs="+", action="extend", metavar="NAME=HEADER",
+                   help="map our column names to CSV headers, e.g. --column params='Model Size' loss=L")
     p.add_argument("--param-counting", choices=("total", "non_embedding", "unspecified"),
                    help="which N: store default non_embedding; for a CSV, what its params column counts (recorded)")
     p.add_argument("--checkpoints", action="store_true",
@@ -232,38 +266,54 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", choices=("full", "coarse"), default="full",
                    help="starts: the form's full grid (default; 4,500 for chinchilla) or every other value per axis")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap replicates over runs (default 1000; 0: none)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--boot-seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--seed", type=int, dest="boot_seed", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the fit (default 1)")
     p.add_argument("--epsilon", type=float, default=0.01,
                    help="three-term: batch sizes within this loss of the optimum form the band (default 0.01)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_json_flag(p, "the result as one JSON object")
 
 
-def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add the fit, plan-compute and plan-energy sub-commands."""
-    p = sub.add_parser("fit", parents=[common], help="fit a scaling law with bootstrap CIs, checks and optima")
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add `fit`, `plan-compute` and `plan-energy`."""
+    p = add_command(sub, "fit", "fit a scaling law with bootstrap CIs, checks and optima",
+                    ["wattscale fit --form chinchilla -o fit.png",
+                     "wattscale fit --csv points.csv --column params=N loss=L --flops 1e18 1e19 --json"],
+                    parents=[common])
     _add_data_flags(p)
-    p.add_argument("--flops", type=float, nargs="+", help="compute budgets for N*, D*, L* (default: data's decades)")
-    p.add_argument("--loss", type=float, nargs="+", help="target losses for C(L)")
-    p.add_argument("--tokens", type=float, nargs="+", help="three-term: token budgets for M*(D) (default: decades)")
-    p.add_argument("--compare", default="auto", help="forms to compare by AIC: auto (every applicable built-in "
-                   "form), none, or a comma-separated list")
+    p.add_argument("--flops", type=float, nargs="+", action="extend",
+                   help="compute budgets for N*, D*, L* (default: data's decades)")
+    p.add_argument("--loss", type=float, nargs="+", action="extend", help="target losses for C(L)")
+    p.add_argument("--at-tokens", type=float, nargs="+", action="extend",
+                   help="three-term: token budgets for M*(D) (default: decades)")
+    p.add_argument("--tokens", type=float, nargs="+", action="extend", dest="at_tokens", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
+    add_list_argument(p, "--compare", metavar="FORM", help="forms to compare by AIC: auto (default: every applicable "
+                      "built-in form), none, or the forms, e.g. --compare chinchilla kaplan")
     p.add_argument("--no-validate", action="store_true", help="skip the leave-largest-scale-out validation")
-    p.add_argument("--plot", help="figure path, .png/.pdf/.svg (default fit_<form>.png)")
-    p.add_argument("--no-plot", action="store_true", help="do not write the figure")
+    p.add_argument("-o", "--output", metavar="FIG", help="draw the fit into this figure (.png, .pdf or .svg); "
+                   "without -o no file is written")
+    p.add_argument("--plot", dest="output", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--no-plot", action="store_true", help=argparse.SUPPRESS)  # a no-op: no figure without -o
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("plan-compute", parents=[common], help="compute-optimal N, D (and batch) for FLOP budgets")
+    p = add_command(sub, "plan-compute", "compute-optimal N, D (and batch) for FLOP budgets",
+                    ["wattscale plan-compute --flops 1e18 1e19 1e20",
+                     "wattscale plan-compute --form three-term --flops 1e20 --loss 3.2 --json"], parents=[common])
     _add_data_flags(p)
-    p.add_argument("--flops", type=float, nargs="+", required=True, help="compute budgets C = 6ND (FLOPs)")
-    p.add_argument("--loss", type=float, nargs="+", help="also: the compute that reaches these losses")
+    p.add_argument("--flops", type=float, nargs="+", action="extend", required=True,
+                   help="compute budgets C = 6ND (FLOPs)")
+    p.add_argument("--loss", type=float, nargs="+", action="extend", help="also: the compute that reaches these losses")
     p.set_defaults(func=cmd_plan_compute)
 
-    p = sub.add_parser("plan-energy", parents=[common], help="lowest-loss N, D, batch for an energy budget")
+    p = add_command(sub, "plan-energy", "lowest-loss N, D, batch for energy budgets",
+                    ["wattscale plan-energy --form three-term --kwh 10 100",
+                     "wattscale plan-energy --form three-term --kwh 50 --loss 3.5 --json"], parents=[common])
     _add_data_flags(p)
-    p.add_argument("--kwh", type=float, nargs="+", required=True, help="energy budgets in kWh")
-    p.add_argument("--loss", type=float, nargs="+", help="also: the least energy that reaches these losses")
+    p.add_argument("--kwh", type=float, nargs="+", action="extend", required=True, help="energy budgets in kWh")
+    p.add_argument("--loss", type=float, nargs="+", action="extend",
+                   help="also: the least energy that reaches these losses")
     p.add_argument("--extrapolate", type=float, default=1.0,
                    help="search N and M this factor beyond the measured range (default 1: none)")
     p.set_defaults(func=cmd_plan_energy)
