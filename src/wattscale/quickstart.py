@@ -21,8 +21,8 @@ from wattscale.store import open_store
 from wattscale.tables import print_runs_table
 
 QUICKSTART_FILE = Path(__file__).with_name("quickstart.toml")
-# What the file trains (kept here too so tests and docs can name them): 16, 32 and 64 steps of 16 x 64 tokens.
-QUICKSTART_BUDGETS_TOKENS = (16_384, 32_768, 65_536)
+# What the file trains (kept here too so tests and docs can name them): 16, 32 and 64 steps of 8 x 64 tokens.
+QUICKSTART_BUDGETS_TOKENS = (8_192, 16_384, 32_768)
 QUICKSTART_SEEDS = 3
 QUICKSTART_PRESET = "llama-1m"
 LAW_HINT = ("scaling law: this study has one model size, so no law is fitted; one comes from runs over sizes "
