@@ -237,7 +237,9 @@ def test_quickstart_runs_a_repeated_measures_study_and_reports_every_section(tmp
     _, _, sections = build_report_for(out / "wattscale.db", "quickstart")
     by_id = {s.id: s for s in sections}
     assert not any(s.pending for s in sections), [s.id for s in sections if s.pending]
-    assert "F(2, 2) = " in page and "Bonferroni" in page  # RM-ANOVA across budgets, seeds as subjects
+    # RM-ANOVA across the budgets with the seeds as subjects (GG-corrected dfs with 2 subjects), Bonferroni pairs.
+    assert re.search(r"tokens_per_joule: F\(\d+, \d+\) = \d", by_id["statistics"].html)
+    assert "Bonferroni" in by_id["statistics"].html and "Bonferroni" in page
     assert "extra" not in by_id["statistics"].html and "extra" not in by_id["dynamics"].html
     assert "volatility" in by_id["dynamics"].html.lower()
     assert not any("pip install" in s.html for s in sections)  # no section asks for an extra
