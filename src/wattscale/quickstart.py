@@ -1,7 +1,7 @@
 """The quickstart: a small repeated-measures study on CPU, its store and its full report, in a few minutes.
 
 The study is an experiment file shipped with the package (``quickstart.toml``: llama-1m on the
-built-in corpus, three token budgets x three seeds, evaluations every tenth of a budget), planned
+built-in corpus, three token budgets x three seeds, evaluations about every tenth of a budget), planned
 and run by the experiment machinery like any other, so it is resumable (a second
 ``wattscale quickstart`` finds every run finished and only rewrites the report) and
 ``wattscale --store quickstart/wattscale.db analyze --experiment quickstart`` sees it.
