@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from collections import Counter
 from itertools import pairwise
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_DATA
+from wattscale.errors import ConfigError
 from wattscale.experiment import block_orders, load_experiment, plan_experiment, williams_rows
 from wattscale.experiment.local import run_local
 from wattscale.store import open_store
@@ -146,6 +149,105 @@ def test_shipped_experiment_files_plan(tmp_path: Path) -> None:
     assert len({r.config.model.name for r in law.runs}) == 3
     assert len({r.config.train.batch_size for r in law.runs}) == 4
     assert len({r.config.train.tokens // r.config.tokens_per_step for r in law.runs}) == 4
+
+
+def test_nested_variant_tables_equal_the_inline_form(tmp_path: Path) -> None:
+    """[variants.smoke.train] tables and the inline `train = { ... }` form of earlier releases give one spec."""
+    base = TINY_STUDY
+    inline = base + """
+[variants.small]
+unset = ["train.threads"]
+experiment = { repetitions = 1, store = "small.db" }
+train = { lr = 0.01, batch_size = 2 }
+grid = { "train.data_tokens" = [2048] }
+"""
+    nested = base + """
+[variants.small]
+unset = ["train.threads"]
+
+[variants.small.experiment]
+repetitions = 1
+store = "small.db"
+
+[variants.small.train]
+lr = 0.01
+batch_size = 2
+
+[variants.small.grid]
+"train.data_tokens" = [2048]
+"""
+    a = load_experiment(write(tmp_path, inline, "inline.toml"), variant="small")
+    b = load_experiment(write(tmp_path, nested, "nested.toml"), variant="small")
+    assert a.to_dict() == b.to_dict() and a.spec_hash() == b.spec_hash()
+    assert b.name == "tiny-study-small" and b.tables["train"]["lr"] == 0.01 and "threads" not in b.tables["train"]
+    assert b.grid == (("train.data_tokens", (2048,)),) and b.design.store == "small.db"
+    # `unset` written after a sub-table header lands inside that table: said so, with where it belongs.
+    misplaced = base + """
+[variants.small.train]
+lr = 0.01
+unset = ["train.threads"]
+"""
+    with pytest.raises(ConfigError, match=r"variants\.small\.train\.unset: write unset = \[\.\.\.\] directly under "
+                                          r"\[variants\.small\]"):
+        load_experiment(write(tmp_path, misplaced, "misplaced.toml"), variant="small")
+
+
+def test_shipped_files_use_nested_variants_link_their_paper_and_name_the_schema() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    for path in sorted((repo / "experiments").glob("*.toml")):
+        text = path.read_text(encoding="utf-8")
+        assert text.splitlines()[0] == "#:schema ./experiment.schema.json", path.name
+        assert re.search(r"^# Paper \d .*https://(arxiv\.org/abs|doi\.org)/\S+", text, flags=re.MULTILINE), path.name
+        assert "[variants.smoke.train]" in text and not re.search(r"^(train|model|data|grid) = \{", text,
+                                                                   flags=re.MULTILINE), path.name
+
+
+def test_committed_schema_is_the_generated_one_and_accepts_the_shipped_files() -> None:
+    """`python -m wattscale.experiment.schema > experiments/experiment.schema.json` after changing a config field."""
+    from wattscale.experiment.schema import experiment_schema, schema_text
+
+    repo = Path(__file__).resolve().parents[1]
+    committed = (repo / "experiments" / "experiment.schema.json").read_text(encoding="utf-8")
+    assert committed == schema_text(), "regenerate: python -m wattscale.experiment.schema > experiments/" \
+                                       "experiment.schema.json"
+    schema = experiment_schema()
+    train = schema["properties"]["train"]["properties"]
+    assert train["schedule"]["enum"] == ["cosine", "wsd", "constant"] and train["eval_tokens"]["default"] == 65_536
+    assert "steps" in train and "seed" not in train  # derived keys in, seeds only through [experiment]
+    assert schema["properties"]["experiment"]["required"] == ["name"]
+    assert "train.lr" in schema["properties"]["grid"]["properties"] and "train.threads" not in \
+        schema["properties"]["grid"]["properties"]
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft7Validator(schema)
+    for path in [*sorted((repo / "experiments").glob("*.toml")), repo / "src" / "wattscale" / "quickstart.toml"]:
+        assert not list(validator.iter_errors(tomllib.loads(path.read_text(encoding="utf-8")))), path.name
+    bad = {"experiment": {"name": "x"}, "train": {"lrr": 1}, "variants": {"smoke": {"train": {"schedule": "cos"}}}}
+    assert len(list(validator.iter_errors(bad))) == 2
+
+
+def test_missing_data_path_names_the_key_the_set_and_the_variant(tmp_path: Path, cache_dir: Path) -> None:
+    """A file copied away from its data (a fresh clone without the workplace's TinyStories sample)."""
+    repo = Path(__file__).resolve().parents[1]
+    copy = tmp_path / "elsewhere" / "dynamics_4m.toml"
+    copy.parent.mkdir()
+    copy.write_text((repo / "experiments" / "dynamics_4m.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        plan_experiment(load_experiment(copy), cache_dir, prepare=False)
+    message = str(caught.value)
+    assert message.startswith("data.source: '../../shared/data/tinystories/") and str(copy) in message
+    assert "--set data.source=PATH" in message and "--variant smoke" in message and "\n" not in message
+    with pytest.raises(ConfigError, match=r"^data\.source: '/no/such/file\.txt' does not exist; pass your copy"):
+        plan_experiment(load_experiment(copy, settings=["data.source=/no/such/file.txt"]), cache_dir, prepare=False)
+    # The variant that does without it plans; so does --set with a real file.
+    assert len(plan_experiment(load_experiment(copy, variant="smoke"), cache_dir, prepare=False).runs) == 6
+    text = tmp_path / "stories.txt"
+    text.write_text("Once upon a time there was a cat.\n" * 50, encoding="utf-8")
+    spec = load_experiment(copy, settings=[f"data.source={text}", f"data.val_source={text}"])
+    assert len(plan_experiment(spec, cache_dir, prepare=False).runs) == 6
+    # A file without variants suggests the built-in corpus.
+    lone = write(tmp_path, TINY_STUDY.replace("[data]\n", '[data]\nsource = "missing.txt"\n'), "lone.toml")
+    with pytest.raises(ConfigError, match=r"--set data\.source=PATH \(or --set data\.source=synthetic"):
+        plan_experiment(load_experiment(lone), cache_dir, prepare=False)
 
 
 # --- run order ------------------------------------------------------------------------------------

@@ -213,24 +213,45 @@ def test_report_cli_errors_are_one_line_with_exit_2(study_db: Path, run_cli, tmp
     assert not (tmp_path / "none.db").exists()
 
 
-def test_quickstart_ends_by_writing_the_report_and_printing_its_path(tmp_path: Path, monkeypatch, capsys) -> None:
-    """The quickstart's last step, with training replaced by synthetic runs (the real one takes minutes)."""
+def test_quickstart_runs_a_repeated_measures_study_and_reports_every_section(tmp_path: Path, capsys) -> None:
+    """The quickstart's study at tiny sizes (llama-tiny, 2-8 steps, 2 seeds): its real runs, store and report."""
     import wattscale.quickstart as quickstart
 
-    class Result:
-        def __init__(self, run_id: str) -> None:
-            self.run_id = run_id
+    out = tmp_path / "qs"
+    options = {"budgets_tokens": (1_024, 2_048, 4_096), "seeds": 2, "preset": "llama-tiny",
+               "settings": ("train.eval_tokens=512", "data.synthetic_mb=0.3")}
+    first = quickstart.run_quickstart(out, show_progress=False, **options)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert first.experiment == "quickstart" and len(first.run_ids) == 6 and first.finished_before == 0
+    assert printed[-1].startswith("report (") and printed[-1].endswith(str((out / "report.html").resolve()))
+    assert any(line.startswith("scaling law:") and "three_term_law.toml" in line and " fit " in line
+               for line in printed)
+    with open_store(str(out / "wattscale.db")) as store:
+        runs = store.list_runs(experiment="quickstart")
+    assert [r["run_id"] for r in runs] == list(first.run_ids) and {r["status"] for r in runs} == {"finished"}
+    assert sorted(r["tokens_seen"] for r in runs) == [1_024] * 2 + [2_048] * 2 + [4_096] * 2
+    assert {r["seed"] for r in runs} == {0, 1}
+    for block in (0, 1):  # each seed's block holds every budget once
+        assert sorted(r["tokens_seen"] for r in runs if r["block"] == block) == [1_024, 2_048, 4_096]
 
-    def fake_train(config, store_url: str, **_: object) -> Result:
-        run_id = config.model.name
-        with open_store(store_url) as store:
-            add_synthetic_run(store, run_id, preset=config.model.name, name="quickstart")
-        return Result(run_id)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    _, _, sections = build_report_for(out / "wattscale.db", "quickstart")
+    by_id = {s.id: s for s in sections}
+    assert not any(s.pending for s in sections), [s.id for s in sections if s.pending]
+    # RM-ANOVA across the budgets with the seeds as subjects (GG-corrected dfs with 2 subjects), Bonferroni pairs.
+    assert re.search(r"tokens_per_joule: F\(\d+, \d+\) = \d", by_id["statistics"].html)
+    assert "Bonferroni" in by_id["statistics"].html and "Bonferroni" in page
+    assert not any(word in s.html for s in sections for word in ("analysis extra", "No module", "wattscale["))
+    assert "volatility" in by_id["dynamics"].html.lower()
+    assert not any("pip install" in s.html for s in sections)  # no section asks for an extra
 
-    monkeypatch.setattr(quickstart, "train", fake_train)
-    run_ids = quickstart.run_quickstart(tmp_path / "qs", show_progress=False)
-    report = tmp_path / "qs" / "report.html"
-    assert report.is_file() and run_ids == ["llama-1m", "llama-4m"]
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.endswith(str(report.resolve())) and last.startswith("report (")
-    assert "llama-1m, 10,000 tokens" in report.read_text(encoding="utf-8")
+    (out / "report.html").unlink()
+    again = quickstart.run_quickstart(out, show_progress=False, **options)
+    assert again.run_ids == first.run_ids and again.finished_before == 6  # resumed: nothing trained twice
+    assert (out / "report.html").is_file()
+    assert "6 runs (6 already finished)" in capsys.readouterr().out
+
+
+def build_report_for(store_path: Path, experiment: str):
+    with open_store(str(store_path), create=False) as store:
+        return build_report(store, experiment)

@@ -20,7 +20,7 @@ from wattscale.errors import ConfigError, WattscaleError
 from wattscale.model import ModelConfig
 
 from .design import block_orders
-from .spec import INPUT_PATH_KEYS, ExperimentSpec, is_local_path
+from .spec import INPUT_PATH_KEYS, ExperimentSpec, is_local_path, missing_input_error
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,12 @@ def _condition_config(spec: ExperimentSpec, condition: dict[str, Any]) -> RunCon
     for key in INPUT_PATH_KEYS:
         section, name = key.split(".")
         value = tables[section].get(name)
-        if spec.base_dir and is_local_path(value) and not Path(value).expanduser().is_absolute():
+        if not is_local_path(value):
+            continue
+        if spec.base_dir and not Path(value).expanduser().is_absolute():
             tables[section][name] = str(Path(spec.base_dir) / value)
+        if not Path(tables[section][name]).expanduser().exists():
+            raise missing_input_error(spec, key, value, tables[section][name])
     label = condition_label(condition)
     try:
         _resolve_derived(tables)

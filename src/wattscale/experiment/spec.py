@@ -21,12 +21,22 @@ sample_hz = 10
 [grid]                        # factors: "section.key" (or a key only one section has) = [values]
 "train.data_tokens" = [500_000, 1_000_000, 2_000_000]
 
-[variants.smoke]              # `--variant smoke`: these tables are merged over the ones above
-unset = ["data.val_source"]   # settings to put back to their defaults
-experiment = { repetitions = 2 }
-model = { preset = "llama-tiny" }
-grid = { "train.data_tokens" = [4_096, 8_192] }
+[variants.smoke]              # `--variant smoke`: its tables are merged over the ones above
+unset = ["data.val_source"]   # settings to put back to their defaults (before the variant's sub-tables)
+[variants.smoke.experiment]
+repetitions = 2
+[variants.smoke.model]
+preset = "llama-tiny"
+[variants.smoke.grid]
+"train.data_tokens" = [4_096, 8_192]
 ```
+
+A variant's tables may also be written inline under ``[variants.smoke]`` (``model = { preset =
+"llama-tiny" }``, the form of earlier releases): TOML reads both forms into the same tables.
+
+Relative data paths (data.source, data.val_source, data.tokenizer) are read from the file's folder;
+one that does not exist is refused when the runs are planned, naming the key, the `--set` that
+replaces it and the variants of the file that do without it (`missing_input_error`).
 
 Besides every field of [model], [train], [data] and [meter], two derived training keys exist in
 experiment files: `train.steps` (tokens = steps x batch_size x seq_len) and `train.batch_tokens`
@@ -38,6 +48,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -96,6 +107,9 @@ class ExperimentSpec:
     variant: str | None = None
     source_path: str | None = None
     base_dir: str | None = None  # relative data paths in the file are read from here
+    # For each input path key (INPUT_PATH_KEYS), the file's other variants that set or unset it: what to suggest
+    # when the path does not exist. Not part of the study (to_dict and spec_hash leave it out).
+    input_variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def name(self) -> str:
@@ -142,9 +156,15 @@ def load_experiment(path: Path, variant: str | None = None,
         if variant not in variants:
             known = ", ".join(sorted(variants)) or "none in this file"
             raise ConfigError(f"--variant: unknown variant {variant!r}; known: {known}")
+        if not isinstance(variants[variant], dict):
+            raise ConfigError(f"variants.{variant}: must be a table, e.g. [variants.{variant}.train]")
         chosen = dict(variants[variant])
         unset = chosen.pop("unset", [])
         _check_tables(chosen, f"variants.{variant}.", allowed=FILE_TABLES[:-1])
+        for table, values in chosen.items():
+            if "unset" in values and table != "grid":
+                raise ConfigError(f"variants.{variant}.{table}.unset: write unset = [...] directly under "
+                                  f"[variants.{variant}], before its sub-tables such as [variants.{variant}.{table}]")
         raw = _merge(raw, chosen)
         _unset(raw, unset, f"variants.{variant}.unset")
         raw.setdefault("experiment", {})
@@ -153,7 +173,8 @@ def load_experiment(path: Path, variant: str | None = None,
             raw["experiment"]["name"] = f"{raw['experiment']['name']}-{variant}"
     for setting in settings:
         _apply_setting(raw, setting)
-    return replace(_build_spec(raw, variant, str(path)), base_dir=str(Path(path).resolve().parent))
+    return replace(_build_spec(raw, variant, str(path)), base_dir=str(Path(path).resolve().parent),
+                   input_variants=_input_variants(variants, variant))
 
 
 # Input paths: relative ones written in the file are read from the file's folder (resolved when
@@ -165,6 +186,35 @@ INPUT_PATH_KEYS = ("data.source", "data.val_source", "data.tokenizer")
 def is_local_path(value: Any) -> bool:
     """A data setting that names a file or folder (not 'synthetic', not an hf: dataset)."""
     return isinstance(value, str) and value != "synthetic" and not value.startswith("hf:")
+
+
+def _input_variants(variants: dict[str, Any], chosen: str | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """For each input path key, the variants (other than `chosen`) that set or unset it."""
+    found: dict[str, list[str]] = {key: [] for key in INPUT_PATH_KEYS}
+    for name, tables in variants.items():
+        if name == chosen or not isinstance(tables, dict):
+            continue
+        unset = tables.get("unset", [])
+        for key in INPUT_PATH_KEYS:
+            section, field = key.split(".")
+            table = tables.get(section, {})
+            if (isinstance(table, dict) and field in table) or (isinstance(unset, list) and key in unset):
+                found[key].append(name)
+    return tuple((key, tuple(names)) for key, names in found.items())
+
+
+def missing_input_error(spec: ExperimentSpec, key: str, written: str, resolved: str) -> ConfigError:
+    """The one-line error for an input path (`key`, as `written`) that does not exist at `resolved`."""
+    relative = written != resolved  # a relative path written in the file (--set paths arrive absolute)
+    where = f" in {spec.source_path}" if spec.source_path and relative else ""
+    relative_note = f" (read from the file's folder: {os.path.normpath(resolved)})" if relative else ""
+    fix = f"pass your copy with --set {key}=PATH"
+    variants = dict(spec.input_variants).get(key, ())
+    if variants:
+        fix += " or run " + " or ".join(f"--variant {name}" for name in variants) + ", which does without it"
+    elif key == "data.source":
+        fix += " (or --set data.source=synthetic for the built-in corpus)"
+    return ConfigError(f"{key}: {written!r}{where} does not exist{relative_note}; {fix}")
 
 
 def _unset(raw: dict[str, Any], keys: Any, where: str) -> None:

@@ -2,8 +2,8 @@
 
 :func:`study_content` runs `wattscale.analysis.study.analyze_study` on the report's store and turns its result
 into the generic content dicts that ``statistics_section`` and ``dynamics_section`` render (shape in the package
-docstring). Nothing here computes a statistic. Without the analysis extra (pingouin, statsmodels, pandas) the
-sections say how to get it instead of staying silent.
+docstring). Nothing here computes a statistic. pingouin, statsmodels and pandas are base dependencies; should an
+install lack one, the sections name it and the fix instead of staying silent.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def study_content(store: Any, experiment: str | None,
         from wattscale.analysis.study.analysis import AnalysisOptions, analyze_study
         from wattscale.analysis.study.data import load_study
     except ImportError as exc:
-        note = {"notes": [f"Statistics need the analysis extra (pip install 'wattscale[analysis]'): {exc}"]}
+        note = {"notes": [f"Statistics: {exc}; the install is incomplete: pip install --force-reinstall wattscale"]}
         return note, note
     try:
         analysis = analyze_study(load_study(store, experiment), AnalysisOptions(energy_basis=energy_basis)).to_dict()

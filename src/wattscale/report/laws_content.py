@@ -42,7 +42,7 @@ def laws_content(store: Any, experiment: str | None, n_boot: int = REPORT_BOOTST
         from wattscale.analysis.laws.data import law_data_from_open_store
         from wattscale.analysis.laws.fit import FitOptions
     except ImportError as exc:
-        return {"notes": [f"Scaling laws need the analysis extra (pip install 'wattscale[analysis]'): {exc}"]}
+        return {"notes": [f"Scaling laws: {exc}; the install is incomplete: pip install --force-reinstall wattscale"]}
     try:
         data = law_data_from_open_store(store, experiment)
         form, why = choose_form(data)
