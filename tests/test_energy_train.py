@@ -122,7 +122,8 @@ def test_meter_that_vanishes_mid_run_does_not_stop_training(tmp_path: Path, cach
     assert '"gaps": [[' in run_row["details_json"]
 
 
-def test_no_meters_means_no_energy_not_zero(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+def test_no_meters_means_no_energy_not_zero(run_cli_in_process, tmp_path: Path, cache_dir: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     from conftest import TINY_DATA
 
     res = run_cli("train", "--preset", "llama-tiny", "--batch-size", "4", "--seq-len", "32", *TINY_DATA,
@@ -134,12 +135,15 @@ def test_no_meters_means_no_energy_not_zero(run_cli, tmp_path: Path, cache_dir: 
         assert store.energy_measurements(run["run_id"]) == []
 
 
-def test_bad_meter_setting_is_a_one_line_error(run_cli, tmp_path: Path) -> None:
+def test_bad_meter_setting_is_a_one_line_error(run_cli_in_process, tmp_path: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     res = run_cli("train", "--preset", "llama-tiny", "--tokens", "10000", "--sample-hz", "5000")
     assert res.returncode == 2 and "meter.sample_hz" in res.stderr and not (tmp_path / "wattscale.db").exists()
 
 
-def test_energy_command_reports_kwh_power_co2e_and_resampling(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+def test_energy_command_reports_kwh_power_co2e_and_resampling(run_cli_in_process, tmp_path: Path,
+                                                              cache_dir: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     import json
 
     watts = 40.0
