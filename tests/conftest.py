@@ -1,4 +1,4 @@
-"""Shared fixtures: a session-wide token cache and a CLI runner that uses real subprocesses."""
+"""Shared fixtures (a session-wide token cache, CLI runners) and how the tests share the parallel workers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,48 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("WATTSCALE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+# `python -m pytest` runs on pytest-xdist workers with --dist loadgroup (pyproject.toml): each test goes to whichever
+# worker is free, except the tests of a group, which run on one worker in file order. A file is grouped when its tests
+# share something that must not be set up twice or used by two workers at once. PostgreSQL needs no group: each worker
+# makes a database of its own (named by its pid), each test a schema in it.
+XDIST_GROUPS = {
+    "test_ray_executor.py": "ray",  # one local Ray cluster (a head and a node, a module fixture) at a time
+    "test_distributed.py": "torchrun",  # the one- and two-rank reference runs, module fixtures the tests compare with
+    # The real study report_helpers trains once per worker (in its basetemp), and the one chromium.
+    "test_report.py": "report-study",
+    "test_report_browser.py": "report-study",
+    # Module fixtures that train or write a store: set up once, not once per worker.
+    "test_cli_fuzz.py": "cli-fuzz",
+    "test_laws_cli.py": "laws-cli",
+    "test_report_laws.py": "report-laws",
+    "test_data.py": "data",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist appends the group to each test's id
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = XDIST_GROUPS.get(item.path.name)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """On an xdist worker, torch (here and in the CLI subprocesses) uses this worker's share of the CPUs.
+
+    Without it every worker's torch starts one thread per CPU, and N workers on N cores oversubscribe them N-fold:
+    small matmuls then wait on each other's spinning threads. A run's own `train.threads` still wins.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 2 or "OMP_NUM_THREADS" in os.environ:
+        return
+    share = max(1, len(os.sched_getaffinity(0)) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(share)
+    import torch
+
+    torch.set_num_threads(share)
 
 
 @dataclass(frozen=True)
@@ -53,17 +95,21 @@ def run_cli_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
 
     from wattscale.cli import main
 
-    def _run(*args: str) -> CliResult:
+    def _run(*args: str, timeout: float | None = None, env: dict[str, str] | None = None) -> CliResult:
+        """As run_cli: `env` holds for this call only; `timeout` is accepted (run_cli's signature) and not enforced."""
         monkeypatch.chdir(tmp_path)
         monkeypatch.delenv("WATTSCALE_STORE", raising=False)
         capsys.readouterr()  # drop anything printed before
         previous = signal.getsignal(signal.SIGTERM)
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # argparse refusing a flag, as the console script would exit
-            code = exc.code
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        with pytest.MonkeyPatch.context() as call_env:
+            for key, value in (env or {}).items():
+                call_env.setenv(key, value)
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse refusing a flag, as the console script would exit
+                code = exc.code
+            finally:
+                signal.signal(signal.SIGTERM, previous)
         out = capsys.readouterr()
         return CliResult(code, out.out, out.err)
 

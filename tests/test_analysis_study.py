@@ -99,7 +99,8 @@ def _study_store(tmp_path: Path, **kwargs) -> None:
     write_study(tmp_path / "s.db", **kwargs)
 
 
-def test_cli_json_out_files_and_terminal(run_cli, tmp_path: Path) -> None:
+def test_cli_json_out_files_and_terminal(run_cli_in_process, tmp_path: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     _study_store(tmp_path, repetitions=4)
     res = run_cli("--store", "s.db", "analyze", "--experiment", "toy", "--json", "--out", "out")
     assert res.returncode == 0, res.stderr

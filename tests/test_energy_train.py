@@ -20,16 +20,22 @@ MAX_RANGE_UJ = 262_143_328_850
 class DrivenRaplCounter:
     """A fake powercap package zone whose energy_uj rises at `watts`, written atomically from a thread."""
 
-    def __init__(self, root: Path, watts: float, vanish_after_s: float | None = None) -> None:
+    def __init__(self, root: Path, watts: float) -> None:
         self.zone = root / "intel-rapl:0"
         self.zone.mkdir(parents=True)
         (self.zone / "name").write_text("package-0\n")
         (self.zone / "max_energy_range_uj").write_text(f"{MAX_RANGE_UJ}\n")
-        self.watts, self.vanish_after_s = watts, vanish_after_s
+        self.watts = watts
         self.t0 = time.monotonic()
         self._write(0)
         self._stop = threading.Event()
+        self._vanish = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def vanish(self) -> None:
+        """Delete the counter file, as a driver unload would, and stop writing it (the writer's last act)."""
+        self._vanish.set()
+        self._thread.join()
 
     def _write(self, energy_uj: int) -> None:
         tmp = self.zone / "energy_uj.tmp"
@@ -38,11 +44,10 @@ class DrivenRaplCounter:
 
     def _run(self) -> None:
         while not self._stop.wait(0.0005):
-            elapsed = time.monotonic() - self.t0
-            if self.vanish_after_s is not None and elapsed > self.vanish_after_s:
+            if self._vanish.is_set():
                 (self.zone / "energy_uj").unlink(missing_ok=True)
                 return
-            self._write(int(elapsed * self.watts * 1e6))
+            self._write(int((time.monotonic() - self.t0) * self.watts * 1e6))
 
     def __enter__(self) -> DrivenRaplCounter:
         self._thread.start()
@@ -109,8 +114,23 @@ def test_counter_energy_of_a_run_at_a_known_wattage(tmp_path: Path, cache_dir: P
     assert all(-1e-6 <= s["t_seconds"] <= run_row["end_seconds"] + 0.05 for s in samples)
 
 
-def test_meter_that_vanishes_mid_run_does_not_stop_training(tmp_path: Path, cache_dir: Path) -> None:
-    with DrivenRaplCounter(tmp_path / "powercap", 30.0, vanish_after_s=0.3):
+def test_meter_that_vanishes_mid_run_does_not_stop_training(tmp_path: Path, cache_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import wattscale.energy.rapl as rapl
+
+    counter = DrivenRaplCounter(tmp_path / "powercap", 30.0)
+    real_read, reads = rapl.RaplMeter._read_counters, []
+
+    def read_then_vanish(meter: rapl.RaplMeter) -> dict[str, int]:
+        # The zone goes at the meter's 30th read (about 0.3 s into the run's 100 Hz sampling), counted in reads rather
+        # than seconds so that a slow start on a loaded machine cannot make it vanish before the run opens the meter.
+        reads.append(None)
+        if len(reads) == 30:
+            counter.vanish()
+        return real_read(meter)
+
+    monkeypatch.setattr(rapl.RaplMeter, "_read_counters", read_then_vanish)
+    with counter:
         result = train(_config(tmp_path, tmp_path / "powercap", tokens=40_960), str(tmp_path / "w.db"),
                        show_progress=False, cache_dir=cache_dir)
     assert result.status == "finished" and result.tokens_seen == 40_960
@@ -122,7 +142,8 @@ def test_meter_that_vanishes_mid_run_does_not_stop_training(tmp_path: Path, cach
     assert '"gaps": [[' in run_row["details_json"]
 
 
-def test_no_meters_means_no_energy_not_zero(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+def test_no_meters_means_no_energy_not_zero(run_cli_in_process, tmp_path: Path, cache_dir: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     from conftest import TINY_DATA
 
     res = run_cli("train", "--preset", "llama-tiny", "--batch-size", "4", "--seq-len", "32", *TINY_DATA,
@@ -134,12 +155,15 @@ def test_no_meters_means_no_energy_not_zero(run_cli, tmp_path: Path, cache_dir: 
         assert store.energy_measurements(run["run_id"]) == []
 
 
-def test_bad_meter_setting_is_a_one_line_error(run_cli, tmp_path: Path) -> None:
+def test_bad_meter_setting_is_a_one_line_error(run_cli_in_process, tmp_path: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     res = run_cli("train", "--preset", "llama-tiny", "--tokens", "10000", "--sample-hz", "5000")
     assert res.returncode == 2 and "meter.sample_hz" in res.stderr and not (tmp_path / "wattscale.db").exists()
 
 
-def test_energy_command_reports_kwh_power_co2e_and_resampling(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+def test_energy_command_reports_kwh_power_co2e_and_resampling(run_cli_in_process, tmp_path: Path,
+                                                              cache_dir: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     import json
 
     watts = 40.0

@@ -93,7 +93,9 @@ def test_explicit_seed_list(tmp_path: Path, cache_dir: Path) -> None:
     assert {r.block: r.config.train.seed for r in plan.runs} == {0: 11, 1: 42}
 
 
-def test_planned_run_id_is_the_id_train_gives_the_same_settings(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+def test_planned_run_id_is_the_id_train_gives_the_same_settings(run_cli_in_process, tmp_path: Path,
+                                                                cache_dir: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     plan = plan_of(tmp_path, cache_dir, TINY_STUDY)
     run = next(r for r in plan.runs if r.config.train.data_tokens == 2048 and r.config.train.seed == 1)
     result = run_cli("--store", "hand.db", "train", "--preset", "llama-tiny", "--data-tokens", "2048", "--epochs", "1",
@@ -313,8 +315,9 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
-def test_bad_experiment_file_exits_2_with_one_line_and_writes_nothing(run_cli, tmp_path: Path, cache_dir: Path,
-                                                                      case: str) -> None:
+def test_bad_experiment_file_exits_2_with_one_line_and_writes_nothing(run_cli_in_process, tmp_path: Path,
+                                                                      cache_dir: Path, case: str) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     text, expected = BAD_FILES[case]
     write(tmp_path, text)
     for command in ("plan", "run"):
@@ -327,7 +330,8 @@ def test_bad_experiment_file_exits_2_with_one_line_and_writes_nothing(run_cli, t
         assert not (tmp_path / "s.db").exists()
 
 
-def test_unknown_variant_and_bad_set(run_cli, tmp_path: Path) -> None:
+def test_unknown_variant_and_bad_set(run_cli_in_process, tmp_path: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     write(tmp_path, TINY_STUDY)
     result = run_cli("plan", "study.toml", "--variant", "smoke")
     assert result.returncode == 2 and "--variant: unknown variant 'smoke'" in result.stderr
@@ -340,8 +344,9 @@ def test_unknown_variant_and_bad_set(run_cli, tmp_path: Path) -> None:
 # --- plan, run, store ---------------------------------------------------------------------------------
 
 
-def test_run_records_the_order_then_plan_estimates_from_finished_runs(run_cli, tmp_path: Path,
+def test_run_records_the_order_then_plan_estimates_from_finished_runs(run_cli_in_process, tmp_path: Path,
                                                                       cache_dir: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     write(tmp_path, TINY_STUDY)
     common = ("--store", "s.db")
     planned = run_cli(*common, "plan", "study.toml", "--cache-dir", str(cache_dir), "--json")

@@ -25,7 +25,8 @@ def run_smoke(run_cli, cache_dir: Path, study: str) -> list[dict]:
     return json.loads(listed.stdout)
 
 
-def test_dynamics_4m_smoke(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+def test_dynamics_4m_smoke(run_cli_in_process, tmp_path: Path, cache_dir: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     runs = run_smoke(run_cli, cache_dir, "dynamics_4m")
     assert len(runs) == 6 and {r["seed"] for r in runs} == set(range(6))
     assert all(r["status"] == "finished" and r["tokens_seen"] == 43_008 for r in runs)
@@ -49,7 +50,8 @@ def test_dynamics_4m_smoke(run_cli, tmp_path: Path, cache_dir: Path) -> None:
     assert dynamics["stable_phase"]["across_seeds"]["reason"]
 
 
-def test_three_term_law_smoke(run_cli, cache_dir: Path) -> None:
+def test_three_term_law_smoke(run_cli_in_process, cache_dir: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     runs = run_smoke(run_cli, cache_dir, "three_term_law")
     assert len(runs) == 48 and all(r["status"] == "finished" for r in runs)
     cells = {(json.loads(r["condition_json"])["model.n_layers"], json.loads(r["condition_json"])["train.batch_size"],
@@ -67,7 +69,8 @@ def test_three_term_law_smoke(run_cli, cache_dir: Path) -> None:
             assert by_cell[(layers, batch, 64)] < by_cell[(layers, batch, 8)]
 
 
-def test_token_scale_energy_smoke(run_cli, cache_dir: Path) -> None:
+def test_token_scale_energy_smoke(run_cli_in_process, cache_dir: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     runs = run_smoke(run_cli, cache_dir, "token_scale_energy")
     assert len(runs) == 9
     assert sorted(r["data_tokens"] for r in runs) == [2_048] * 3 + [4_096] * 3 + [8_192] * 3
@@ -102,8 +105,9 @@ def test_token_scale_energy_smoke(run_cli, cache_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("study", ["dynamics_4m", "three_term_law", "token_scale_energy"])
-def test_full_studies_plan_on_this_machine(run_cli, tmp_path: Path, study: str) -> None:
+def test_full_studies_plan_on_this_machine(run_cli_in_process, tmp_path: Path, study: str) -> None:
     """From any working directory: the file's data paths are relative to the file."""
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     if study == "dynamics_4m" and not (SHARED_DATA / "tinystories").is_dir():
         pytest.skip(f"dynamics_4m reads TinyStories from {SHARED_DATA / 'tinystories'}, absent here")
     result = run_cli("plan", str(REPO / "experiments" / f"{study}.toml"), "--cache-dir", str(tmp_path / "c"), "--json")

@@ -107,7 +107,8 @@ def test_minmax_downsample_keeps_extremes_in_time_order_and_leaves_input_alone()
 # --- the report over a real study ----------------------------------------------------------------------
 
 
-def test_report_cli_over_a_real_study(study_db: Path, run_cli) -> None:
+def test_report_cli_over_a_real_study(study_db: Path, run_cli_in_process) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     result = run_cli("--store", str(study_db), "report", "--experiment", "report-study", "-o", "out/r.html", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -201,7 +202,8 @@ def test_pending_sections_render_the_content_dicts_they_are_given(study_db: Path
     assert figure["data"][2]["y"] == [3.05, None]  # NaN becomes a gap, the JSON stays strict
 
 
-def test_report_cli_errors_are_one_line_with_exit_2(study_db: Path, run_cli, tmp_path: Path) -> None:
+def test_report_cli_errors_are_one_line_with_exit_2(study_db: Path, run_cli_in_process, tmp_path: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     cases = {("--experiment", "nope"): "--experiment: no experiment 'nope'", ("--run", "nope"): "--run: no run 'nope'",
              ("--max-power-points", "1"): "--max-power-points: must be at least 2"}
     for args, message in cases.items():

@@ -118,7 +118,8 @@ def test_loss_falls_well_below_unigram_entropy(tmp_path: Path, cache_dir: Path) 
     assert result.final_val_loss < 0.75 * unigram_cross_entropy, (result.final_val_loss, unigram_cross_entropy)
 
 
-def test_divergence_is_recorded_not_a_crash(run_cli, tmp_path: Path) -> None:
+def test_divergence_is_recorded_not_a_crash(run_cli_in_process, tmp_path: Path) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     res = run_cli("--store", "w.db", "train", *TINY, "--tokens", "20000", "--lr", "50", "--json")
     assert res.returncode == 3, res.stderr
     out = json.loads(res.stdout)
@@ -131,8 +132,9 @@ def test_divergence_is_recorded_not_a_crash(run_cli, tmp_path: Path) -> None:
     assert run["train_seconds"] is not None and run["phases"]["train"]["seconds"] == run["train_seconds"]
 
 
-def test_sigkill_then_resume_is_bit_identical(run_cli, tmp_path: Path, cache_dir: Path) -> None:
+def test_sigkill_then_resume_is_bit_identical(run_cli_in_process, tmp_path: Path, cache_dir: Path) -> None:
     """A run killed with SIGKILL and resumed ends with exactly the weights of an uninterrupted run."""
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     args = [*TINY, "--tokens", "40000", "--eval-interval-tokens", "5000", "--checkpoint-interval-tokens", "2048",
             "--cache-dir", str(cache_dir)]
     ref = run_cli("--store", "ref.db", "train", *args, "--run-root", "ref_runs", "--json")

@@ -63,7 +63,8 @@ def test_rendered_snapshot_prints_user_strings_as_typed(tmp_path: Path) -> None:
     assert "100.0%" in out and "10,020.0 (integrated)" in out
 
 
-def test_watch_once_cli_and_errors(tmp_path: Path, run_cli) -> None:
+def test_watch_once_cli_and_errors(tmp_path: Path, run_cli_in_process) -> None:
+    run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     db = running_store(tmp_path)
     result = run_cli("--store", str(db), "watch", "--experiment", "sweep", "--once", "--json")
     assert result.returncode == 0, result.stderr
