@@ -592,3 +592,16 @@ def test_statuses_and_tables_named_in_the_parser_match_the_store() -> None:
 
     assert RUN_STATUSES == SCHEMA_STATUSES
     assert EXPORT_TABLES == tuple(SCHEMA_TABLES)
+
+
+def test_a_reader_that_leaves_the_pipe_early_is_no_internal_error() -> None:
+    """`wattscale presets | head -0`: the closed pipe ends the command quietly with 141 (128 + SIGPIPE)."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "wattscale", "presets", "--json"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader leaves before the command writes
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 141, stderr.decode()
+    assert b"internal error" not in stderr and b"Traceback" not in stderr and b"Exception ignored" not in stderr

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sys
 from typing import Any
 
 from wattscale.cli.common import (
+    EXIT_BROKEN_PIPE,
     STORE_HELP,
     WattscaleArgumentParser,
     first_empty_value,
@@ -92,4 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     empty = first_empty_value(args)
     if empty:
         parser.exit(2, f"wattscale: error: {empty}: empty value; give one, or leave the flag out for its default\n")
-    return run_command(args)
+    try:
+        code = run_command(args)
+        sys.stdout.flush()  # a pipe's buffer is written here, so a closed reader shows up inside the try
+    except BrokenPipeError:  # `wattscale runs | head`: the reader left; stop quietly like other Unix tools
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's own flush at exit must not fail again
+        return EXIT_BROKEN_PIPE
+    return code

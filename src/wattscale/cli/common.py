@@ -26,6 +26,7 @@ DEFAULT_STORE = "./wattscale.db"
 EXIT_DIVERGED = 3
 EXIT_RUNS_FAILED = 4
 EXIT_INTERNAL_ERROR = 1
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
 STORE_HELP = ("results database: a path (SQLite) or SQLAlchemy URL; precedence: --store, then $WATTSCALE_STORE, "
               f"then the experiment file's store, then {DEFAULT_STORE}")
@@ -228,6 +229,8 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("wattscale: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # the reader of stdout left: main() stops quietly
     except Exception as exc:  # the environment's fault in one line; otherwise a bug, with the traceback on request
         if os.environ.get("WATTSCALE_DEBUG"):
             raise
