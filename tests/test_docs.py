@@ -158,9 +158,18 @@ def test_generated_reference_covers_every_command_setting_and_table() -> None:
     for section, cls in hook._config_classes():
         for field in dataclasses.fields(cls):
             assert f"| `{section}.{field.name}` |" in config
-    no_meaning = [line for line in config.splitlines() if line.endswith("| — |")]
+    no_meaning = [line for line in config.splitlines() if re.search(r"\| — \| [^|]+ \|$", line)]
     assert no_meaning == [], "settings without a meaning: give the field a comment in its dataclass"
     assert "| `train.lr` | `float` | `0.003` | `--lr` | peak learning rate" in config
+    from wattscale.identity import identity_names
+
+    rows = {line.split(" | ")[0][2:]: line for line in config.splitlines() if line.startswith("| `")}
+    for section, cls in hook._config_classes():  # the `run id` column is the identity marks
+        for field in dataclasses.fields(cls):
+            in_id = not rows[f"`{section}.{field.name}`"].endswith("| no |")
+            assert in_id == (field.name in identity_names(cls)), f"{section}.{field.name}: wrong `run id` cell"
+    assert rows["`train.lr`"].endswith("| yes |") and rows["`train.threads`"].endswith("| no |")
+    assert rows["`train.repeat`"].endswith("| yes, unless `0` |")
     from wattscale.store_schema import metadata
 
     store = hook.store_markdown()

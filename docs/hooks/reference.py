@@ -165,6 +165,18 @@ def _default(field: dataclasses.Field[Any], section: str) -> str:
     return f"`{value!r}`".replace("'", '"').replace("|", "\\|")
 
 
+def _identity(field: dataclasses.Field[Any]) -> str:
+    """The `run id` cell: whether the field is part of a run's identity (`wattscale.identity`)."""
+    from wattscale.identity import is_identity
+
+    if not is_identity(field):
+        return "no"
+    if "omit_at" in field.metadata:
+        omit = field.metadata["omit_at"]
+        return "yes, unless unset" if omit is None else f"yes, unless `{omit!r}`"
+    return "yes"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ").replace("[", "\\[").replace("]", "\\]")
 
@@ -176,11 +188,12 @@ def config_markdown() -> str:
         comments = field_comments(cls)
         doc = inspect.getdoc(cls) or ""
         out += [f"## `[{section}]`", "", doc.split("\n\n")[0].replace("\n", " "), "",
-                "| key | type | default | flag | meaning |", "|---|---|---|---|---|"]
+                "| key | type | default | flag | meaning | run id |", "|---|---|---|---|---|---|"]
         if section == "model":
             action = flags.get("preset")
             out.append(f"| `model.preset` | `str` | required | `--preset` | "
-                       f"{_cell(action.help if action else 'a preset name')}; any key below overrides its value |")
+                       f"{_cell(action.help if action else 'a preset name')}; any key below overrides its value "
+                       "| yes (its values) |")
         for field in dataclasses.fields(cls):
             dest = FLAG_DESTS.get((section, field.name), field.name)
             action = flags.get(dest) if section != "model" or field.name in MODEL_FLAGS else None
@@ -188,7 +201,7 @@ def config_markdown() -> str:
             meaning = field.metadata.get("doc") or comments.get(field.name) or (action.help if action else "") or ""
             kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
             out.append(f"| `{section}.{field.name}` | `{_cell(str(kind))}` | {_default(field, section)} | {flag} "
-                       f"| {_cell(meaning) or '—'} |")
+                       f"| {_cell(meaning) or '—'} | {_identity(field)} |")
         out.append("")
     return "\n".join(out)
 
