@@ -592,3 +592,16 @@ def test_statuses_and_tables_named_in_the_parser_match_the_store() -> None:
 
     assert RUN_STATUSES == SCHEMA_STATUSES
     assert EXPORT_TABLES == tuple(SCHEMA_TABLES)
+
+
+def test_quickstart_help_says_what_it_trains_and_how_long() -> None:
+    """`wattscale quickstart --help` names the study's size (from the shipped file's constants) and an example."""
+    from wattscale.quickstart import QUICKSTART_BUDGETS_TOKENS, QUICKSTART_PRESET, QUICKSTART_SEEDS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = " ".join(sub.choices["quickstart"].format_help().split())
+    assert QUICKSTART_PRESET in text and "1.5 minutes on 2 CPU cores" in text
+    assert f"{len(QUICKSTART_BUDGETS_TOKENS)} token budgets" in text and f"x {QUICKSTART_SEEDS} seeds" in text
+    assert all(f"{t:,}" in text for t in QUICKSTART_BUDGETS_TOKENS)
+    assert f"= {len(QUICKSTART_BUDGETS_TOKENS) * QUICKSTART_SEEDS} runs" in text
+    assert "examples:" in text and "wattscale quickstart -o demo --json" in text
