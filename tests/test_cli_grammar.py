@@ -317,14 +317,16 @@ def test_json_output_parses(cli, tmp_path: Path) -> None:
 def test_quickstart_json_keeps_stdout_for_the_object(cli, tmp_path: Path, monkeypatch) -> None:
     import wattscale.quickstart as quickstart
 
-    def fake(out: Path, show_progress: bool = True) -> list[str]:
+    def fake(out: Path, show_progress: bool = True) -> quickstart.QuickstartResult:  # what the real one returns
         print("a table the real quickstart prints")
-        return ["abc"]
+        return quickstart.QuickstartResult("quickstart", ("abc",), out / "wattscale.db", out / "report.html", 0)
 
     monkeypatch.setattr(quickstart, "run_quickstart", fake)
     result = cli("quickstart", "-o", "qs", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["run_ids"] == ["abc"]
+    printed = json.loads(result.stdout)
+    assert printed["run_ids"] == ["abc"] and printed["store"].endswith("wattscale.db")
+    assert printed["report"] == str((tmp_path / "qs" / "report.html").resolve())
     assert "a table" in result.stderr
 
 

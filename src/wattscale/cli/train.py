@@ -75,9 +75,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         run_quickstart(out, show_progress=not args.no_progress)
         return 0
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON object
-        run_ids = run_quickstart(out, show_progress=not args.no_progress)
-    print(strict_json({"output": str(out.resolve()), "store": str(out / "wattscale.db"), "run_ids": list(run_ids),
-                       "report": str((out / "report.html").resolve())}))
+        result = run_quickstart(out, show_progress=not args.no_progress)
+    print(strict_json({"output": str(out.resolve()), "store": str(result.store), "run_ids": list(result.run_ids),
+                       "report": str(result.report.resolve())}))
     return 0
 
 
