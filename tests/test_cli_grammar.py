@@ -317,14 +317,16 @@ def test_json_output_parses(cli, tmp_path: Path) -> None:
 def test_quickstart_json_keeps_stdout_for_the_object(cli, tmp_path: Path, monkeypatch) -> None:
     import wattscale.quickstart as quickstart
 
-    def fake(out: Path, show_progress: bool = True) -> list[str]:
+    def fake(out: Path, show_progress: bool = True) -> quickstart.QuickstartResult:  # what the real one returns
         print("a table the real quickstart prints")
-        return ["abc"]
+        return quickstart.QuickstartResult("quickstart", ("abc",), out / "wattscale.db", out / "report.html", 0)
 
     monkeypatch.setattr(quickstart, "run_quickstart", fake)
     result = cli("quickstart", "-o", "qs", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["run_ids"] == ["abc"]
+    printed = json.loads(result.stdout)
+    assert printed["run_ids"] == ["abc"] and printed["store"].endswith("wattscale.db")
+    assert printed["report"] == str((tmp_path / "qs" / "report.html").resolve())
     assert "a table" in result.stderr
 
 
@@ -605,3 +607,16 @@ def test_a_reader_that_leaves_the_pipe_early_is_no_internal_error() -> None:
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 141, stderr.decode()
     assert b"internal error" not in stderr and b"Traceback" not in stderr and b"Exception ignored" not in stderr
+
+
+def test_quickstart_help_says_what_it_trains_and_how_long() -> None:
+    """`wattscale quickstart --help` names the study's size (from the shipped file's constants) and an example."""
+    from wattscale.quickstart import QUICKSTART_BUDGETS_TOKENS, QUICKSTART_PRESET, QUICKSTART_SEEDS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = " ".join(sub.choices["quickstart"].format_help().split())
+    assert QUICKSTART_PRESET in text and "1.5 minutes on 2 CPU cores" in text
+    assert f"{len(QUICKSTART_BUDGETS_TOKENS)} token budgets" in text and f"x {QUICKSTART_SEEDS} seeds" in text
+    assert all(f"{t:,}" in text for t in QUICKSTART_BUDGETS_TOKENS)
+    assert f"= {len(QUICKSTART_BUDGETS_TOKENS) * QUICKSTART_SEEDS} runs" in text
+    assert "examples:" in text and "wattscale quickstart -o demo --json" in text

@@ -321,7 +321,10 @@ def test_bad_experiment_file_exits_2_with_one_line_and_writes_nothing(run_cli_in
     run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     text, expected = BAD_FILES[case]
     write(tmp_path, text)
-    for command in ("plan", "run"):
+    # `run` first: it tokenizes every data set it needs (so a set larger than the data fails before any run),
+    # while `plan` only checks sizes against data already in the cache; without `run` first, "set too large"
+    # passed only when an earlier test had happened to fill the shared cache with this corpus.
+    for command in ("run", "plan"):
         result = run_cli("--store", "s.db", command, "study.toml", "--cache-dir", str(cache_dir), "--no-progress"
                          if command == "run" else "--json")
         assert result.returncode == 2, (command, result.stdout, result.stderr)
