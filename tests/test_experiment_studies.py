@@ -17,10 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_smoke(run_cli, cache_dir: Path, study: str) -> list[dict]:
     """Run `study`'s smoke variant into a store of its own; return its runs in run order."""
-    # One torch thread: the smoke variants ask for 2 (a laptop's), but under xdist each worker owns one core, and
-    # 2 workers x 2 threads on 2 cores wait on each other. Threads are not part of a run's identity.
+    # The smoke variants leave threads unset: each xdist worker's share of the CPUs (conftest) applies.
     result = run_cli("--store", f"{study}.db", "run", str(REPO / "experiments" / f"{study}.toml"), "--variant",
-                     "smoke", "--set", "train.threads=1", "--cache-dir", str(cache_dir), "--no-progress",
+                     "smoke", "--cache-dir", str(cache_dir), "--no-progress",
                      timeout=900)
     assert result.returncode == 0, result.stderr
     listed = run_cli("--store", f"{study}.db", "runs", "--experiment", f"{study}-smoke", "--json")
