@@ -33,6 +33,17 @@ XDIST_GROUPS = {
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist appends the group to each test's id
+def default_sigint() -> None:
+    """`preexec_fn` for a child that a test stops with SIGINT, as a user's Ctrl-C would.
+
+    A shell without job control starts background commands with SIGINT ignored (`pytest ... &` in a script), and
+    an ignored signal stays ignored across exec: the child would never see the test's Ctrl-C.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         group = XDIST_GROUPS.get(item.path.name)

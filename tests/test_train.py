@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_DATA
+from conftest import TINY_DATA, default_sigint
 from wattscale.config import build_run_config
 from wattscale.progress import ProgressHooks
 from wattscale.store import open_store
@@ -268,7 +268,8 @@ def test_torch_compile_trains_like_eager(tmp_path: Path, cache_dir: Path) -> Non
 def test_interrupt_is_recorded_and_resumable(tmp_path: Path, cache_dir: Path, sig: signal.Signals) -> None:
     args = [*TINY, "--tokens", "40000", "--checkpoint-interval-tokens", "2048", "--cache-dir", str(cache_dir)]
     cmd = [sys.executable, "-m", "wattscale", "--store", "w.db", "train", *args]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list((tmp_path / "wattscale_runs").glob("*/checkpoints/step-*")):
         time.sleep(0.02)

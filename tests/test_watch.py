@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from conftest import TINY_DATA
+from conftest import TINY_DATA, default_sigint
 from report_helpers import add_synthetic_run
 from wattscale.report.watch import render_snapshot, watch, watch_snapshot
 from wattscale.store import open_store
@@ -97,7 +97,8 @@ def test_watch_follows_a_real_training_run(tmp_path: Path, cache_dir: Path) -> N
         [sys.executable, "-m", "wattscale", "--store", "live.db", "train", "--preset", "llama-tiny",
          "--tokens", "2000000", "--batch-size", "4", "--seq-len", "32", "--eval-interval-tokens", "2048",
          "--threads", "1", "--sample-hz", "20", "--run-root", "runs", "--cache-dir", str(cache_dir),
-         "--no-progress", *TINY_DATA], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         "--no-progress", *TINY_DATA], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=default_sigint)
     seen = None
     try:
         deadline = time.monotonic() + 120
