@@ -27,7 +27,7 @@ QUICKSTART_SEEDS = 3
 QUICKSTART_PRESET = "llama-1m"
 LAW_HINT = ("scaling law: this study has one model size, so no law is fitted; one comes from runs over sizes "
             "and budgets: wattscale run experiments/three_term_law.toml --variant smoke, then "
-            "wattscale --store three_term_law_smoke.db fit --form three-term --experiment three_term_law-smoke")
+            "wattscale fit experiments/three_term_law.toml --variant smoke --form three-term")
 
 
 @dataclass(frozen=True)
