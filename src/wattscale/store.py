@@ -578,7 +578,8 @@ class Store:
         with self._tx(f"delete_runs({len(ids)} runs)") as conn:
             for run_id in ids:
                 self._run_row(conn, run_id, lock=True)
-            for table in (evaluations, train_steps, power_samples, energy_measurements, runs):
+            # Children first, counted one by one (the cascade would delete them too, but uncounted).
+            for table in (*reversed(_run_owned_tables()), runs):
                 deleted[table.name] = conn.execute(delete(table).where(table.c.run_id.in_(ids))).rowcount
         return deleted
 
@@ -803,9 +804,7 @@ class Store:
         """
         if other.url == self.url:
             raise StoreError(f"store: copy_run_from({run_id!r}): source and target are both {self.display_url}")
-        # Tables whose rows belong to one run (steps, evaluations, power, energy), parents first.
-        children = [table for table in metadata.sorted_tables
-                    if any(fk.column is runs.c.run_id for fk in table.foreign_keys)]
+        children = _run_owned_tables()
         with self._tx(f"copy_run_from({run_id!r})") as target, \
                 other._tx(f"copy_run_from({run_id!r}): read", write=False) as source:
             record = source.execute(select(runs).where(runs.c.run_id == run_id)).first()
@@ -894,6 +893,11 @@ def phase_summary(energy_json: str | None) -> dict[str, dict[str, Any]]:
         phases = {"idle": energy["idle"], **phases}
     return {name: {"joules": p.get("energy_j"), "seconds": p.get("seconds"), "tokens": p.get("tokens"),
                    "source": p.get("source")} for name, p in phases.items()}
+
+
+def _run_owned_tables() -> list[Table]:
+    """Tables whose rows belong to one run (steps, evaluations, power, energy), parents first."""
+    return [table for table in metadata.sorted_tables if any(fk.column is runs.c.run_id for fk in table.foreign_keys)]
 
 
 def _first_line(exc: BaseException | None) -> str:
