@@ -83,11 +83,6 @@ def positive_rate_hz(text: str) -> float:
     return rate
 
 
-def sampling_rates_hz(text: str) -> tuple[float, ...]:
-    """Comma-separated positive sampling rates in Hz (the old --rates spelling)."""
-    return tuple(positive_rate_hz(part) for part in text.split(","))
-
-
 class SplitExtend(argparse.Action):
     """`--flag a b --flag c` extends one list; each value may also be the old comma-separated form `a,b`.
 
