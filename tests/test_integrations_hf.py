@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import glob
 import json
-import time
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,50 +20,11 @@ transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 from transformers.data.data_collator import default_data_collator  # noqa: E402
 
-from wattscale.energy.meter import PowerReading  # noqa: E402
+from integration_fixtures import SEQ, VOCAB, ConstantMeter, Recorder, mask_tokens, rows, tiny_model  # noqa: E402
 from wattscale.flops import flops_per_token_from_config  # noqa: E402
 from wattscale.integrations.common import count_tokens, model_facts  # noqa: E402
 from wattscale.integrations.hf import WattscaleCallback  # noqa: E402
 from wattscale.store import open_store  # noqa: E402
-
-SEQ, VOCAB = 16, 64
-
-
-class ConstantMeter:
-    """A 100 W GPU with an energy counter: each phase's energy is 100 W x its seconds."""
-
-    name, energy_source, devices = "nvml", "counter", ("gpu0",)
-
-    def __init__(self, watts: float = 100.0) -> None:
-        self.watts, self.t0 = watts, time.monotonic()
-
-    def read(self) -> PowerReading:
-        now = time.monotonic()
-        return PowerReading(now, {"gpu0": self.watts}, {"gpu0": self.watts * (now - self.t0)})
-
-    def describe(self) -> dict:
-        return {"kind": "nvml", "devices": ["gpu0"]}
-
-    def close(self) -> None:
-        pass
-
-
-class Recorder:
-    """A tracker that remembers every call."""
-
-    def __init__(self) -> None:
-        self.params: list[dict] = []
-        self.metrics: list[tuple[dict, int]] = []
-        self.closed = 0
-
-    def log_params(self, params):
-        self.params.append(dict(params))
-
-    def log_metrics(self, metrics, step):
-        self.metrics.append((dict(metrics), step))
-
-    def close(self):
-        self.closed += 1
 
 
 class Stop(TrainerCallback):
@@ -73,25 +36,6 @@ class Stop(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             raise self.error
-
-
-def tiny_model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=64, tie_word_embeddings=False)
-    return LlamaForCausalLM(config)
-
-
-def rows(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    """`n` right-padded sequences of SEQ tokens (lengths 9..16), labels -100 on the padding."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        length = 9 + i % 8
-        ids = torch.randint(1, VOCAB, (SEQ,), generator=g)
-        mask = (torch.arange(SEQ) < length).long()
-        out.append({"input_ids": ids * mask, "attention_mask": mask, "labels": torch.where(mask.bool(), ids, -100)})
-    return out
 
 
 def trainer_for(tmp_path: Path, train: list, val: list, report_to: list[str] | None = None, **overrides) -> Trainer:
@@ -109,8 +53,12 @@ def callback(tmp_path: Path, **kwargs) -> WattscaleCallback:
                              idle_seconds=0, host_registry=str(tmp_path / "host"), **kwargs)
 
 
-def mask_tokens(data: list[dict]) -> int:
-    return int(sum(int(r["attention_mask"].sum()) for r in data))
+def test_the_package_imports_neither_transformers_nor_lightning() -> None:
+    code = ("import sys, wattscale.integrations, wattscale.integrations.common; "
+            "print(sorted(m for m in ('transformers', 'lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert out.stdout.strip() == "[]"
 
 
 def test_count_tokens_reads_masks_ids_and_tuples() -> None:
@@ -241,7 +189,7 @@ def test_resumed_training_is_a_new_run_naming_the_one_it_continues(tmp_path: Pat
     second_cb = callback(tmp_path).attach(second)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        second.train(resume_from_checkpoint=True)
+        second.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
     assert second_cb.monitor.metadata["resumed_from_run_id"] == first_cb.result.run_id
     assert second_cb.monitor.metadata["resumed_at_step"] == 2
     assert second_cb.result.job.steps == 2  # only the new session's steps

@@ -74,6 +74,7 @@ class WattscaleCallback(TrainerCallback):
         self._hook: torch.utils.hooks.RemovableHandle | None = None
         self._rank, self._world_size = 0, 1
         self._facts: dict[str, Any] = {}
+        self._resume_from: str | None = None  # the checkpoint folder trainer.train() was given (via attach)
 
     @property
     def monitor(self) -> Any:
@@ -114,8 +115,8 @@ class WattscaleCallback(TrainerCallback):
         self._rank, self._world_size = int(args.process_index), int(args.world_size)
         self._facts = {"trainer": "transformers", "gradient_accumulation_steps": args.gradient_accumulation_steps}
         if state.global_step > 0:
-            self._facts.update(resumed_at_step=state.global_step,
-                               **_previous_run(args.output_dir, state.global_step, self._rank))
+            folder = self._resume_from or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            self._facts.update(resumed_at_step=state.global_step, **_previous_run(folder, self._rank))
         self._training = True
         self._hook = model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
 
@@ -186,6 +187,8 @@ def _recording_failures(train: Any, callback: WattscaleCallback) -> Any:
 
     @functools.wraps(train)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
+        resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        callback._resume_from = resume if isinstance(resume, str) else None
         try:
             return train(*args, **kwargs)
         except BaseException as exc:
@@ -197,9 +200,9 @@ def _recording_failures(train: Any, callback: WattscaleCallback) -> Any:
     return wrapped
 
 
-def _previous_run(output_dir: str, step: int, rank: int) -> dict[str, Any]:
-    """The run a resumed training continues, from the checkpoint it resumes (empty if it has no record)."""
-    path = os.path.join(output_dir, f"checkpoint-{step}", STATE_FILE.format(rank=rank))
+def _previous_run(folder: str, rank: int) -> dict[str, Any]:
+    """The run a resumed training continues, from the checkpoint folder it resumes (empty if it has no record)."""
+    path = os.path.join(folder, STATE_FILE.format(rank=rank))
     try:
         with open(path, encoding="utf-8") as f:
             return {"resumed_from_run_id": json.load(f)["run_id"]}
