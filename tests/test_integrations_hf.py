@@ -21,8 +21,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
 from transformers.data.data_collator import default_data_collator  # noqa: E402
 
 from integration_fixtures import SEQ, VOCAB, ConstantMeter, Recorder, mask_tokens, rows, tiny_model  # noqa: E402
+from wattscale.errors import ConfigError  # noqa: E402
 from wattscale.flops import flops_per_token_from_config  # noqa: E402
-from wattscale.integrations.common import count_tokens, model_facts  # noqa: E402
+from wattscale.integrations.common import EnergySession, count_tokens, model_facts  # noqa: E402
 from wattscale.integrations.hf import WattscaleCallback  # noqa: E402
 from wattscale.store import open_store  # noqa: E402
 
@@ -84,6 +85,26 @@ def test_model_facts_match_wattscale_flops_for_a_llama_and_say_why_not_otherwise
     assert other.flops_per_token is None and "parameters" in other.flops_note
     plain = model_facts(torch.nn.Linear(3, 2), SEQ)
     assert (plain.params, plain.flops_per_token, plain.name) == (8, None, "Linear") and "config" in plain.flops_note
+
+
+def test_each_rank_records_its_own_run_and_only_local_rank_0_reads_rapl(tmp_path: Path) -> None:
+    class Broken(Recorder):
+        def log_metrics(self, metrics, step):
+            raise OSError("disk full")
+
+    broken, kept = Broken(), Recorder()
+    session = EnergySession(store=None, name="job", trackers=[broken, kept], meters=None, gpus=[], metadata=None,
+                            settings={"idle_seconds": 0, "host_registry": str(tmp_path / "host")})
+    session.start(torch.nn.Linear(4, 4), SEQ, rank=3, world_size=4, local_rank=1)
+    monitor = session.monitor
+    assert monitor.name == "job-rank3" and (monitor.metadata["rank"], monitor.metadata["world_size"]) == (3, 4)
+    assert "rapl" not in monitor.config.kinds and "cpu-estimate" in monitor.config.kinds
+    with pytest.warns(RuntimeWarning, match="Broken.log_metrics.*disk full"):
+        session.tracker_metrics(session.interval_metrics(), step=1)
+    assert session.trackers == [kept] and len(kept.metrics) == 1
+    assert session.finish().status == "finished" and (broken.closed, kept.closed) == (0, 1)
+    with pytest.raises(ConfigError, match="trackers: object has no log_params"):
+        EnergySession(store=None, name=None, trackers=[object()], meters=None, gpus=[], metadata=None, settings={})
 
 
 def test_trainer_run_is_stored_with_phases_tokens_flops_and_logs(tmp_path: Path, run_cli_in_process) -> None:

@@ -208,8 +208,13 @@ class EnergySession:
         return self._phase
 
     def start(self, model: torch.nn.Module, seq_len: int | None, *, rank: int = 0, world_size: int = 1,
-              facts: Mapping[str, Any] | None = None) -> None:
-        """Start the Monitor (once) for `model`; every rank of a multi-process job records its own run."""
+              local_rank: int = 0, facts: Mapping[str, Any] | None = None) -> None:
+        """Start the Monitor (once) for `model`.
+
+        Every rank of a multi-process job records its own run (``<name>-rank<N>``) of the devices it uses;
+        RAPL counts a whole CPU package, so only local rank 0 of each host reads it (as wattscale's trainer),
+        unless ``kinds`` was given: the others estimate their own process's CPU power instead.
+        """
         if self.monitor is not None:
             return
         from wattscale.energy.monitor import Monitor
@@ -220,8 +225,13 @@ class EnergySession:
         if world_size > 1:
             metadata.update(rank=rank, world_size=world_size)
             name = f"{name}-rank{rank}"
+        settings = dict(self.settings)
+        if local_rank > 0 and "kinds" not in settings and self.meters is None:
+            from wattscale.energy.meter import METER_KINDS
+
+            settings["kinds"] = tuple(kind for kind in METER_KINDS if kind != "rapl")
         self.monitor = Monitor(meters=self.meters, gpus=self.gpus, store=self.store, name=name,
-                               metadata=metadata, **self.settings)
+                               metadata=metadata, **settings)
         self.monitor.start()
         atexit.register(self._at_exit)
         self._call_trackers("log_params", {"run_id": self.monitor.run_id, "name": name, **metadata})

@@ -23,7 +23,8 @@ trainer.train()
   ``failed`` or ``interrupted`` status (partial figures kept) when ``trainer.train()`` raises; without it
   such a run ends as ``interrupted`` when the process exits.
 - **Several processes** (DDP): each rank measures the devices it uses and records its own run, named
-  ``<name>-rank<N>``; their energies add up to the job's.
+  ``<name>-rank<N>``; their energies add up to the job's (RAPL, which counts a whole CPU package, is read
+  by local rank 0 of each host only).
 - **Resumed training** (``train(resume_from_checkpoint=...)``) is a new run covering the new session;
   its metadata names the run it continues (``resumed_from_run_id``, from the checkpoint) and the step.
 
@@ -72,7 +73,7 @@ class WattscaleCallback(TrainerCallback):
         self._attached = False
         self._training = False
         self._hook: torch.utils.hooks.RemovableHandle | None = None
-        self._rank, self._world_size = 0, 1
+        self._rank, self._world_size, self._local_rank = 0, 1, 0
         self._facts: dict[str, Any] = {}
         self._resume_from: str | None = None  # the checkpoint folder trainer.train() was given (via attach)
 
@@ -113,6 +114,7 @@ class WattscaleCallback(TrainerCallback):
                           "WattscaleCallback(...).attach(trainer) instead of Trainer(callbacks=[...])",
                           RuntimeWarning, stacklevel=2)
         self._rank, self._world_size = int(args.process_index), int(args.world_size)
+        self._local_rank = int(args.local_process_index)
         self._facts = {"trainer": "transformers", "gradient_accumulation_steps": args.gradient_accumulation_steps}
         if state.global_step > 0:
             folder = self._resume_from or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -168,7 +170,7 @@ class WattscaleCallback(TrainerCallback):
         if session.monitor is None:
             batch = kwargs if "input_ids" in kwargs else (args[0] if args else None)
             session.start(module, sequence_length(batch), rank=self._rank, world_size=self._world_size,
-                          facts=self._facts)
+                          local_rank=self._local_rank, facts=self._facts)
             session.set_phase(TRAIN if module.training else EVAL)
         elif not module.training and session.phase == TRAIN:  # an evaluation the flags did not announce
             session.set_phase(EVAL)

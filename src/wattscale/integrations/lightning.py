@@ -21,7 +21,8 @@ The same behaviour as the Hugging Face callback (`wattscale.integrations.hf`):
   CSVLogger, ...) at the trainer's ``log_every_n_steps``: ``energy_j``, ``power_w``, ``energy_j_per_token``;
   after each validation ``eval_energy_j``, ``eval_power_w``, ``eval_energy_j_per_token`` of that validation.
 - **Failures**: ``on_exception`` ends the run ``interrupted`` (Ctrl-C) or ``failed``, with the figures so far.
-- **Several processes**: each rank measures its own devices and records its own run ``<name>-rank<N>``.
+- **Several processes**: each rank measures its own devices and records its own run ``<name>-rank<N>``
+  (RAPL, which counts a whole CPU package, is read by local rank 0 of each host only).
 - **Resumed fits** (``ckpt_path=``) are new runs naming the run they continue (``resumed_from_run_id``,
   kept in the checkpoint under ``"wattscale"``) and the step.
 """
@@ -148,7 +149,7 @@ class WattscaleCallback(Callback):
         """Start the measurement at the first batch of the fit (its length gives the FLOPs); True if running."""
         if self._fitting and self.session.monitor is None:
             self.session.start(_model_of(pl_module), sequence_length(batch), rank=trainer.global_rank,
-                               world_size=trainer.world_size, facts=self._facts)
+                               world_size=trainer.world_size, local_rank=trainer.local_rank, facts=self._facts)
         return self._fitting and self.session.running
 
     def _log(self, trainer: Any, metrics: dict[str, float]) -> None:
