@@ -162,6 +162,25 @@ def test_trainer_run_is_stored_with_phases_tokens_flops_and_logs(tmp_path: Path,
     assert {"train", "eval", "save"} <= {p["phase"] for p in json.loads(energy.stdout)["phases"]}
 
 
+@pytest.mark.parametrize("eval_strategy", ["epoch", "no"])
+def test_evaluation_and_save_at_epoch_end_are_their_own_phases(tmp_path: Path, eval_strategy: str) -> None:
+    train, val = rows(8, seed=11), rows(4, seed=12)
+    trainer = trainer_for(tmp_path, train, val, max_steps=-1, num_train_epochs=2, eval_strategy=eval_strategy,
+                          save_strategy="epoch", gradient_accumulation_steps=1)
+    cb = callback(tmp_path, warmup_steps=0).attach(trainer)
+    entered = []
+    set_phase = cb.session.set_phase
+    cb.session.set_phase = lambda phase: (entered.append(phase) if phase != cb.session.phase else None,
+                                          set_phase(phase))
+    trainer.train()
+    result = cb.result
+    assert result.phase("train").tokens == 2 * mask_tokens(train) and result.phase("train").steps == 4
+    evaluations = 2 if eval_strategy == "epoch" else 0
+    assert entered.count("save") == 2 and entered.count("eval") == evaluations  # one per epoch
+    assert result.phase("eval").tokens == evaluations * mask_tokens(val)
+    assert result.phase("save").energy_j > 0 and result.phase("save").tokens == 0
+
+
 def test_tensorboard_event_file_gets_the_energy_metrics(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

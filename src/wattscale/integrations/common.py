@@ -303,7 +303,11 @@ class EnergySession:
 
     def _at_exit(self) -> None:
         if self.running:
-            self.finish("interrupted", "the process ended while training ran (no end event from the trainer)")
+            try:
+                self.finish("interrupted", "the process ended while training ran (no end event from the trainer)")
+            except Exception as exc:  # the store may be gone at exit; say so, never a traceback
+                warnings.warn(f"wattscale: the interrupted measurement could not be recorded: {exc}",
+                              RuntimeWarning, stacklevel=1)
 
     @staticmethod
     def _totals(snapshot: Any) -> tuple[float | None, float, int]:

@@ -127,10 +127,10 @@ class WattscaleCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.session.count_steps(1)
-        if control.should_evaluate:
-            self.session.set_phase(EVAL)
-        elif control.should_save:
-            self.session.set_phase(SAVE)
+        self._evaluation_or_save_next(control)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._evaluation_or_save_next(control)  # eval_strategy / save_strategy "epoch"
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._training:
@@ -175,6 +175,13 @@ class WattscaleCallback(TrainerCallback):
         elif not module.training and session.phase == TRAIN:  # an evaluation the flags did not announce
             session.set_phase(EVAL)
         session.count_tokens(tokens_in_call(args, kwargs))
+
+    def _evaluation_or_save_next(self, control: Any) -> None:
+        """The Trainer evaluates, then saves, right after the step (or epoch) whose flags say so."""
+        if control.should_evaluate:
+            self.session.set_phase(EVAL)
+        elif control.should_save:
+            self.session.set_phase(SAVE)
 
     def _end(self, status: str, message: str | None, step: int | None) -> None:
         self._training = False
