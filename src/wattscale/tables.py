@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 from rich.console import Console
 from rich.table import Table
 
+from wattscale.footprint import FootprintSettings
 from wattscale.model import PRESETS, count_parameters, flops_per_token
 from wattscale.units import JOULES_PER_KWH, SECONDS_PER_HOUR
 
@@ -14,14 +16,67 @@ RUN_COLUMNS = ("run_id", "kind", "status", "preset", "params", "tokens_seen", "s
                "final_val_loss", "joules", "train_energy_j", "energy_source")
 
 
-def print_runs_table(runs: list[dict]) -> None:
-    """Print one row per run with the columns scripts see in `runs --json`."""
+def print_runs_table(runs: list[dict], footprint: FootprintSettings | None = None) -> None:
+    """Print one row per run with the columns scripts see in `runs --json`.
+
+    With carbon or cost inputs (`footprint`, or a run's own meter.grid_gco2e_per_kwh), each run's ``footprint``
+    (see `wattscale.footprint.run_footprint`) adds CO2e and cost columns and a line stating the inputs.
+    """
+    prints = [r.get("footprint") or {} for r in runs]
+    show_co2e = any(f.get("carbon_basis") for f in prints)
+    currency = footprint.currency if footprint is not None and footprint.price_per_kwh is not None else None
+    extra = (["g_per_kwh", "co2e_g"] if show_co2e else []) + ([f"cost_{currency}"] if currency else [])
     table = Table(title=f"{len(runs)} runs")
-    for column in RUN_COLUMNS:
+    for column in (*RUN_COLUMNS, *extra):
         table.add_column(column, justify="right" if column not in ("run_id", "kind", "status", "preset") else "left")
-    for run in runs:
-        table.add_row(*(_cell(run.get(c)) for c in RUN_COLUMNS))
-    _console().print(table)
+    for run, found in zip(runs, prints, strict=True):
+        cells = [found.get("carbon_intensity_g_per_kwh"), found.get("co2e_g")] if show_co2e else []
+        table.add_row(*(_cell(run.get(c)) for c in RUN_COLUMNS), *(_cell(c) for c in cells),
+                      *([_cell(found.get("cost"))] if currency else []))
+    console = _console()
+    console.print(table)
+    if extra:
+        console.print(footprint_line(prints, "each run's job energy (joules)"))
+
+
+def footprint_line(prints: list[dict], energy: str) -> str:
+    """One line stating what CO2e and cost rest on: the energy, the inputs and the carbon basis (or bases)."""
+    found = [f for f in prints if f]
+    inputs = sorted({f["inputs"] for f in found})
+    # A series gives each run its own mean (in the g_per_kwh column) and may miss some runs: say it once.
+    bases = sorted({re.sub(r", not the run \(.*\)$", " (a run outside it has no CO2e)",
+                           re.sub(r", [\d.]+ gCO2e/kWh$", "", f["carbon_basis"]))
+                    for f in found if f.get("carbon_basis")})
+    if len(bases) > 3:
+        bases = bases[:3] + [f"{len(bases) - 3} more (see --json footprint.carbon_basis)"]
+    return (f"CO2e and cost: {energy} x PUE; inputs: {' | '.join(inputs) or '-'}; carbon basis: "
+            f"{' | '.join(bases) or 'no carbon intensity given'}")
+
+
+def footprint_lines(job: dict | None, train: dict | None = None) -> list[str]:
+    """A run's facility energy, CO2e and cost (job, and training phase), each with its energy source and inputs."""
+    if not job:
+        return []
+    lines = [f"facility energy: {job['facility_energy_j']:,.2f} J = {job['facility_energy_j'] / JOULES_PER_KWH:.3e} "
+             f"kWh (job energy {job['energy_j']:,.2f} J, source {job['energy_source'] or '-'}, x PUE {job['pue']:.2f})"]
+    parts = [("job", job)] + ([("training phase", train)] if train else [])
+    if job["co2e_g"] is not None:
+        lines.append("CO2e: " + ", ".join(f"{label} {_sig(f['co2e_g'])} g" for label, f in parts))
+    elif job["carbon_basis"]:  # an intensity was given but does not apply (a series that misses the run)
+        lines.append("CO2e: not computed")
+    else:
+        lines.append("CO2e: not computed (give --carbon-intensity G_PER_KWH|CSV or $WATTSCALE_CARBON_INTENSITY; "
+                     "wattscale never guesses a grid intensity)")
+    if job["cost"] is not None:
+        lines.append("cost: " + ", ".join(f"{label} {_sig(f['cost'])} {f['currency']}" for label, f in parts))
+    else:
+        lines.append("cost: not computed (give --price-per-kwh and --currency, or $WATTSCALE_PRICE_PER_KWH)")
+    lines.append(f"  inputs: {job['inputs']}; carbon basis: {job['carbon_basis'] or 'no carbon intensity given'}")
+    return lines
+
+
+def _sig(value: float) -> str:
+    return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:.4e}"
 
 
 def print_presets_table(as_json: bool = False) -> None:
@@ -78,10 +133,8 @@ def print_energy_report(report) -> None:
         console.print(f"training phase: {_cell(train['energy_j'])} J over {_cell(train['seconds'])} s and "
                       f"{_cell(train['tokens'])} tokens = {_cell(train['joules_per_token'])} J/token "
                       "(what efficiency uses by default; warm-up, evaluations, checkpoints and saving excluded)")
-    if report.co2e_g is None:
-        console.print("CO2e: not computed (give --grid-gco2e-per-kwh; wattscale never guesses a grid intensity)")
-    else:
-        console.print(f"CO2e: {report.co2e_g:,.3f} g at {report.grid_gco2e_per_kwh:g} gCO2e/kWh")
+    for line in footprint_lines(report.footprint, report.train_footprint):
+        console.print(line)
     s = report.sampling
     console.print(f"sampling: requested {s.get('sample_hz')} Hz, achieved {_cell(s.get('achieved_hz'))} Hz, "
                   f"{s.get('n_samples')} samples, {s.get('missed_deadlines')} missed deadlines")

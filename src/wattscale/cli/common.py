@@ -15,7 +15,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,7 @@ class FileTarget:
 
     store: str | None
     experiment: str
+    footprint: dict[str, Any] = field(default_factory=dict)  # the file's [footprint] table (ExperimentSpec.footprint)
 
 
 def file_target(args: argparse.Namespace) -> FileTarget | None:
@@ -162,7 +163,18 @@ def file_target(args: argparse.Namespace) -> FileTarget | None:
     from wattscale.experiment import load_experiment
 
     spec = load_experiment(Path(path), variant=variant)
-    return FileTarget(spec.design.store, spec.name)
+    return FileTarget(spec.design.store, spec.name, spec.footprint)
+
+
+def footprint_settings(args: argparse.Namespace) -> Any:
+    """Carbon and cost settings: flags (`add_footprint_flags`), then WATTSCALE_* variables, then the FILE's table."""
+    from wattscale.footprint import load_intensity_csv, resolve_footprint
+
+    target = file_target(args)
+    settings = resolve_footprint(args, target.footprint if target else None)
+    if settings.carbon_intensity_csv is not None:
+        load_intensity_csv(settings.carbon_intensity_csv)  # refuse a bad CSV before any work (cached for later)
+    return settings
 
 
 def store_url(args: argparse.Namespace, file_store: str | None = None) -> str:
