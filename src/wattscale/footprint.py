@@ -22,6 +22,7 @@ import csv
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
@@ -309,6 +310,21 @@ def run_footprint(record: Mapping[str, Any], settings: FootprintSettings,
                               energy_source=source, start=start, end=end)
         return replace(result, carbon_basis=f"{recorded:g} gCO2e/kWh (constant; the run's meter.grid_gco2e_per_kwh)")
     return footprint_of(float(energy), settings, energy_source=source, start=start, end=end)
+
+
+def summary_line(prints: list[Mapping[str, Any] | None], energy: str) -> str:
+    """One line stating what CO2e and cost rest on: `energy` (which energy), the inputs and the carbon basis
+    of `prints` (`Footprint.as_dict()` of each run, None for a run without energy)."""
+    found = [f for f in prints if f]
+    inputs = sorted({f["inputs"] for f in found})
+    # A series gives each run its own mean (shown beside its CO2e) and may miss some runs: say it once.
+    bases = sorted({re.sub(r", not the run \(.*\)$", " (a run outside it has no CO2e)",
+                           re.sub(r", [\d.]+ gCO2e/kWh$", "", f["carbon_basis"]))
+                    for f in found if f.get("carbon_basis")})
+    if len(bases) > 3:
+        bases = bases[:3] + [f"{len(bases) - 3} more (see each run's carbon_basis in the JSON)"]
+    return (f"CO2e and cost: {energy} x PUE; inputs: {' | '.join(inputs) or '-'}; carbon basis: "
+            f"{' | '.join(bases) or 'no carbon intensity given'}")
 
 
 def recorded_intensity(record: Mapping[str, Any]) -> float | None:

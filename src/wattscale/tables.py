@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 
 from rich.console import Console
 from rich.table import Table
 
-from wattscale.footprint import FootprintSettings
+from wattscale.footprint import FootprintSettings, summary_line
 from wattscale.model import PRESETS, count_parameters, flops_per_token
 from wattscale.units import JOULES_PER_KWH, SECONDS_PER_HOUR
 
@@ -36,21 +35,7 @@ def print_runs_table(runs: list[dict], footprint: FootprintSettings | None = Non
     console = _console()
     console.print(table)
     if extra:
-        console.print(footprint_line(prints, "each run's job energy (joules)"))
-
-
-def footprint_line(prints: list[dict], energy: str) -> str:
-    """One line stating what CO2e and cost rest on: the energy, the inputs and the carbon basis (or bases)."""
-    found = [f for f in prints if f]
-    inputs = sorted({f["inputs"] for f in found})
-    # A series gives each run its own mean (in the g_per_kwh column) and may miss some runs: say it once.
-    bases = sorted({re.sub(r", not the run \(.*\)$", " (a run outside it has no CO2e)",
-                           re.sub(r", [\d.]+ gCO2e/kWh$", "", f["carbon_basis"]))
-                    for f in found if f.get("carbon_basis")})
-    if len(bases) > 3:
-        bases = bases[:3] + [f"{len(bases) - 3} more (see --json footprint.carbon_basis)"]
-    return (f"CO2e and cost: {energy} x PUE; inputs: {' | '.join(inputs) or '-'}; carbon basis: "
-            f"{' | '.join(bases) or 'no carbon intensity given'}")
+        console.print(summary_line(prints, "each run's job energy (joules)"), markup=False)
 
 
 def footprint_lines(job: dict | None, train: dict | None = None) -> list[str]:
@@ -134,7 +119,7 @@ def print_energy_report(report) -> None:
                       f"{_cell(train['tokens'])} tokens = {_cell(train['joules_per_token'])} J/token "
                       "(what efficiency uses by default; warm-up, evaluations, checkpoints and saving excluded)")
     for line in footprint_lines(report.footprint, report.train_footprint):
-        console.print(line)
+        console.print(line, markup=False)
     s = report.sampling
     console.print(f"sampling: requested {s.get('sample_hz')} Hz, achieved {_cell(s.get('achieved_hz'))} Hz, "
                   f"{s.get('n_samples')} samples, {s.get('missed_deadlines')} missed deadlines")
