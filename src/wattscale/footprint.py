@@ -49,7 +49,7 @@ MAX_PUE = 5.0  # above any data centre's; catches a percentage or a kWh figure g
 class FootprintSettings:
     """What turns joules into facility energy, CO2e and cost. All optional; PUE defaults to 1 (device energy)."""
 
-    carbon_intensity_g_per_kwh: float | None = None  # a constant grid intensity
+    carbon_intensity_g_per_kwh: float | None = None  # a constant grid intensity, in gCO2e/kWh
     carbon_intensity_csv: str | None = None  # or a CSV of timestamp,g_per_kwh rows (UTC; relative to the file's folder)
     price_per_kwh: float | None = None  # electricity price per facility kWh, in `currency`
     currency: str | None = None  # ISO 4217 code or any label, e.g. EUR; required with a price
