@@ -128,7 +128,8 @@ def test_a_relative_csv_in_the_file_is_read_from_the_files_folder(store_path: Pa
     assert runs["a"]["co2e_g"] == pytest.approx(1.2 * (700 + 300) / 2)
 
 
-def test_the_footprint_table_is_checked_and_is_no_part_of_the_study(tmp_path: Path) -> None:
+def test_the_footprint_table_is_checked_and_is_no_part_of_the_study(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "study.toml").write_text('[experiment]\nname = "toy"\n[model]\npreset = "llama-tiny"\n')
@@ -136,6 +137,14 @@ def test_the_footprint_table_is_checked_and_is_no_part_of_the_study(tmp_path: Pa
     assert load_experiment(with_table).spec_hash() == load_experiment(plain / "study.toml").spec_hash()
     assert load_experiment(plain / "study.toml").footprint == {}
     assert load_experiment(with_table, settings=["footprint.pue=1.1"]).footprint["pue"] == 1.1
+    swapped = load_experiment(with_table, settings=["footprint.carbon_intensity_csv=g.csv"]).footprint
+    assert swapped == {"carbon_intensity_csv": str(tmp_path / "g.csv"), "pue": 1.3}  # --set paths: from the cwd
+    variant = tmp_path / "variant" / "study.toml"
+    variant.parent.mkdir()
+    variant.write_text(with_table.read_text() + "[variants.cloud.footprint]\npue = 1.1\nprice_per_kwh = 0.2\n"
+                       'currency = "USD"\n')
+    assert load_experiment(variant, variant="cloud").footprint == {
+        "carbon_intensity_g_per_kwh": 50.0, "pue": 1.1, "price_per_kwh": 0.2, "currency": "USD"}
     for text, message in (("price_per_kw = 0.3", "footprint.price_per_kw: unknown key; did you mean "
                                                  "footprint.price_per_kwh?"),
                           ('pue = "high"', "footprint.pue: 'high' is not a number"),

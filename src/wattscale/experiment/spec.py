@@ -314,6 +314,9 @@ def _apply_setting(raw: dict[str, Any], setting: str) -> None:
         return
     if f"{section}.{name}" in _flatten(raw.get("grid", {})):
         raise ConfigError(f"--set: {key} is a grid factor in this file; set its values with --set grid.{key}=[...]")
+    if section == "footprint" and name.startswith("carbon_intensity_"):  # a constant replaces a CSV and back
+        for other in ("carbon_intensity_g_per_kwh", "carbon_intensity_csv"):
+            table.pop(other, None)
     table[name] = value
 
 
