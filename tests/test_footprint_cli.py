@@ -247,4 +247,9 @@ def test_bad_values_from_the_environment_or_flags_are_one_line(store_path: Path,
     assert result.returncode == 2 and "footprint.currency: a price per kWh needs a currency" in result.stderr
     result = run_cli_in_process("--store", str(store_path), "runs", "--carbon-intensity", "missing.csv")
     assert result.returncode == 2 and "cannot read missing.csv (No such file or directory)" in result.stderr
+    study = _study_file(store_path.parent / "study", 'carbon_intensity_csv = "none.csv"')
+    result = run_cli_in_process("--store", str(store_path), "runs", str(study))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert f"cannot read {study.parent / 'none.csv'} (No such file or directory)" in result.stderr
+    assert f"(from the [footprint] table of {study})" in result.stderr
 

@@ -173,7 +173,12 @@ def footprint_settings(args: argparse.Namespace) -> Any:
     target = file_target(args)
     settings = resolve_footprint(args, target.footprint if target else None)
     if settings.carbon_intensity_csv is not None:
-        load_intensity_csv(settings.carbon_intensity_csv)  # refuse a bad CSV before any work (cached for later)
+        try:
+            load_intensity_csv(settings.carbon_intensity_csv)  # refuse a bad CSV before any work (cached for later)
+        except ConfigError as exc:
+            if target is None or target.footprint.get("carbon_intensity_csv") != settings.carbon_intensity_csv:
+                raise
+            raise ConfigError(f"{exc} (from the [footprint] table of {args.file})") from None
     return settings
 
 
