@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from wattscale.errors import ConfigError, WattscaleError
+from wattscale.footprint import FootprintSettings, load_intensity_csv, resolve_footprint
 from wattscale.limits import MAX_INT64
 
 DEFAULT_STORE = "./wattscale.db"
@@ -166,10 +167,8 @@ def file_target(args: argparse.Namespace) -> FileTarget | None:
     return FileTarget(spec.design.store, spec.name, spec.footprint)
 
 
-def footprint_settings(args: argparse.Namespace) -> Any:
+def footprint_settings(args: argparse.Namespace) -> FootprintSettings:
     """Carbon and cost settings: flags (`add_footprint_flags`), then WATTSCALE_* variables, then the FILE's table."""
-    from wattscale.footprint import load_intensity_csv, resolve_footprint
-
     target = file_target(args)
     settings = resolve_footprint(args, target.footprint if target else None)
     if settings.carbon_intensity_csv is not None:
