@@ -100,3 +100,35 @@ def test_flags_beat_environment_beat_file(tmp_path):
         resolve_footprint(None, {"carbon_intensity_kg": 1}, {})
     with pytest.raises(ConfigError, match=r"\$WATTSCALE_PUE: 'high' is not a number"):
         resolve_footprint(None, None, {"WATTSCALE_PUE": "high"})
+
+
+def test_a_stored_run_uses_its_window_and_its_own_recorded_intensity_last():
+    from wattscale.footprint import run_footprint, run_window
+
+    record = {"energy_j": KWH, "energy_source": "integrated", "started_at": "2026-01-01T00:00:00+00:00",
+              "finished_at": None, "wall_seconds": 1800.0, "config_json": '{"meter": {"grid_gco2e_per_kwh": 250}}'}
+    # A run still going (no finished_at) ends at started_at + wall_seconds.
+    assert run_window(record) == (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 30, tzinfo=UTC))
+    own = run_footprint(record, FootprintSettings(pue=1.2))
+    assert own.co2e_g == pytest.approx(1.2 * 250) and own.energy_source == "integrated"
+    assert own.carbon_basis == "250 gCO2e/kWh (constant; the run's meter.grid_gco2e_per_kwh)"
+    given = run_footprint(record, FootprintSettings(carbon_intensity_g_per_kwh=100))
+    assert given.co2e_g == pytest.approx(100) and given.carbon_basis == "100 gCO2e/kWh (constant)"
+    assert run_footprint({**record, "energy_j": None}, FootprintSettings()) is None
+    assert run_footprint(record, FootprintSettings(), energy_j=KWH / 2).co2e_g == pytest.approx(125)
+
+
+def test_the_summary_line_states_the_inputs_once_for_many_runs_of_a_series(tmp_path):
+    from wattscale.footprint import summary_line
+
+    path = _csv(tmp_path, "timestamp,g_per_kwh\n2026-01-01T00:00:00Z,100\n2026-01-01T01:00:00Z,300\n")
+    settings = FootprintSettings(carbon_intensity_csv=str(path))
+    prints = [footprint_of(KWH, settings, start=datetime(2026, 1, 1, 0, m, tzinfo=UTC),
+                           end=datetime(2026, 1, 1, 1, m, tzinfo=UTC)).as_dict() for m in (0, 10, 20, 30, 40)]
+    prints.append(footprint_of(KWH, settings, start=datetime(2026, 3, 1, tzinfo=UTC),
+                               end=datetime(2026, 3, 1, 1, tzinfo=UTC)).as_dict())
+    assert len({p["carbon_basis"] for p in prints}) == 6  # each run its own mean, one outside the series
+    assert summary_line([*prints, None], "each run's job energy") == (
+        f"CO2e and cost: each run's job energy x PUE; inputs: PUE 1.00; gCO2e/kWh from {path}; no price; carbon "
+        f"basis: {path} covers 2026-01-01 00:00 to 2026-01-01 02:00 UTC (a run outside it has no CO2e) | {path}: "
+        "time-weighted mean over the run")

@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
+import json
 import math
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -47,8 +49,8 @@ MAX_PUE = 5.0  # above any data centre's; catches a percentage or a kWh figure g
 class FootprintSettings:
     """What turns joules into facility energy, CO2e and cost. All optional; PUE defaults to 1 (device energy)."""
 
-    carbon_intensity_g_per_kwh: float | None = None  # a constant grid intensity
-    carbon_intensity_csv: str | None = None  # or a time series: CSV of timestamp (UTC) and gCO2e/kWh
+    carbon_intensity_g_per_kwh: float | None = None  # a constant grid intensity, in gCO2e/kWh
+    carbon_intensity_csv: str | None = None  # or a CSV of timestamp,g_per_kwh rows (UTC; relative to the file's folder)
     price_per_kwh: float | None = None  # electricity price per facility kWh, in `currency`
     currency: str | None = None  # ISO 4217 code or any label, e.g. EUR; required with a price
     pue: float = 1.0  # power usage effectiveness of the facility (1.0: count device energy only)
@@ -139,6 +141,7 @@ class Footprint:
     cost: float | None
     currency: str | None
     inputs: str  # FootprintSettings.describe()
+    carbon_intensity_g_per_kwh: float | None = None  # the intensity co2e_g used (a series' time-weighted mean)
 
     @property
     def facility_kwh(self) -> float:
@@ -159,7 +162,8 @@ def footprint_of(energy_j: float, settings: FootprintSettings, *, energy_source:
     cost = kwh * settings.price_per_kwh if settings.price_per_kwh is not None else None
     return Footprint(energy_j=energy_j, energy_source=energy_source, pue=settings.pue, facility_energy_j=facility_j,
                      co2e_g=None if intensity is None else kwh * intensity, carbon_basis=basis, cost=cost,
-                     currency=settings.currency if cost is not None else None, inputs=settings.describe())
+                     currency=settings.currency if cost is not None else None, inputs=settings.describe(),
+                     carbon_intensity_g_per_kwh=intensity)
 
 
 def _intensity(settings: FootprintSettings, start: datetime | None,
@@ -274,3 +278,73 @@ def _set(merged: dict[str, Any], key: str, value: Any, origin: str) -> None:
         except ValueError:
             raise ConfigError(f"{origin}: {value!r} is not a number") from None
     merged[key] = value
+
+
+# ---- stored runs -------------------------------------------------------------------------------------------
+
+def run_window(record: Mapping[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """A stored run's (started_at, finished_at) in UTC; a run still going ends at started_at + wall_seconds."""
+    start, end = _parse_time(record.get("started_at")), _parse_time(record.get("finished_at"))
+    wall_s = record.get("wall_seconds")
+    if start is not None and end is None and isinstance(wall_s, (int, float)) and math.isfinite(wall_s) and wall_s > 0:
+        end = start + timedelta(seconds=float(wall_s))
+    return start, end
+
+
+def run_footprint(record: Mapping[str, Any], settings: FootprintSettings,
+                  energy_j: float | None = None) -> Footprint | None:
+    """The footprint of a stored run's energy (`energy_j`, default its job energy ``energy_j``) over its
+    started_at..finished_at window; None for a run without energy.
+
+    A run trained with ``meter.grid_gco2e_per_kwh`` uses that intensity when `settings` give none, and its
+    carbon_basis says so.
+    """
+    energy = record.get("energy_j") if energy_j is None else energy_j
+    if not isinstance(energy, (int, float)) or isinstance(energy, bool) or not math.isfinite(energy):
+        return None
+    start, end = run_window(record)
+    source = record.get("energy_source") or None
+    recorded = recorded_intensity(record)
+    if recorded is not None and settings.carbon_intensity_g_per_kwh is None and settings.carbon_intensity_csv is None:
+        result = footprint_of(float(energy), replace(settings, carbon_intensity_g_per_kwh=recorded),
+                              energy_source=source, start=start, end=end)
+        return replace(result, carbon_basis=f"{recorded:g} gCO2e/kWh (constant; the run's meter.grid_gco2e_per_kwh)")
+    return footprint_of(float(energy), settings, energy_source=source, start=start, end=end)
+
+
+def summary_line(prints: list[Mapping[str, Any] | None], energy: str) -> str:
+    """One line stating what CO2e and cost rest on: `energy` (which energy), the inputs and the carbon basis
+    of `prints` (`Footprint.as_dict()` of each run, None for a run without energy)."""
+    found = [f for f in prints if f]
+    inputs = sorted({f["inputs"] for f in found})
+    # A series gives each run its own mean (shown beside its CO2e) and may miss some runs: say it once.
+    bases = sorted({re.sub(r", not the run \(.*\)$", " (a run outside it has no CO2e)",
+                           re.sub(r", [\d.]+ gCO2e/kWh$", "", f["carbon_basis"]))
+                    for f in found if f.get("carbon_basis")})
+    if len(bases) > 3:
+        bases = bases[:3] + [f"{len(bases) - 3} more (see each run's carbon_basis in the JSON)"]
+    return (f"CO2e and cost: {energy} x PUE; inputs: {' | '.join(inputs) or '-'}; carbon basis: "
+            f"{' | '.join(bases) or 'no carbon intensity given'}")
+
+
+def recorded_intensity(record: Mapping[str, Any]) -> float | None:
+    """The grid intensity a run was trained with (``meter.grid_gco2e_per_kwh`` in its config), if any."""
+    raw = record.get("config_json")
+    try:
+        config = json.loads(raw) if isinstance(raw, str) and raw else (raw if isinstance(raw, dict) else {})
+    except ValueError:
+        return None
+    meter = config.get("meter") if isinstance(config, dict) else None
+    value = meter.get("grid_gco2e_per_kwh") if isinstance(meter, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return _utc(value)
+    if isinstance(value, str) and value.strip():
+        try:
+            return _utc(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
+        except ValueError:
+            return None
+    return None
