@@ -253,3 +253,13 @@ def test_bad_values_from_the_environment_or_flags_are_one_line(store_path: Path,
     assert f"cannot read {study.parent / 'none.csv'} (No such file or directory)" in result.stderr
     assert f"(from the [footprint] table of {study})" in result.stderr
 
+
+
+def test_show_gives_one_runs_carbon_and_cost_with_inputs(store_path: Path, run_cli_in_process) -> None:
+    flags = ("--carbon-intensity", "grid.csv", "--price-per-kwh", "0.2", "--currency", "EUR")
+    shown = _json(run_cli_in_process("--store", str(store_path), "show", "b", "--json", *flags))
+    assert shown["footprint"]["co2e_g"] == pytest.approx(2.0 * 300)
+    assert shown["footprint"]["cost"] == pytest.approx(0.4)
+    text = run_cli_in_process("--store", str(store_path), "show", "b", *flags)
+    assert text.returncode == 0, text.stderr
+    assert "600 gCO2e, 0.4 EUR" in text.stdout and "inputs: PUE 1.00; gCO2e/kWh from grid.csv" in text.stdout

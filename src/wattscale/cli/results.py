@@ -83,11 +83,15 @@ def run_details(store: Any, run_id: str) -> dict[str, Any]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """Print one run's record, its evaluations and its energy by phase."""
+    """Print one run's record, its evaluations, its energy by phase, and its carbon and cost."""
+    from wattscale.footprint import run_footprint
     from wattscale.store import open_store
 
+    settings = footprint_settings(args)  # before the store: a bad CSV or flag is refused first
     with open_store(existing_store(store_url(args)), create=False) as store:
         details = run_details(store, args.run_id)
+    found = run_footprint(details["run"], settings)
+    details["footprint"] = found.as_dict() if found else None
     if args.json:
         print(strict_json(details))
         return 0
@@ -102,6 +106,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     print("energy by phase:" if details["energy_by_phase"] else "energy by phase: none recorded")
     for row in details["energy_by_phase"]:
         print(f"  {row['phase']}: {row['energy_j']:.1f} J over {row['phase_seconds']:.1f} s")
+    if found is not None:
+        co2e = "-" if found.co2e_g is None else f"{found.co2e_g:.3g} gCO2e"
+        cost = "-" if found.cost is None else f"{found.cost:.3g} {found.currency}"
+        print(f"footprint: {found.facility_energy_j:.1f} J facility ({found.energy_source or 'unknown'} x PUE "
+              f"{found.pue:.2f}), {co2e}, {cost}")
+        print(f"  inputs: {found.inputs}; carbon basis: {found.carbon_basis or 'no carbon intensity given'}")
     return 0
 
 
@@ -211,7 +221,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = add_command(sub, "show", "one run's record, evaluations and energy by phase",
                     ["wattscale show 3f2a9c1d0b7e4a55", "wattscale show 3f2a9c1d0b7e4a55 --json"], parents=[common])
     p.add_argument("run_id", metavar="RUN_ID", help="a run's id (see `wattscale runs`)")
-    add_json_flag(p, "the run as one JSON object")
+    add_footprint_flags(p)
+    add_json_flag(p, "the run as one JSON object (with a footprint object: facility energy, CO2e, cost, inputs)")
     p.set_defaults(func=cmd_show)
 
     p = add_command(sub, "delete", "delete runs and all their rows from the store (asks first)",
