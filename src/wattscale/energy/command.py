@@ -173,11 +173,11 @@ def _measure(spec: MeasureSpec, child: subprocess.Popen, go: int, phase_path: Pa
                       metadata={"command_line": command_line, "argv": list(spec.argv), "cwd": os.getcwd()})
     try:
         monitor.start()
-        follower = _Follower(monitor)
-        follower.enter(DEFAULT_PHASE)
-        tail = PhaseFileTail(phase_path, follower.on_line).start()
         if tree_gpus is not None:
             tree_gpus.gate()
+        follower = _Follower(monitor)
+        follower.enter(DEFAULT_PHASE)  # the meter reading that starts it is after the gate
+        tail = PhaseFileTail(phase_path, follower.on_line).start()
         started = time.monotonic()
         try:
             os.write(go, b"1")

@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wattscale import __version__
@@ -108,6 +109,11 @@ def _settings_json(monitor: Monitor) -> str:
 
 
 def _cpu_name() -> str:
-    from wattscale.hardware import cpu_model_name
-
-    return cpu_model_name()
+    """The CPU's name, as wattscale.hardware.cpu_model_name gives it (not imported: it imports torch, seconds that
+    `wattscale measure` would add before every command)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
