@@ -84,6 +84,7 @@ def test_the_process_tree_counts_a_grandchild_and_not_wattscale(tmp_path: Path, 
     job = json.loads(out.stdout)["measurement"]["job"]
     # 15 J plus the two interpreters' start-up; wattscale's own sampling is not in the tree
     assert 15.0 <= job["components"]["cpu_estimate"]["energy_j"] < 15.0 + 10 * 1.5
+    assert job["complete"] and not job["errors"]  # the last reading was of the exited (not yet reaped) command
 
 
 def test_phases_and_tokens_from_a_child_using_monitor(tmp_path: Path, run_cli_in_process) -> None:

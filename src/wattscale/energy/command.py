@@ -370,18 +370,25 @@ class _Follower:
         if parsed is None:
             return
         if isinstance(parsed, str):
-            self._bad += 1
-            if self._bad <= MAX_BAD_LINE_NOTES:
-                self._monitor.note(f"phase file line {number}: {parsed}; skipped")
-            elif self._bad == MAX_BAD_LINE_NOTES + 1:
-                self._monitor.note("phase file: more lines were skipped as invalid (only the first "
-                                   f"{MAX_BAD_LINE_NOTES} are noted)")
+            self._skip(number, parsed)
+            return
+        try:
+            if parsed.phase != self.current:
+                self.enter(parsed.phase)
+            if parsed.tokens or parsed.steps:
+                self._monitor.step(tokens=parsed.tokens, steps=parsed.steps)
+        except WattscaleError as exc:  # the measurement goes on; the notes say what was not followed
+            self._skip(number, str(exc))
             return
         self.lines += 1
-        if parsed.phase != self.current:
-            self.enter(parsed.phase)
-        if parsed.tokens or parsed.steps:
-            self._monitor.step(tokens=parsed.tokens, steps=parsed.steps)
+
+    def _skip(self, number: int, why: str) -> None:
+        self._bad += 1
+        if self._bad <= MAX_BAD_LINE_NOTES:
+            self._monitor.note(f"phase file line {number}: {why}; skipped")
+        elif self._bad == MAX_BAD_LINE_NOTES + 1:
+            self._monitor.note(f"phase file: more lines were skipped as invalid (only the first {MAX_BAD_LINE_NOTES} "
+                               "are noted)")
 
 
 class _PhaseFile:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from wattscale.energy.measurement import IDLE_PHASE, OTHER_PHASE
+from wattscale.limits import MAX_INT64
 
 PHASE_FILE_ENV = "WATTSCALE_PHASE_FILE"
 POLL_S = 0.01  # how often the parent looks for new lines: phase boundaries lag the command's by about this
@@ -58,8 +59,8 @@ def parse_line(text: str, is_phase_name: Callable[[str], bool]) -> PhaseLine | s
                 "at most 32 characters; 'idle' is kept for the baseline)")
     numbers = []
     for label, value in zip(("TOKENS", "STEPS"), parts[1:], strict=False):
-        if not value.isdigit():
-            return f"{shown!r}: {label} must be a whole number >= 0, got {value!r}"
+        if not value.isdigit() or int(value) > MAX_INT64:
+            return f"{shown!r}: {label} must be a whole number >= 0 (below 2**63), got {value!r}"
         numbers.append(int(value))
     if not numbers:
         return PhaseLine(phase)
