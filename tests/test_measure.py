@@ -170,13 +170,14 @@ def test_a_monitor_writes_the_phase_file_on_rank_0_only(tmp_path: Path, monkeypa
     (["--", "./plain.txt"], 126, "./plain.txt is not executable"),
     (["--"], 2, "no command; put the command after --"),
     ([PY, "-c", "pass"], 2, "no command; put the command after --"),
+    (["-o", "no-folder/m.json", "--", PY, "-c", "open('ran', 'w')"], 2, "-o/--output: the folder no-folder does not"),
 ])
 def test_a_command_that_cannot_run_stores_nothing(tmp_path: Path, run_cli_in_process, argv: list[str], code: int,
                                                   says: str) -> None:
     (tmp_path / "plain.txt").write_text("not a program\n")
     out = run_cli_in_process("--store", str(tmp_path / "m.db"), "measure", "--idle-seconds", "0", *argv)
     assert out.returncode == code and says in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "m.db").exists()
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "ran").exists()
 
 
 class _ClockMeter:

@@ -44,15 +44,18 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from wattscale.energy.command import MeasureSpec, measure_command
     from wattscale.energy.meter import MeterConfig
 
-    words = list(args.command or ())
-    if not words or words[0] != "--" or len(words) == 1:
-        print(f"wattscale measure: error: no command; {_USAGE_FIX} (see `wattscale measure --help`)", file=sys.stderr)
-        return 2
     settings = {k: v for k, v in (("sample_hz", args.sample_hz), ("idle_seconds", args.idle_seconds),
                                   ("cpu_tdp_w_per_core", args.cpu_tdp_w_per_core)) if v is not None}
     if args.meters:
         settings["kinds"] = tuple(args.meters)
-    spec = MeasureSpec(argv=tuple(words[1:]), name=args.name, config=MeterConfig(**settings), gpus=_gpus(args.gpus),
+    config, gpus = MeterConfig(**settings), _gpus(args.gpus)  # bad flags are refused before anything runs
+    if args.output:
+        _check_output(Path(args.output))
+    words = list(args.command or ())
+    if not words or words[0] != "--" or len(words) == 1:
+        print(f"wattscale measure: error: no command; {_USAGE_FIX} (see `wattscale measure --help`)", file=sys.stderr)
+        return 2
+    spec = MeasureSpec(argv=tuple(words[1:]), name=args.name, config=config, gpus=gpus,
                        phase_file=Path(args.phase_file) if args.phase_file else None, store=store_url(args))
     out = measure_command(spec)
     data = out.to_dict()
@@ -64,6 +67,16 @@ def cmd_measure(args: argparse.Namespace) -> int:
     else:
         print_summary(data, sys.stderr)
     return out.exit_code
+
+
+def _check_output(path: Path) -> None:
+    """-o must name a file in an existing folder (checked before the command runs, not after)."""
+    from wattscale.errors import ConfigError
+
+    if path.is_dir():
+        raise ConfigError(f"-o/--output: {path} is a folder; give a file path such as {path / 'measure.json'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"-o/--output: the folder {path.parent} does not exist; create it or choose another path")
 
 
 def print_summary(data: dict[str, Any], stream: Any) -> None:
