@@ -169,9 +169,11 @@ def _measure(spec: MeasureSpec, child: subprocess.Popen, go: int, phase_path: Pa
     if any(m.name == "rapl" for m in meters):
         notes.append("RAPL (cpu_package, dram) is host-wide: it counts every process of this host, not only the "
                      "command's")
-    monitor = Monitor(spec.config, gpus=spec.gpus, meters=meters, store=spec.store, name=spec.name, notes=notes,
-                      metadata={"command_line": command_line, "argv": list(spec.argv), "cwd": os.getcwd()})
+    monitor: Monitor | None = None
+    tail: PhaseFileTail | None = None
     try:
+        monitor = Monitor(spec.config, gpus=spec.gpus, meters=meters, store=spec.store, name=spec.name, notes=notes,
+                          metadata={"command_line": command_line, "argv": list(spec.argv), "cwd": os.getcwd()})
         monitor.start()
         if tree_gpus is not None:
             tree_gpus.gate()
@@ -185,7 +187,8 @@ def _measure(spec: MeasureSpec, child: subprocess.Popen, go: int, phase_path: Pa
             pass  # the gate already died (a signal before the command started): its status says so
         _wait_without_reaping(child)
         wall_s = time.monotonic() - started
-        tail.stop()
+        stopping, tail = tail, None  # stopped once, even if reading the rest fails
+        stopping.stop()
         follower.leave()
         returncode = child.poll() if not hasattr(os, "waitid") else _peek_status(child)
         status, message, exit_code = _outcome(returncode, forwarder.names)
@@ -197,7 +200,9 @@ def _measure(spec: MeasureSpec, child: subprocess.Popen, go: int, phase_path: Pa
                                  "forwarded_signals": forwarder.names, "phase_lines": follower.lines})
         result = monitor.stop(status, message)
     except BaseException:
-        if monitor.running:
+        if tail is not None:
+            tail.stop()
+        if monitor is not None and monitor.running:
             monitor.stop("failed", "wattscale measure failed while measuring")
         raise
     finally:
