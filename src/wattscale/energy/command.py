@@ -162,6 +162,7 @@ def measure_command(spec: MeasureSpec) -> CommandMeasurement:
 
 def _measure(spec: MeasureSpec, child: subprocess.Popen, go: int, phase_path: Path,
              forwarder: _Forwarder) -> CommandMeasurement:
+    """Open the meters on the gate's PID, start the Monitor (idle baseline), let the command go, follow it."""
     meters, not_used = discover_meters(spec.config, gpus=spec.gpus, pid=child.pid)
     meters, tree_gpus = _watch_tree_gpus(meters, spec.gpus, child.pid)
     command_line = shlex.join(spec.argv)
@@ -187,17 +188,18 @@ def _measure(spec: MeasureSpec, child: subprocess.Popen, go: int, phase_path: Pa
             pass  # the gate already died (a signal before the command started): its status says so
         _wait_without_reaping(child)
         wall_s = time.monotonic() - started
+        forwarded = tuple(forwarder.names)  # a signal from here on finds the command gone
         stopping, tail = tail, None  # stopped once, even if reading the rest fails
         stopping.stop()
         follower.leave()
         returncode = child.poll() if not hasattr(os, "waitid") else _peek_status(child)
-        status, message, exit_code = _outcome(returncode, forwarder.names)
+        status, message, exit_code = _outcome(returncode, forwarded)
         if tree_gpus is not None:
             for note in tree_gpus.usage_notes():
                 monitor.note(note)
             monitor.metadata["gpus_used"] = tree_gpus.usage()
         monitor.metadata.update({"exit_status": exit_code, "returncode": returncode,
-                                 "forwarded_signals": forwarder.names, "phase_lines": follower.lines})
+                                 "forwarded_signals": list(forwarded), "phase_lines": follower.lines})
         result = monitor.stop(status, message)
     except BaseException:
         if tail is not None:
@@ -209,7 +211,7 @@ def _measure(spec: MeasureSpec, child: subprocess.Popen, go: int, phase_path: Pa
         close_meters(meters)
     child.wait()
     return CommandMeasurement(tuple(spec.argv), command_line, returncode, exit_code, status, message, wall_s,
-                              tuple(forwarder.names), result, spec.store)
+                              forwarded, result, spec.store)
 
 
 def _resolve(program: str) -> str:
