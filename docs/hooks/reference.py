@@ -203,7 +203,28 @@ def config_markdown() -> str:
             out.append(f"| `{section}.{field.name}` | `{_cell(str(kind))}` | {_default(field, section)} | {flag} "
                        f"| {_cell(meaning) or '—'} | {_identity(field)} |")
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out + footprint_markdown())
+
+
+def footprint_markdown() -> list[str]:
+    """The experiment file's `[footprint]` table (`wattscale.footprint.FootprintSettings`): display-time inputs."""
+    from wattscale.footprint import ENV_VARS, FootprintSettings
+
+    comments = field_comments(FootprintSettings)
+    doc = (inspect.getdoc(FootprintSettings) or "").split("\n\n")[0].replace("\n", " ")
+    out = ["## `[footprint]`", "", f"{doc} Experiment files only; read when runs are shown (`runs`, `energy`, "
+           "`analyze`, `report`, `plan`), never when they are trained, so no key is part of a run id. A flag wins over "
+           "its environment variable, which wins over the file ([Carbon and cost](../guides/carbon-and-cost.md)).",
+           "", "| key | type | default | flag | environment | meaning | run id |", "|---|---|---|---|---|---|---|"]
+    for field in dataclasses.fields(FootprintSettings):
+        key = "carbon_intensity" if field.name.startswith("carbon_intensity") else field.name
+        flag = f"`--{key.replace('_', '-')}`" if key in ENV_VARS else "—"
+        env = f"`{ENV_VARS[key]}`" if key in ENV_VARS else "—"
+        kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+        out.append(f"| `footprint.{field.name}` | `{_cell(str(kind))}` | {_default(field, 'footprint')} | {flag} | "
+                   f"{env} | {_cell(comments.get(field.name, '')) or '—'} | no |")
+    out.append("")
+    return out
 
 
 # ---- the store -----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from wattscale.footprint import FootprintSettings, summary_line
 from wattscale.model import PRESETS, count_parameters, flops_per_token
 from wattscale.units import JOULES_PER_KWH, SECONDS_PER_HOUR
 
@@ -14,14 +15,53 @@ RUN_COLUMNS = ("run_id", "kind", "status", "preset", "params", "tokens_seen", "s
                "final_val_loss", "joules", "train_energy_j", "energy_source")
 
 
-def print_runs_table(runs: list[dict]) -> None:
-    """Print one row per run with the columns scripts see in `runs --json`."""
+def print_runs_table(runs: list[dict], footprint: FootprintSettings | None = None) -> None:
+    """Print one row per run with the columns scripts see in `runs --json`.
+
+    With carbon or cost inputs (`footprint`, or a run's own meter.grid_gco2e_per_kwh), each run's ``footprint``
+    (see `wattscale.footprint.run_footprint`) adds CO2e and cost columns and a line stating the inputs.
+    """
+    prints = [r.get("footprint") or {} for r in runs]
+    show_co2e = any(f.get("carbon_basis") for f in prints)
+    currency = footprint.currency if footprint is not None and footprint.price_per_kwh is not None else None
+    extra = (["g_per_kwh", "co2e_g"] if show_co2e else []) + ([f"cost_{currency}"] if currency else [])
     table = Table(title=f"{len(runs)} runs")
-    for column in RUN_COLUMNS:
+    for column in (*RUN_COLUMNS, *extra):
         table.add_column(column, justify="right" if column not in ("run_id", "kind", "status", "preset") else "left")
-    for run in runs:
-        table.add_row(*(_cell(run.get(c)) for c in RUN_COLUMNS))
-    _console().print(table)
+    for run, found in zip(runs, prints, strict=True):
+        cells = [found.get("carbon_intensity_g_per_kwh"), found.get("co2e_g")] if show_co2e else []
+        table.add_row(*(_cell(run.get(c)) for c in RUN_COLUMNS), *(_cell(c) for c in cells),
+                      *([_cell(found.get("cost"))] if currency else []))
+    console = _console()
+    console.print(table)
+    if extra:
+        console.print(summary_line(prints, "each run's job energy (joules)"), markup=False)
+
+
+def footprint_lines(job: dict | None, train: dict | None = None) -> list[str]:
+    """A run's facility energy, CO2e and cost (job, and training phase), each with its energy source and inputs."""
+    if not job:
+        return []
+    lines = [f"facility energy: {job['facility_energy_j']:,.2f} J = {job['facility_energy_j'] / JOULES_PER_KWH:.3e} "
+             f"kWh (job energy {job['energy_j']:,.2f} J, source {job['energy_source'] or '-'}, x PUE {job['pue']:.2f})"]
+    parts = [("job", job)] + ([("training phase", train)] if train else [])
+    if job["co2e_g"] is not None:
+        lines.append("CO2e: " + ", ".join(f"{label} {_sig(f['co2e_g'])} g" for label, f in parts))
+    elif job["carbon_basis"]:  # an intensity was given but does not apply (a series that misses the run)
+        lines.append("CO2e: not computed")
+    else:
+        lines.append("CO2e: not computed (give --carbon-intensity G_PER_KWH|CSV or $WATTSCALE_CARBON_INTENSITY; "
+                     "wattscale never guesses a grid intensity)")
+    if job["cost"] is not None:
+        lines.append("cost: " + ", ".join(f"{label} {_sig(f['cost'])} {f['currency']}" for label, f in parts))
+    else:
+        lines.append("cost: not computed (give --price-per-kwh and --currency, or $WATTSCALE_PRICE_PER_KWH)")
+    lines.append(f"  inputs: {job['inputs']}; carbon basis: {job['carbon_basis'] or 'no carbon intensity given'}")
+    return lines
+
+
+def _sig(value: float) -> str:
+    return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:.4e}"
 
 
 def print_presets_table(as_json: bool = False) -> None:
@@ -78,10 +118,8 @@ def print_energy_report(report) -> None:
         console.print(f"training phase: {_cell(train['energy_j'])} J over {_cell(train['seconds'])} s and "
                       f"{_cell(train['tokens'])} tokens = {_cell(train['joules_per_token'])} J/token "
                       "(what efficiency uses by default; warm-up, evaluations, checkpoints and saving excluded)")
-    if report.co2e_g is None:
-        console.print("CO2e: not computed (give --grid-gco2e-per-kwh; wattscale never guesses a grid intensity)")
-    else:
-        console.print(f"CO2e: {report.co2e_g:,.3f} g at {report.grid_gco2e_per_kwh:g} gCO2e/kWh")
+    for line in footprint_lines(report.footprint, report.train_footprint):
+        console.print(line, markup=False)
     s = report.sampling
     console.print(f"sampling: requested {s.get('sample_hz')} Hz, achieved {_cell(s.get('achieved_hz'))} Hz, "
                   f"{s.get('n_samples')} samples, {s.get('missed_deadlines')} missed deadlines")

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wattscale.analysis.efficiency import BUILTIN_METRICS
+from wattscale.footprint import summary_line
 
 UNITS = {name: unit for name, unit, _ in BUILTIN_METRICS}
 
@@ -45,6 +46,7 @@ def print_study(analysis: dict[str, Any], console: Console | None = None) -> Non
         console.print(f"[yellow]warning[/yellow]: {warning}")
     _print_missing(analysis["missing"], console)
     _print_conditions(analysis, console)
+    _print_footprint(analysis, console)
     for s in analysis["statistics"]:
         print_comparison(s, console)
     _print_returns(analysis["returns"], console)
@@ -76,8 +78,9 @@ def _print_conditions(analysis: dict[str, Any], console: Console) -> None:
     by_metric: dict[str, dict[Any, dict]] = {}
     for c in analysis["conditions"]:
         by_metric.setdefault(c["metric"], {})[c["level"]] = c
+    units = {**UNITS, **(analysis.get("footprint") or {}).get("metrics", {})}
     for metric, cells in by_metric.items():
-        unit = UNITS.get(metric, "")
+        unit = units.get(metric, "")
         table.add_row(f"{metric} ({unit})" if unit else metric,
                       *(f"{_ci(cells[lv])} ({cells[lv]['n']})" if lv in cells else "-" for lv in levels))
     console.print(table)
@@ -86,6 +89,18 @@ def _print_conditions(analysis: dict[str, Any], console: Console) -> None:
         console.print(f"energy source: {', '.join(sources)}"
                       + ("  (estimated = a model from CPU utilisation and a stated TDP, not a measurement)"
                          if "estimated" in sources else ""))
+
+
+def _print_footprint(analysis: dict[str, Any], console: Console) -> None:
+    """The inputs and carbon basis under the CO2e and cost rows, or how to get them (one sentence)."""
+    footprint = analysis.get("footprint") or {}
+    if not footprint.get("configured"):
+        console.print("CO2e and cost: not shown; give --carbon-intensity G_PER_KWH|CSV and --price-per-kwh with "
+                      "--currency (or WATTSCALE_* variables, or the experiment file's [footprint] table)", markup=False)
+        return
+    prints = [{"inputs": r.get("footprint_inputs"), "carbon_basis": r.get("carbon_basis")}
+              for r in analysis["runs"] if r.get("footprint_inputs")]
+    console.print(summary_line(prints, footprint["energy"]), markup=False)
 
 
 def print_comparison(s: dict[str, Any], console: Console) -> None:

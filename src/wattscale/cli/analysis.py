@@ -18,8 +18,10 @@ from wattscale.cli.common import (
     add_output_flag,
     existing_store,
     experiment_and_store,
+    footprint_settings,
 )
 from wattscale.errors import ConfigError
+from wattscale.footprint import add_footprint_flags
 from wattscale.jsonout import strict_json
 
 
@@ -59,6 +61,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         by=args.by, subject=args.subject, metrics=tuple(args.metric) if args.metric else None, alpha=args.alpha,
         peak_flops=args.peak_flops, energy_basis=args.energy_basis, include_dynamics=not args.no_dynamics,
         extra_metrics=load_metrics_hook(Path(args.metrics_hook)) if args.metrics_hook else {},
+        footprint=footprint_settings(args),
         dynamics=DynamicsConfig(volatility_window=args.volatility_window,
                                 backslide_tolerance_nats=args.backslide_tolerance, spike_k=args.spike_k,
                                 spike_window=args.spike_window, stable_volatility_nats=args.stable_volatility))
@@ -137,6 +140,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = add_command(sub, "analyze", "efficiency, repeated-measures statistics, returns on tokens and training dynamics",
                     ["wattscale analyze --experiment token-scale -o analysis",
                      "wattscale analyze experiments/token_scale.toml --variant smoke --metric val_loss joules",
+                     "wattscale analyze --experiment token-scale --carbon-intensity grid.csv --pue 1.2",
                      "wattscale analyze --csv data.csv --metric loss --factor tokens --subject seed --json"],
                     aliases=["analyse"], parents=[common])
     add_file_flags(p)
@@ -167,6 +171,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--stable-volatility", type=float, default=0.01,
                    help="volatility (nats) below which an interval is stable (default 0.01)")
     p.add_argument("--no-dynamics", action="store_true", help="skip the training-dynamics analysis")
+    add_footprint_flags(p)  # CO2e and cost metrics (co2e_g, co2e_g_per_token, cost) on the energy basis
     add_output_flag(p, "folder to write analysis.json and the tidy CSV tables into", old=("--out",))
     add_json_flag(p, "the full result as one JSON object on stdout")
     p.set_defaults(func=cmd_analyze)

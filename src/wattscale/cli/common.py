@@ -15,11 +15,12 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wattscale.errors import ConfigError, WattscaleError
+from wattscale.footprint import FootprintSettings, load_intensity_csv, resolve_footprint
 from wattscale.limits import MAX_INT64
 
 DEFAULT_STORE = "./wattscale.db"
@@ -148,6 +149,7 @@ class FileTarget:
 
     store: str | None
     experiment: str
+    footprint: dict[str, Any] = field(default_factory=dict)  # the file's [footprint] table (ExperimentSpec.footprint)
 
 
 def file_target(args: argparse.Namespace) -> FileTarget | None:
@@ -162,7 +164,21 @@ def file_target(args: argparse.Namespace) -> FileTarget | None:
     from wattscale.experiment import load_experiment
 
     spec = load_experiment(Path(path), variant=variant)
-    return FileTarget(spec.design.store, spec.name)
+    return FileTarget(spec.design.store, spec.name, spec.footprint)
+
+
+def footprint_settings(args: argparse.Namespace) -> FootprintSettings:
+    """Carbon and cost settings: flags (`add_footprint_flags`), then WATTSCALE_* variables, then the FILE's table."""
+    target = file_target(args)
+    settings = resolve_footprint(args, target.footprint if target else None)
+    if settings.carbon_intensity_csv is not None:
+        try:
+            load_intensity_csv(settings.carbon_intensity_csv)  # refuse a bad CSV before any work (cached for later)
+        except ConfigError as exc:
+            if target is None or target.footprint.get("carbon_intensity_csv") != settings.carbon_intensity_csv:
+                raise
+            raise ConfigError(f"{exc} (from the [footprint] table of {args.file})") from None
+    return settings
 
 
 def store_url(args: argparse.Namespace, file_store: str | None = None) -> str:

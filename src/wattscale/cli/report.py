@@ -13,8 +13,10 @@ from wattscale.cli.common import (
     add_output_flag,
     existing_store,
     experiment_and_store,
+    footprint_settings,
     store_url,
 )
+from wattscale.footprint import add_footprint_flags
 from wattscale.jsonout import strict_json
 
 
@@ -23,8 +25,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from wattscale.report import write_report
 
     experiment, url = experiment_and_store(args)
+    footprint = footprint_settings(args)  # a bad CSV or value is refused before anything is written
     result = write_report(existing_store(url), Path(args.output), experiment=experiment, run_id=args.run,
-                          max_power_points=args.max_power_points, energy_basis=args.energy_basis)
+                          max_power_points=args.max_power_points, energy_basis=args.energy_basis,
+                          footprint=footprint)
     summary = {"path": str(result.path.resolve()), "size_bytes": result.size_bytes, "runs": result.runs,
                "conditions": result.conditions, "seconds": round(result.seconds, 3),
                "pending_sections": list(result.pending_sections)}
@@ -64,7 +68,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add `report` and `watch`."""
     p = add_command(sub, "report", "write a self-contained HTML report (works offline)",
                     ["wattscale report -o report.html",
-                     "wattscale report experiments/token_scale.toml --variant smoke -o smoke.html --json"],
+                     "wattscale report experiments/token_scale.toml --variant smoke -o smoke.html --json",
+                     "wattscale report -o report.html --carbon-intensity grid.csv --price-per-kwh 0.3 --currency EUR"],
                     parents=[common])
     add_file_flags(p)
     p.add_argument("--experiment", help="one experiment's runs (default: the FILE's experiment, else every run)")
@@ -76,6 +81,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-power-points", type=int, default=2_000,
                    help="points per device in the power figure, thinned by min/max per bucket for display "
                         "only (default 2000)")
+    add_footprint_flags(p)  # CO2e and cost per condition in the efficiency section, with their inputs
     add_json_flag(p, "what was written as one JSON object")
     p.set_defaults(func=cmd_report)
 

@@ -15,10 +15,12 @@ from wattscale.cli.common import (
     add_output_flag,
     existing_store,
     experiment_and_store,
+    footprint_settings,
     positive_rate_hz,
     store_url,
 )
 from wattscale.errors import ConfigError
+from wattscale.footprint import add_footprint_flags
 from wattscale.jsonout import strict_json
 
 # Named statically (the parser must not import SQLAlchemy); tests check them against store_schema.
@@ -32,6 +34,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from wattscale.store import open_store
 
     experiment, url = experiment_and_store(args)
+    settings = footprint_settings(args)  # before the store: a bad CSV or flag is refused first
     with open_store(existing_store(url), create=False) as store:
         runs = store.list_runs(experiment=experiment)
         if experiment is not None and not runs and store.get_experiment(experiment) is None:
@@ -42,12 +45,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
         runs = [r for r in runs if r["status"] in args.status]
     if args.limit is not None:
         runs = runs[-args.limit:] if args.limit else []
+    from wattscale.footprint import run_footprint
+
+    for run in runs:  # the job's energy (energy_j) as facility energy, CO2e and cost, with the inputs
+        found = run_footprint(run, settings)
+        run["footprint"] = found.as_dict() if found else None
     if args.json:
         print(strict_json(runs))
         return 0
     from wattscale.tables import print_runs_table
 
-    print_runs_table(runs)
+    print_runs_table(runs, settings)
     return 0
 
 
@@ -165,13 +173,15 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
 
 
 def cmd_energy(args: argparse.Namespace) -> int:
-    """A run's energy per device with its source, CO2e, and the energy at lower sampling rates."""
-    from wattscale.energy.report import energy_report
+    """A run's energy per device with its source, its facility energy, CO2e and cost, and the energy at lower
+    sampling rates."""
+    from wattscale.energy.report import DEFAULT_RESAMPLE_HZ, energy_report
     from wattscale.store import open_store
 
+    settings = footprint_settings(args)
     with open_store(existing_store(store_url(args)), create=False) as store:
-        rates = [tuple(args.rates)] if args.rates else []
-        report = energy_report(store, args.run_id, args.grid_gco2e_per_kwh, *rates)
+        rates = tuple(args.rates) if args.rates else DEFAULT_RESAMPLE_HZ
+        report = energy_report(store, args.run_id, resample_hz=rates, footprint=settings)
     if args.json:
         print(strict_json(report.to_dict()))
         return 0
@@ -185,13 +195,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add `runs`, `show`, `delete`, `energy`, `export` and `export-hf`."""
     p = add_command(sub, "runs", "list the runs in the store",
                     ["wattscale runs", "wattscale runs experiments/token_scale.toml --variant smoke",
-                     "wattscale runs --status failed interrupted --limit 5 --json"], parents=[common])
+                     "wattscale runs --status failed interrupted --limit 5 --json",
+                     "wattscale runs --carbon-intensity grid.csv --price-per-kwh 0.30 --currency EUR --pue 1.2"],
+                    parents=[common])
     add_file_flags(p)
     p.add_argument("--experiment", help="only this experiment's runs (default: the FILE's experiment, else all)")
     p.add_argument("--status", nargs="+", action="extend", choices=RUN_STATUSES, metavar="STATUS",
                    help=f"only runs with these statuses: {', '.join(RUN_STATUSES)}")
     p.add_argument("--limit", type=_non_negative_int, metavar="N", help="only the last N runs")
-    add_json_flag(p, "a JSON array of run records")
+    add_footprint_flags(p)
+    add_json_flag(p, "a JSON array of run records (each with a footprint object: facility energy, CO2e, cost "
+                     "and their inputs)")
     p.set_defaults(func=cmd_runs)
 
     p = add_command(sub, "show", "one run's record, evaluations and energy by phase",
@@ -208,11 +222,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     add_json_flag(p, "what was deleted as one JSON object")
     p.set_defaults(func=cmd_delete)
 
-    p = add_command(sub, "energy", "a run's energy, power, CO2e and sampling-rate analysis",
-                    ["wattscale energy 3f2a9c1d0b7e4a55", "wattscale energy 3f2a9c1d0b7e4a55 --rates 100 10 1 --json"],
+    p = add_command(sub, "energy", "a run's energy, power, CO2e, cost and sampling-rate analysis",
+                    ["wattscale energy 3f2a9c1d0b7e4a55", "wattscale energy 3f2a9c1d0b7e4a55 --rates 100 10 1 --json",
+                     "wattscale energy 3f2a9c1d0b7e4a55 --carbon-intensity 350 --price-per-kwh 0.3 --currency EUR"],
                     parents=[common])
     p.add_argument("run_id", metavar="RUN_ID", help="a run's id (see `wattscale runs`)")
-    p.add_argument("--grid-gco2e-per-kwh", type=float, help="grid carbon intensity for CO2e (default: the run's)")
+    add_footprint_flags(p)  # without a carbon intensity: the run's own meter.grid_gco2e_per_kwh, if it had one
+    # The old spelling of --carbon-intensity (a constant only), kept for one release.
+    p.add_argument("--grid-gco2e-per-kwh", dest="carbon_intensity", type=float, help=argparse.SUPPRESS)
     add_list_argument(p, "--rates", item=positive_rate_hz, metavar="HZ",
                       help="sampling rates in Hz to re-compute the energy at (default 1000 100 10 1 0.1)")
     add_json_flag(p, "the report as one JSON object")

@@ -1,17 +1,18 @@
 """A run's energy from the store: the job and each phase per component with sources, the training phase,
-every device with its mean, peak and idle watts, CO2e from a user-given grid intensity, and the energy
-re-computed at lower sampling rates."""
+every device with its mean, peak and idle watts, facility energy, CO2e and cost from user-given inputs
+(`wattscale.footprint`), and the energy re-computed at lower sampling rates."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from wattscale.energy.integrate import resample_energy
 from wattscale.errors import StoreError
+from wattscale.footprint import FootprintSettings, run_footprint
 from wattscale.store import Store
 from wattscale.units import JOULES_PER_KWH
 
@@ -37,7 +38,8 @@ class DeviceEnergy:
 @dataclass(frozen=True)
 class EnergyReport:
     """A run's energy: the job total (by its rule), phases x components, devices; `co2e_g` only when a grid
-    intensity was given."""
+    intensity was given. ``footprint`` (the job) and ``train_footprint`` (the training phase) are
+    `wattscale.footprint.Footprint` dicts: facility energy, CO2e, cost, the inputs and the carbon basis."""
 
     run_id: str
     kind: str
@@ -58,6 +60,8 @@ class EnergyReport:
     resampled: list[dict]
     shared_host: list[dict]
     notes: list[str]
+    footprint: dict[str, Any] | None = None
+    train_footprint: dict[str, Any] | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready."""
@@ -65,8 +69,13 @@ class EnergyReport:
 
 
 def energy_report(store: Store, run_id: str, grid_gco2e_per_kwh: float | None = None,
-                  resample_hz: tuple[float, ...] = DEFAULT_RESAMPLE_HZ) -> EnergyReport:
-    """Build the report of `run_id`; the grid intensity falls back to the run's meter.grid_gco2e_per_kwh."""
+                  resample_hz: tuple[float, ...] = DEFAULT_RESAMPLE_HZ, *,
+                  footprint: FootprintSettings | None = None) -> EnergyReport:
+    """Build the report of `run_id`.
+
+    CO2e and cost come from `footprint` (default: none but PUE 1); `grid_gco2e_per_kwh` replaces its carbon
+    intensity by a constant. Without either intensity, the run's own meter.grid_gco2e_per_kwh is used.
+    """
     record = store.get_run(run_id)
     if record is None:
         raise StoreError(f"run_id: no run {run_id!r} in the store; see `wattscale runs`")
@@ -75,8 +84,9 @@ def energy_report(store: Store, run_id: str, grid_gco2e_per_kwh: float | None = 
     if not run_rows:
         raise StoreError(f"run_id: run {run_id} has no energy measurements (status {record['status']}; "
                          "metering off, or the run has not finished)")
-    if grid_gco2e_per_kwh is None:
-        grid_gco2e_per_kwh = json.loads(record["config_json"]).get("meter", {}).get("grid_gco2e_per_kwh")
+    settings = footprint or FootprintSettings()
+    if grid_gco2e_per_kwh is not None:
+        settings = replace(settings, carbon_intensity_g_per_kwh=grid_gco2e_per_kwh, carbon_intensity_csv=None)
     energy = json.loads(record.get("energy_json") or "{}")
     samples = store.power_samples(run_id)
     idle = {r["device"]: r for r in rows if r["scope"] == "idle"}
@@ -102,6 +112,9 @@ def energy_report(store: Store, run_id: str, grid_gco2e_per_kwh: float | None = 
     if "ranks" in sampling:  # several ranks: the first rank's rate, every rank's gaps
         sampling = {**(sampling["ranks"][0] or {}), "ranks": sampling["ranks"]}
     job = energy.get("job") or {}
+    job_print = run_footprint(record, settings, energy_j=total_j)
+    train_print = (run_footprint(record, settings, energy_j=record["train_energy_j"])
+                   if record.get("train_energy_j") is not None else None)
     return EnergyReport(
         run_id=run_id, kind=record.get("kind") or "train", energy_j=total_j, energy_kwh=total_j / JOULES_PER_KWH,
         source=record["energy_source"], total_components=list(job.get("total_components") or []),
@@ -112,11 +125,13 @@ def energy_report(store: Store, run_id: str, grid_gco2e_per_kwh: float | None = 
                "joules_per_token": _ratio(record.get("train_energy_j"), record.get("train_tokens"))},
         phases=[_phase_summary(p) for p in (energy.get("phases") or {}).values()],
         idle=_phase_summary(energy["idle"]) if energy.get("idle") else None,
-        devices=devices, grid_gco2e_per_kwh=grid_gco2e_per_kwh,
-        co2e_g=None if grid_gco2e_per_kwh is None else total_j / JOULES_PER_KWH * grid_gco2e_per_kwh,
+        devices=devices, grid_gco2e_per_kwh=job_print.carbon_intensity_g_per_kwh if job_print else None,
+        co2e_g=job_print.co2e_g if job_print else None,
         sampling={k: sampling.get(k) for k in ("sample_hz", "achieved_hz", "n_samples", "missed_deadlines", "gaps",
                                                "gap_messages")},
-        resampled=resampled, shared_host=list(energy.get("shared_host") or []), notes=list(energy.get("notes") or []))
+        resampled=resampled, shared_host=list(energy.get("shared_host") or []), notes=list(energy.get("notes") or []),
+        footprint=job_print.as_dict() if job_print else None,
+        train_footprint=train_print.as_dict() if train_print else None)
 
 
 def _phase_summary(phase: dict[str, Any]) -> dict[str, Any]:

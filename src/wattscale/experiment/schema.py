@@ -23,6 +23,7 @@ from typing import Any
 from wattscale.config import PARALLEL_MODES, PRECISIONS, SCHEDULES, TrainConfig
 from wattscale.data import DataConfig
 from wattscale.energy.meter import METER_KINDS, TOTAL_RULES, MeterConfig
+from wattscale.footprint import MAX_PUE, FootprintSettings
 from wattscale.model import PRESETS, ModelConfig
 
 from .spec import DERIVED_TRAIN_KEYS, EXECUTION_TRAIN_KEYS, ORDER_DESIGNS, RUN_TABLES, SEED_MODES, StudyDesign
@@ -48,7 +49,12 @@ def experiment_schema() -> dict[str, Any]:
         "train": _table_schema(TrainConfig, "train", skip=("seed", "repeat")),
         "data": _table_schema(DataConfig, "data"),
         "meter": _table_schema(MeterConfig, "meter"),
+        "footprint": _table_schema(FootprintSettings, "footprint"),
     }
+    footprint = tables["footprint"]["properties"]
+    footprint["pue"].update(minimum=1.0, maximum=MAX_PUE)
+    for key in ("carbon_intensity_g_per_kwh", "price_per_kwh"):
+        footprint[key]["minimum"] = 0
     tables["model"]["properties"]["preset"] = {
         "type": "string", "enum": list(PRESETS), "description": "a model preset (`wattscale presets`); "
         "the other [model] keys override its fields"}
@@ -68,7 +74,8 @@ def experiment_schema() -> dict[str, Any]:
         "properties": {
             "unset": {"type": "array", "items": {"type": "string"},
                       "description": "\"section.key\" settings put back to their defaults (before the sub-tables)"},
-            "experiment": variant_experiment, **{t: tables[t] for t in RUN_TABLES}, "grid": grid,
+            "experiment": variant_experiment, **{t: tables[t] for t in RUN_TABLES},
+            "footprint": tables["footprint"], "grid": grid,
         },
     }
     return {

@@ -18,6 +18,12 @@ epochs = 1
 [meter]
 sample_hz = 10
 
+[footprint]                   # optional: carbon and cost inputs (no run changes; flags and WATTSCALE_* win)
+carbon_intensity_csv = "grid.csv"   # or carbon_intensity_g_per_kwh = 350; a relative path is read from here
+price_per_kwh = 0.30
+currency = "EUR"
+pue = 1.2
+
 [grid]                        # factors: "section.key" (or a key only one section has) = [values]
 "train.data_tokens" = [500_000, 1_000_000, 2_000_000]
 
@@ -33,6 +39,11 @@ preset = "llama-tiny"
 
 A variant's tables may also be written inline under ``[variants.smoke]`` (``model = { preset =
 "llama-tiny" }``, the form of earlier releases): TOML reads both forms into the same tables.
+
+The ``[footprint]`` table (keys: the fields of `wattscale.footprint.FootprintSettings`) is what
+`runs`, `analyze`, `report` and `plan` of this FILE turn energy into CO2e and cost with, below flags and
+``WATTSCALE_*`` variables; it changes no run (not part of the study's hash). ``ExperimentSpec.footprint``
+holds it checked, with a relative ``carbon_intensity_csv`` made absolute against the file's folder.
 
 Relative data paths (data.source, data.val_source, data.tokenizer) are read from the file's folder;
 one that does not exist is refused when the runs are planned, naming the key, the `--set` that
@@ -50,7 +61,7 @@ import hashlib
 import json
 import os
 import tomllib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +69,11 @@ from wattscale.config import TrainConfig, unknown_key_message
 from wattscale.data import DataConfig
 from wattscale.energy.meter import MeterConfig
 from wattscale.errors import ConfigError
+from wattscale.footprint import FootprintSettings
 from wattscale.model import ModelConfig
 
 RUN_TABLES = ("model", "train", "data", "meter")
-FILE_TABLES = ("experiment", *RUN_TABLES, "grid", "variants")
+FILE_TABLES = ("experiment", *RUN_TABLES, "footprint", "grid", "variants")
 SEED_MODES = ("per-repetition", "same")
 ORDER_DESIGNS = ("random-blocks", "williams", "as-written")
 DERIVED_TRAIN_KEYS = ("steps", "batch_tokens")
@@ -110,6 +122,9 @@ class ExperimentSpec:
     # For each input path key (INPUT_PATH_KEYS), the file's other variants that set or unset it: what to suggest
     # when the path does not exist. Not part of the study (to_dict and spec_hash leave it out).
     input_variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # The [footprint] table, checked (FootprintSettings field -> value), a relative CSV made absolute against
+    # base_dir: the lowest-precedence source of `wattscale.footprint.resolve_footprint`. Not part of the study.
+    footprint: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -173,14 +188,21 @@ def load_experiment(path: Path, variant: str | None = None,
             raw["experiment"]["name"] = f"{raw['experiment']['name']}-{variant}"
     for setting in settings:
         _apply_setting(raw, setting)
-    return replace(_build_spec(raw, variant, str(path)), base_dir=str(Path(path).resolve().parent),
-                   input_variants=_input_variants(variants, variant))
+    spec = _build_spec(raw, variant, str(path))
+    base_dir = Path(path).resolve().parent
+    footprint = dict(spec.footprint)
+    csv_path = footprint.get("carbon_intensity_csv")
+    if csv_path is not None:  # a --set path arrives absolute; a path written in the file is read from its folder
+        footprint["carbon_intensity_csv"] = os.path.normpath(base_dir / Path(csv_path).expanduser())
+    return replace(spec, base_dir=str(base_dir), input_variants=_input_variants(variants, variant),
+                   footprint=footprint)
 
 
 # Input paths: relative ones written in the file are read from the file's folder (resolved when
 # the runs are planned, so the study's hash does not depend on where the repository lies);
 # those given with --set are relative to the working directory, like any command-line path.
 INPUT_PATH_KEYS = ("data.source", "data.val_source", "data.tokenizer")
+FOOTPRINT_CSV_KEY = "footprint.carbon_intensity_csv"  # relative: from the file's folder, or with --set the cwd
 
 
 def is_local_path(value: Any) -> bool:
@@ -282,7 +304,7 @@ def _apply_setting(raw: dict[str, Any], setting: str) -> None:
         value = tomllib.loads(f"v = {text.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = text.strip()  # a bare path or word
-    if key in INPUT_PATH_KEYS and is_local_path(value):
+    if (key in INPUT_PATH_KEYS and is_local_path(value)) or (key == FOOTPRINT_CSV_KEY and isinstance(value, str)):
         value = str(Path(value).expanduser().resolve())
     table = raw.setdefault(section, {})
     if section == "grid":
@@ -292,6 +314,9 @@ def _apply_setting(raw: dict[str, Any], setting: str) -> None:
         return
     if f"{section}.{name}" in _flatten(raw.get("grid", {})):
         raise ConfigError(f"--set: {key} is a grid factor in this file; set its values with --set grid.{key}=[...]")
+    if section == "footprint" and name.startswith("carbon_intensity_"):  # a constant replaces a CSV and back
+        for other in ("carbon_intensity_g_per_kwh", "carbon_intensity_csv"):
+            table.pop(other, None)
     table[name] = value
 
 
@@ -334,7 +359,30 @@ def _build_spec(raw: dict[str, Any], variant: str | None, source_path: str) -> E
             raise ConfigError(f"grid.{factor}: also set in [{section}]; keep it in one place")
     if "preset" not in tables["model"] and "model.preset" not in dict(grid):
         raise ConfigError("model.preset: missing; set it in [model] or make it a grid factor")
-    return ExperimentSpec(design, tables, grid, variant, source_path)
+    return ExperimentSpec(design, tables, grid, variant, source_path,
+                          footprint=_build_footprint(raw.get("footprint", {})))
+
+
+_FOOTPRINT_NUMBERS = ("carbon_intensity_g_per_kwh", "price_per_kwh", "pue")
+
+
+def _build_footprint(table: dict[str, Any]) -> dict[str, Any]:
+    """The [footprint] table checked key by key (a price's currency may still come from a flag or the environment)."""
+    known = {f.name for f in fields(FootprintSettings)}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(unknown_key_message("footprint", key, known))
+        if key in _FOOTPRINT_NUMBERS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"footprint.{key}: {value!r} is not a number")
+        elif not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"footprint.{key}: {value!r} must be a non-empty string")
+    values = {k: float(v) if k in _FOOTPRINT_NUMBERS else v.strip() for k, v in table.items()}
+    check = dict(values)
+    if check.get("price_per_kwh") is not None and not check.get("currency"):
+        check["currency"] = "-"  # checked when the settings are resolved (a flag or the environment may give it)
+    FootprintSettings(**check)  # ranges and contradictions: one line naming the key
+    return values
 
 
 def _build_design(table: dict[str, Any]) -> StudyDesign:

@@ -12,8 +12,10 @@ from typing import Any
 
 from wattscale.analysis.efficiency import ENERGY_BASES
 from wattscale.errors import ConfigError
+from wattscale.footprint import FootprintSettings
 from wattscale.output_paths import check_output_file
 from wattscale.report.data import DEFAULT_MAX_POWER_POINTS, ReportData, gather
+from wattscale.report.footprint import footprint_summary
 from wattscale.report.html import page, text
 from wattscale.report.sections import (
     Section,
@@ -43,11 +45,15 @@ class ReportResult:
 
 
 def default_sections(data: ReportData, *, statistics: Mapping[str, Any] | None = None,
-                     dynamics: Mapping[str, Any] | None = None,
-                     laws: Mapping[str, Any] | None = None) -> list[Section]:
-    """The report's sections in order; the analysis ones are placeholders until their dicts are given."""
+                     dynamics: Mapping[str, Any] | None = None, laws: Mapping[str, Any] | None = None,
+                     footprint: FootprintSettings | None = None) -> list[Section]:
+    """The report's sections in order; the analysis ones are placeholders until their dicts are given.
+
+    ``footprint`` (carbon and cost inputs) adds CO2e and cost per condition to the efficiency section.
+    """
     return [design_section(data), runs_section(data), loss_section(data), power_section(data),
-            efficiency_section(efficiency_summary(data)), statistics_section(statistics),
+            efficiency_section(efficiency_summary(data), footprint_summary(data, footprint)),
+            statistics_section(statistics),
             dynamics_section(dynamics), laws_section(laws)]
 
 
@@ -73,13 +79,14 @@ def render(data: ReportData, sections: Sequence[Section]) -> str:
 def build_report(store: Store, experiment: str | None = None, run_id: str | None = None, *,
                  statistics: Mapping[str, Any] | None = None, dynamics: Mapping[str, Any] | None = None,
                  laws: Mapping[str, Any] | None = None, analyze: bool = True,
-                 max_power_points: int = DEFAULT_MAX_POWER_POINTS,
-                 energy_basis: str = "train") -> tuple[str, ReportData, list[Section]]:
+                 max_power_points: int = DEFAULT_MAX_POWER_POINTS, energy_basis: str = "train",
+                 footprint: FootprintSettings | None = None) -> tuple[str, ReportData, list[Section]]:
     """Read the store and return (html, data, sections) for an experiment (or all runs).
 
     With ``analyze`` (default), sections not given come from `wattscale.analysis` run on the same runs:
     statistics and dynamics (`report.analysis_content`), the scaling law (`report.laws_content`).
-    ``energy_basis`` is what efficiency is computed from: ``train`` (the training phase) or ``job``.
+    ``energy_basis`` is what efficiency is computed from: ``train`` (the training phase) or ``job``;
+    ``footprint`` the carbon and cost inputs (`wattscale.footprint.FootprintSettings`; None: none but a run's own).
     """
     if max_power_points < 2:
         raise ConfigError(f"--max-power-points: must be at least 2, got {max_power_points}")
@@ -95,7 +102,7 @@ def build_report(store: Store, experiment: str | None = None, run_id: str | None
         from wattscale.report.laws_content import laws_content
 
         laws = laws_content(store, experiment)
-    sections = default_sections(data, statistics=statistics, dynamics=dynamics, laws=laws)
+    sections = default_sections(data, statistics=statistics, dynamics=dynamics, laws=laws, footprint=footprint)
     return render(data, sections), data, sections
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from wattscale.confidence import CI_LEVEL, mean_ci_summary
 from wattscale.report import figures
 from wattscale.report.data import ReportData
+from wattscale.report.footprint import footprint_html
 from wattscale.report.html import definition_list, figure_slot, fmt, paragraph, table, text
 from wattscale.report.summary import band_across_runs
 
@@ -247,8 +248,9 @@ def _basis_text(basis: str) -> str:
             "baseline excluded)" if basis == "train" else "the whole job")
 
 
-def efficiency_section(summary: Mapping[str, Any]) -> Section:
-    """A table and a figure of energy, wall time and tokens/J per condition with 95% intervals."""
+def efficiency_section(summary: Mapping[str, Any], footprint: Mapping[str, Any] | None = None) -> Section:
+    """A table and a figure of energy, wall time and tokens/J per condition with 95% intervals; then carbon and
+    cost (`report.footprint.footprint_summary`), or how to configure them."""
     conditions = summary.get("conditions") or []
     if not conditions:
         return Section("efficiency", "Energy, time and efficiency", paragraph("No finished runs yet."))
@@ -267,6 +269,7 @@ def efficiency_section(summary: Mapping[str, Any]) -> Section:
     html += figure_slot("fig-efficiency", f"Dots: single runs (a box of quartiles with 1.5 IQR whiskers for a "
                         f"condition with over {figures.MAX_DOTS_PER_CONDITION} runs); diamonds: mean with its 95% "
                         "t-interval.")
+    html += footprint_html(footprint or {})
     return Section("efficiency", "Energy, time and efficiency per condition", html, {"fig-efficiency": figure})
 
 

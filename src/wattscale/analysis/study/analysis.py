@@ -12,6 +12,10 @@ The choices, each overridable in `AnalysisOptions`:
   the energy-efficiency metrics (tokens per joule, PEE) when the factor orders token counts.
 - **Energy basis**: ``train`` (default: the training phase's energy, tokens and time; see
   `wattscale.analysis.efficiency`) or ``job`` (the whole job); the whole-job J and J/token are always there too.
+- **Carbon and cost** (``footprint``, a `wattscale.footprint.FootprintSettings`): with a carbon intensity the
+  metrics gain ``co2e_g`` and ``co2e_g_per_token``, with a price ``cost``, on the energy basis x PUE
+  (`wattscale.analysis.footprint_metrics`); each run states its inputs and carbon basis, and ``footprint``
+  in the result the settings.
 - **Shared host**: a run whose host-wide counters (RAPL) also counted other wattscale measurements that ran
   at the same time is named in ``warnings``.
 - **Missing data**: unfinished planned runs are listed with their status, conditions with fewer repetitions
@@ -29,16 +33,19 @@ import pandas as pd
 from wattscale.analysis import efficiency
 from wattscale.analysis.comparisons import DEFAULT_ALPHA, compare_metric
 from wattscale.analysis.dynamics import DynamicsConfig
+from wattscale.analysis.footprint_metrics import StudyFootprint, study_footprint
 from wattscale.analysis.returns import metric_returns, token_levels
 from wattscale.analysis.study.data import StudyData, condition_of
 from wattscale.analysis.study.dynamics import condition_dynamics
 from wattscale.errors import ConfigError
+from wattscale.footprint import FootprintSettings
 from wattscale.jsonout import JsonResult
 
 RETURN_METRICS = ("final_val_loss", "final_val_ppl", "tokens_per_joule", "pee")
 # Which of a run's not-computable reasons explains a metric without a value.
 _REASON_KEY = {m: "energy" for m in ("tokens_per_joule", "joules_per_token", "flops_per_joule", "energy_j",
-                                     "energy_kwh", "pee", "pee_time", "ppl_gain_per_kwh")}
+                                     "energy_kwh", "pee", "pee_time", "ppl_gain_per_kwh", "co2e_g",
+                                     "co2e_g_per_token", "cost")}
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class AnalysisOptions:
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     include_dynamics: bool = True
     extra_metrics: dict[str, efficiency.MetricFn] = field(default_factory=dict)
+    footprint: FootprintSettings | None = None  # carbon and cost inputs (None: only a run's own intensity)
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -84,6 +92,7 @@ class StudyAnalysis(JsonResult):
     not_computable: dict[str, str]
     energy_basis: str = "train"  # what was asked; each run says which it used
     warnings: list[str] = field(default_factory=list)
+    footprint: dict[str, Any] = field(default_factory=dict)  # StudyFootprint.to_dict(): configured, inputs, units
 
 
 def _condition_values(record: dict[str, Any]) -> dict[str, Any]:
@@ -95,9 +104,9 @@ def _condition_values(record: dict[str, Any]) -> dict[str, Any]:
     return values if isinstance(values, dict) else {}
 
 
-def _run_frame(data: StudyData, options: AnalysisOptions) -> tuple[pd.DataFrame, list[efficiency.RunEfficiency]]:
-    per_run = [efficiency.run_efficiency(r, options.extra_metrics, options.peak_flops, options.energy_basis)
-               for r in data.runs]
+def _run_frame(data: StudyData, options: AnalysisOptions,
+               extra: dict[str, efficiency.MetricFn]) -> tuple[pd.DataFrame, list[efficiency.RunEfficiency]]:
+    per_run = [efficiency.run_efficiency(r, extra, options.peak_flops, options.energy_basis) for r in data.runs]
     rows = []
     for record, eff in zip(data.runs, per_run, strict=True):
         row = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
@@ -126,7 +135,10 @@ def analyze_study(data: StudyData, options: AnalysisOptions | None = None) -> St
     if not data.runs:
         raise ConfigError(f"runs: no finished runs to analyse in {data.source}"
                           + (f" for experiment {data.experiment!r}" if data.experiment else ""))
-    frame, per_run = _run_frame(data, options)
+    footprint = study_footprint(data.runs, options.footprint, options.energy_basis)
+    extra = {**footprint.metrics, **options.extra_metrics}
+    frame, per_run = _run_frame(data, options, extra)
+    _footprint_reasons(per_run, footprint)
     grid_keys = sorted({k for r in data.runs for k in _condition_values(r)})
     factor = options.by or default_factor(frame, grid_keys)
     if factor is not None and factor not in frame.columns:
@@ -136,11 +148,10 @@ def analyze_study(data: StudyData, options: AnalysisOptions | None = None) -> St
     subject = options.subject or ("repetition" if has_repetition else "seed")
     if subject not in frame.columns:
         raise ConfigError(f"--subject: unknown field {subject!r}; use repetition or seed")
-    metrics = list(options.metrics or efficiency.metric_names(options.extra_metrics))
+    metrics = list(options.metrics or efficiency.metric_names(extra))
     unknown = [m for m in metrics if m not in frame.columns]
     if unknown:
-        raise ConfigError(f"--metric: unknown metric(s) {unknown}; known: "
-                          f"{efficiency.metric_names(options.extra_metrics)}")
+        raise ConfigError(f"--metric: unknown metric(s) {unknown}; known: {efficiency.metric_names(extra)}")
     why: dict[str, str] = {}
     level_of = {eff.run_id: (frame.loc[i, factor] if factor else "all runs") for i, eff in enumerate(per_run)}
     levels = tuple(sorted(set(level_of.values()), key=efficiency.level_order_key))
@@ -162,14 +173,25 @@ def analyze_study(data: StudyData, options: AnalysisOptions | None = None) -> St
                 except ConfigError as exc:
                     why[f"returns_{metric}"] = str(exc)
     runs_out = [{"run_id": eff.run_id, "level": level_of[eff.run_id], "subject": frame.loc[i, subject],
-                 "condition": frame.loc[i, "condition"], **eff.to_dict()} for i, eff in enumerate(per_run)]
+                 "condition": frame.loc[i, "condition"], **eff.to_dict(), **footprint.run_fields(eff.run_id)}
+                for i, eff in enumerate(per_run)]
     return StudyAnalysis(
         experiment=data.experiment, source=data.source, factor=factor, subject=subject, levels=levels,
         runs=runs_out,
         conditions=[s.to_dict() for s in efficiency.summarise(per_run, level_of, metrics)],
         statistics=statistics, returns=returns, dynamics=_dynamics(data, frame, factor, subject, options, why),
         missing=_missing(data, frame, factor), design_note=_design_note(frame, factor, subject),
-        not_computable=why, energy_basis=options.energy_basis, warnings=_warnings(data.runs, per_run, options))
+        not_computable=why, energy_basis=options.energy_basis, warnings=_warnings(data.runs, per_run, options),
+        footprint=footprint.to_dict())
+
+
+def _footprint_reasons(per_run: list[efficiency.RunEfficiency], footprint: StudyFootprint) -> None:
+    """A run with energy but no CO2e (a series that misses it) says why, like any metric without a value."""
+    for eff in per_run:
+        for metric in footprint.metrics:
+            reason = footprint.reason(eff.run_id, metric)
+            if reason:
+                eff.not_computable[metric] = reason
 
 
 def _warnings(records: list[dict[str, Any]], per_run: list[efficiency.RunEfficiency],

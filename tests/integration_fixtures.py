@@ -1,0 +1,72 @@
+"""Shared by the integration tests: a fake constant-power meter, a recording tracker, a tiny Llama and data."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from wattscale.energy.meter import PowerReading
+
+SEQ, VOCAB = 16, 64
+
+
+class ConstantMeter:
+    """A 100 W GPU with an energy counter: each phase's energy is 100 W x its seconds."""
+
+    name, energy_source, devices = "nvml", "counter", ("gpu0",)
+
+    def __init__(self, watts: float = 100.0) -> None:
+        self.watts, self.t0 = watts, time.monotonic()
+
+    def read(self) -> PowerReading:
+        now = time.monotonic()
+        return PowerReading(now, {"gpu0": self.watts}, {"gpu0": self.watts * (now - self.t0)})
+
+    def describe(self) -> dict:
+        return {"kind": "nvml", "devices": ["gpu0"]}
+
+    def close(self) -> None:
+        pass
+
+
+class Recorder:
+    """A tracker that remembers every call."""
+
+    def __init__(self) -> None:
+        self.params: list[dict] = []
+        self.metrics: list[tuple[dict, int]] = []
+        self.closed = 0
+
+    def log_params(self, params):
+        self.params.append(dict(params))
+
+    def log_metrics(self, metrics, step):
+        self.metrics.append((dict(metrics), step))
+
+    def close(self):
+        self.closed += 1
+
+
+def tiny_model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=64, tie_word_embeddings=False)
+    return LlamaForCausalLM(config)
+
+
+def rows(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """`n` right-padded sequences of SEQ tokens (lengths 9..16), labels -100 on the padding."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        length = 9 + i % 8
+        ids = torch.randint(1, VOCAB, (SEQ,), generator=g)
+        mask = (torch.arange(SEQ) < length).long()
+        out.append({"input_ids": ids * mask, "attention_mask": mask, "labels": torch.where(mask.bool(), ids, -100)})
+    return out
+
+
+def mask_tokens(data: list[dict]) -> int:
+    return int(sum(int(r["attention_mask"].sum()) for r in data))
