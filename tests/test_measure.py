@@ -62,11 +62,16 @@ def test_exit_status_passes_through_and_the_run_records_the_command(tmp_path: Pa
     assert {(r["scope"], r["phase"], r["component"], r["source"]) for r in rows} >= {
         ("run", None, "cpu_estimate", "estimated"), ("phase", "command", "cpu_estimate", "estimated")}
 
-    ok = run_cli_in_process("--store", str(db), "measure", *FAST, "--json", "--", PY, "-c", "pass")
+    ok = run_cli_in_process("--store", str(db), "measure", *FAST, "--json", "--carbon-intensity", "400",
+                            "--price-per-kwh", "0.5", "--currency", "EUR", "--pue", "1.5", "--", PY, "-c", "pass")
     assert ok.returncode == 0
     data = json.loads(ok.stdout)  # the child printed nothing: stdout is the JSON object alone
     assert data["status"] == "finished" and data["exit_code"] == 0 and data["measurement"]["status"] == "finished"
     assert set(data["measurement"]["phases"]) >= {"command"}
+    kwh = data["measurement"]["job"]["energy_j"] * 1.5 / 3.6e6
+    foot = data["footprint"]
+    assert foot["co2e_g"] == pytest.approx(kwh * 400) and foot["cost"] == pytest.approx(kwh * 0.5)
+    assert "PUE 1.50" in data["footprint"]["inputs"] and data["footprint"]["currency"] == "EUR"
 
     killed = run_cli_in_process("--store", str(db), "measure", *FAST, "-o", str(tmp_path / "k.json"), "--", PY, "-c",
                                 "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")

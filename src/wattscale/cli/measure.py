@@ -12,7 +12,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from wattscale.cli.common import add_command, add_json_flag, add_list_argument, add_output_flag, store_url
+from wattscale.cli.common import (
+    add_command,
+    add_json_flag,
+    add_list_argument,
+    add_output_flag,
+    footprint_settings,
+    store_url,
+)
+from wattscale.footprint import add_footprint_flags
 from wattscale.jsonout import strict_json
 
 _USAGE_FIX = "put the command after --, e.g. `wattscale measure -- python train.py`"
@@ -51,6 +59,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     config, gpus = MeterConfig(**settings), _gpus(args.gpus)  # bad flags are refused before anything runs
     if args.output:
         _check_output(Path(args.output))
+    footprint = footprint_settings(args)  # a bad carbon CSV or price is refused before the command runs
     words = list(args.command or ())
     if not words or words[0] != "--" or len(words) == 1:
         print(f"wattscale measure: error: no command; {_USAGE_FIX} (see `wattscale measure --help`)", file=sys.stderr)
@@ -59,6 +68,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
                        phase_file=Path(args.phase_file) if args.phase_file else None, store=store_url(args))
     out = measure_command(spec)
     data = out.to_dict()
+    data["footprint"] = _footprint(out, footprint)
     if args.output:
         Path(args.output).write_text(strict_json(data) + "\n")
     if args.json:
@@ -67,6 +77,17 @@ def cmd_measure(args: argparse.Namespace) -> int:
     else:
         print_summary(data, sys.stderr)
     return out.exit_code
+
+
+def _footprint(out: Any, settings: Any) -> dict[str, Any] | None:
+    """The job's facility energy, CO2e and cost with their inputs (None when nothing was metered)."""
+    from wattscale.footprint import footprint_of
+
+    job = out.result.job
+    if job.energy_j is None:
+        return None
+    return footprint_of(job.energy_j, settings, energy_source=job.source, start=out.started_at,
+                        end=out.ended_at).as_dict()
 
 
 def _check_output(path: Path) -> None:
@@ -102,6 +123,12 @@ def print_summary(data: dict[str, Any], stream: Any) -> None:
     if m["idle"] is not None and m["idle"]["energy_j"] is not None:
         print(f"  idle baseline before the command: {m['idle']['seconds']:.1f} s, {m['idle']['mean_power_w']:.1f} W",
               file=stream)
+    foot = data.get("footprint")
+    if foot is not None:
+        co2e = "-" if foot["co2e_g"] is None else f"{foot['co2e_g']:.3g} g"
+        cost = "-" if foot["cost"] is None else f"{foot['cost']:.3g} {foot['currency']}"
+        print(f"  CO2e {co2e}, cost {cost} (job energy x PUE; inputs: {foot['inputs']}"
+              + (f"; carbon basis: {foot['carbon_basis']}" if foot["carbon_basis"] else "") + ")", file=stream)
     for note in m["notes"]:
         print(f"  note: {note}", file=stream)
     if data["store"]:
@@ -141,6 +168,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-hz", type=float, help="power sampling rate, 1 to 1000 Hz (default 10)")
     p.add_argument("--idle-seconds", type=float, help="idle baseline measured before the command (default 3; 0 skips)")
     p.add_argument("--cpu-tdp-w-per-core", type=float, help="watts per busy core for the CPU estimate (default 10)")
+    add_footprint_flags(p)
     add_output_flag(p, "also write the JSON result to this file")
     add_json_flag(p, "the result as one JSON object on stdout, after the command's own output (no table)")
     p.add_argument("command", nargs=argparse.REMAINDER, action=_Command, metavar="-- CMD [ARGS ...]",

@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,8 @@ class CommandMeasurement:
     forwarded_signals: tuple[str, ...]
     result: MonitorResult
     store: str | None
+    started_at: datetime  # UTC, when the command started (after the idle baseline)
+    ended_at: datetime  # UTC, when it ended
 
     @property
     def run_id(self) -> str | None:
@@ -137,6 +140,7 @@ class CommandMeasurement:
         return {"run_id": self.run_id, "store": self.store, "command_line": self.command_line,
                 "argv": list(self.argv), "exit_code": self.exit_code, "returncode": self.returncode,
                 "status": self.status, "message": self.message, "wall_seconds": self.wall_seconds,
+                "started_at": self.started_at.isoformat(), "ended_at": self.ended_at.isoformat(),
                 "forwarded_signals": list(self.forwarded_signals), "measurement": self.result.to_dict()}
 
 
@@ -181,13 +185,13 @@ def _measure(spec: MeasureSpec, child: subprocess.Popen, go: int, phase_path: Pa
         follower = _Follower(monitor)
         follower.enter(DEFAULT_PHASE)  # the meter reading that starts it is after the gate
         tail = PhaseFileTail(phase_path, follower.on_line).start()
-        started = time.monotonic()
+        started, started_at = time.monotonic(), datetime.now(UTC)
         try:
             os.write(go, b"1")
         except OSError:
             pass  # the gate already died (a signal before the command started): its status says so
         _wait_without_reaping(child)
-        wall_s = time.monotonic() - started
+        wall_s, ended_at = time.monotonic() - started, datetime.now(UTC)
         forwarded = tuple(forwarder.names)  # a signal from here on finds the command gone
         stopping, tail = tail, None  # stopped once, even if reading the rest fails
         stopping.stop()
@@ -211,7 +215,7 @@ def _measure(spec: MeasureSpec, child: subprocess.Popen, go: int, phase_path: Pa
         close_meters(meters)
     child.wait()
     return CommandMeasurement(tuple(spec.argv), command_line, returncode, exit_code, status, message, wall_s,
-                              forwarded, result, spec.store)
+                              forwarded, result, spec.store, started_at, ended_at)
 
 
 def _resolve(program: str) -> str:
