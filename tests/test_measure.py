@@ -1,7 +1,7 @@
 """`wattscale measure -- CMD`: exit status passed through, the run stored with the command's line, phases from
-a child using wattscale.Monitor and from a phase file any program writes, the process tree's CPU time, GPUs
-counted once the tree uses them (a fake NVML), commands not found, and Ctrl-C / SIGTERM forwarded to the
-command with the partial measurement kept.
+a child using wattscale.Monitor (wattscale train too) and from a phase file any program writes, the process
+tree's CPU time, GPUs counted once the tree uses them (a fake NVML), commands not found, and Ctrl-C / SIGTERM
+forwarded to the command with the partial measurement kept.
 
 The CPU estimate is the meter here (no RAPL, no GPU): its energy is the tree's CPU seconds x tdp_w_per_core,
 so a child that burns a known CPU time gives a reference.
@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import default_sigint
+from conftest import TINY_DATA, default_sigint
 from wattscale import Monitor
 from wattscale.energy.meter import PowerReading
 from wattscale.energy.monitor import is_phase_name
@@ -122,6 +122,16 @@ def test_phases_and_tokens_from_a_child_using_monitor(tmp_path: Path, run_cli_in
     record, _ = stored(db)
     assert record["train_tokens"] == 1024 and record["tokens_seen"] == 1024
     assert record["train_energy_j"] == pytest.approx(phases["train"]["energy_j"])
+
+
+def test_the_trainer_measured_as_a_command_brings_its_phases_and_tokens(tmp_path: Path, run_cli_in_process) -> None:
+    train = [PY, "-m", "wattscale", "--store", str(tmp_path / "inner.db"), "train", "--preset", "llama-tiny",
+             "--tokens", "4096", *TINY_DATA, "--threads", "1", "--no-progress", "--meters", "none"]
+    out = run_cli_in_process("--store", str(tmp_path / "m.db"), "measure", *FAST, "--json", "--", *train)
+    assert out.returncode == 0, out.stderr
+    phases = json.loads(out.stdout)["measurement"]["phases"]
+    assert {"command", "warmup", "train", "eval", "checkpoint", "save"} <= set(phases)
+    assert phases["warmup"]["tokens"] + phases["train"]["tokens"] == 4096 and phases["warmup"]["steps"] == 1
 
 
 def test_a_phase_file_any_program_appends_to(tmp_path: Path, run_cli_in_process) -> None:
