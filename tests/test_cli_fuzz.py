@@ -43,11 +43,13 @@ FLAG_KINDS: dict[str, str] = {
     "--data": "in_path", "--cache-dir": "out_folder", "--run-root": "out_folder", "--csv": "in_path",
     "--runs-file": "in_path", "--metrics-hook": "in_path", "--plot": "out_file", "--rates": "rates",
     "file": "in_path", "path": "out_file", "--powercap-root": "in_path", "--out": "out_folder",
+    "--phase-file": "out_file",
 }
 # Per command, flags that are outputs of a different kind than their name suggests elsewhere.
 COMMAND_FLAG_KINDS: dict[tuple[str, str], str] = {
     ("report", "--output"): "out_file", ("export-hf", "--output"): "out_folder", ("export", "--output"): "out_file",
     ("fit", "--output"): "out_file", ("analyze", "--output"): "out_folder", ("quickstart", "--output"): "out_folder",
+    ("measure", "--output"): "out_file",
 }
 # Exit codes a command may document besides 0 and 2.
 OTHER_EXIT_CODES: dict[str, set[int]] = {"train": {3}, "run": {4}}
@@ -106,6 +108,7 @@ def _base_commands(fx: Fixture) -> dict[str, list[str]]:
         "energy": ["energy", fx.train_run_id],
         "show": ["show", fx.train_run_id],
         "meters": ["meters"],
+        "measure": ["measure", "--idle-seconds", "0"],  # no command after --: flags are checked before that
         "presets": ["presets"],
         "quickstart": ["quickstart", "--no-progress"],
         "analyze": ["analyze", "--experiment", "toy", "--no-dynamics"],

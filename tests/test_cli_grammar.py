@@ -296,7 +296,7 @@ def test_every_reporting_command_has_json() -> None:
     subs = _subparsers()
     reporting = ("train", "plan", "run", "experiments", "runs", "show", "delete", "export", "export-hf", "energy",
                  "meters", "presets", "quickstart", "analyze", "report", "watch", "fit", "plan-compute",
-                 "plan-energy")
+                 "plan-energy", "measure")
     for name in reporting:
         assert any("--json" in a.option_strings for a in subs[name]._actions), name
 

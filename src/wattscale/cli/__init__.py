@@ -26,11 +26,11 @@ __all__ = ["COMMAND_GROUPS", "build_parser", "main", "store_url", "version_strin
 
 # Modules that add sub-commands, each with register(subparsers, common); they import their heavy
 # dependencies only when a command runs.
-_COMMAND_MODULES = ("train", "experiments", "results", "analysis", "report", "laws", "machine")
+_COMMAND_MODULES = ("train", "measure", "experiments", "results", "analysis", "report", "laws", "machine")
 
 # How `wattscale --help` groups the commands (every registered command appears exactly once).
 COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Run", ("quickstart", "train", "plan", "run")),
+    ("Run", ("quickstart", "train", "plan", "run", "measure")),
     ("Results", ("runs", "show", "delete", "experiments", "energy", "export", "export-hf")),
     ("Analyse", ("analyze", "report", "watch")),
     ("Scaling laws", ("fit", "plan-compute", "plan-energy")),

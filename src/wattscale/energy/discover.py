@@ -9,8 +9,11 @@ from wattscale.energy.nvml import NvmlMeter
 from wattscale.energy.rapl import RaplMeter
 
 
-def discover_meters(config: MeterConfig, gpus: GpuSelection = "auto") -> tuple[list[Meter], list[str]]:
+def discover_meters(config: MeterConfig, gpus: GpuSelection = "auto",
+                    pid: int | None = None) -> tuple[list[Meter], list[str]]:
     """The meters that open here, in config.kinds order, and one line per kind not used saying why.
+
+    ``pid``: the process whose tree the CPU estimate covers (default this one; `wattscale measure` its command).
 
     NVML measures the GPUs `gpus` selects (see `wattscale.energy.gpus`; ``[]``: none, as for a CPU run) and
     RAPL the CPU packages and DRAM; the CPU estimate is used only when no measured CPU meter (RAPL) opened,
@@ -35,7 +38,7 @@ def discover_meters(config: MeterConfig, gpus: GpuSelection = "auto") -> tuple[l
             reasons.append("cpu-estimate: not used, RAPL measures the CPU")
         else:
             try:
-                estimate = _open("cpu-estimate", config)
+                estimate = _open("cpu-estimate", config, pid=pid)
             except MeterError as exc:
                 reasons.append(str(exc))
             else:
@@ -54,11 +57,11 @@ def close_meters(meters: list[Meter]) -> None:
             pass  # closing is best effort; the readings already taken stand
 
 
-def _open(kind: str, config: MeterConfig, gpus: GpuSelection = "auto") -> Meter:
+def _open(kind: str, config: MeterConfig, gpus: GpuSelection = "auto", pid: int | None = None) -> Meter:
     if kind == "nvml":
         return NvmlMeter(gpus)
     if kind == "rapl":
         return RaplMeter(config.powercap_root)
     if kind == "cpu-estimate":
-        return CpuEstimateMeter(tdp_w_per_core=config.cpu_tdp_w_per_core)
+        return CpuEstimateMeter(tdp_w_per_core=config.cpu_tdp_w_per_core, pid=pid)
     raise AssertionError(f"unknown meter kind {kind!r}; MeterConfig validates kinds")

@@ -24,7 +24,9 @@ to the job exactly, because one meter reading ends a phase and starts the next. 
 Devices: ``gpus="auto"`` measures the GPUs this process uses (see `wattscale.energy.gpus`), RAPL the CPU
 packages and DRAM when readable, and a CPU estimate when no CPU meter is. Nothing needs a GPU, root or a
 store; ``store=`` records the measurement as a run of kind ``measured`` that ``wattscale runs / energy /
-analyze / report`` show.
+analyze / report`` show. Under ``wattscale measure`` (``$WATTSCALE_PHASE_FILE`` set), the Monitor also appends
+its phase changes and steps to that file, so the phases it marks become the measured command's (see
+`wattscale.energy.phase_file`).
 
 Zeus users know ``begin_window``/``end_window``; CodeCarbon users the context manager. The trainer
 measures itself through this same class.
@@ -52,6 +54,7 @@ from wattscale.energy.gpus import GpuSelection
 from wattscale.energy.host import Registration, register
 from wattscale.energy.measurement import IDLE_PHASE, OTHER_PHASE, DeviceInfo, Ledger
 from wattscale.energy.meter import Meter, MeterConfig, component_of
+from wattscale.energy.phase_file import PhaseFileWriter
 from wattscale.energy.result import MonitorResult, WindowResult, summarise_ledger, window_result
 from wattscale.energy.sampler import Mark, PowerSampler
 from wattscale.errors import WattscaleError
@@ -86,7 +89,8 @@ class Monitor:
         on_samples: receives the power samples in chunks (rows ``device, t_seconds, power_w, energy_j``,
             times in seconds of the job) from a writer thread, so a slow consumer never delays sampling.
         resume: a `state()` saved earlier: continue that measurement (its time, phases and open windows).
-        metadata: JSON-ready facts stored with a measured run (model, flops_per_token, params, ...).
+        metadata: JSON-ready facts stored with a measured run (model, flops_per_token, params, command_line, ...);
+            entries added to ``monitor.metadata`` before stop() are stored too (e.g. an exit status).
         notes: caveats to keep with the result, e.g. why a meter passed in ``meters`` is the only one.
     """
 
@@ -126,6 +130,7 @@ class Monitor:
         self._session_train_steps = 0
         self._state = "new"  # new -> running -> stopped
         self._result: MonitorResult | None = None
+        self._phase_out: PhaseFileWriter | None = None  # $WATTSCALE_PHASE_FILE: `wattscale measure` follows
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -161,6 +166,7 @@ class Monitor:
             self._close_meters()
             raise
         self._state = "running"
+        self._phase_out = PhaseFileWriter.from_env()
         self._segment_t, self._segment_mark = self._now_mark()
         if self.config.idle_seconds > 0 and self._resume is None:
             self._segment_phase = IDLE_PHASE  # nothing runs: the baseline of the host as the job will find it
@@ -219,6 +225,8 @@ class Monitor:
                 self._notes.append(f"GPU(s) {', '.join(overlap.shared_gpus)} were also measured by {overlap.id} "
                                    f"for {overlap.overlap_s:.1f} s: their energy counts both jobs")
         self._state = "stopped"
+        if self._phase_out is not None:
+            self._phase_out.close()
         self._result = self._build_result(status, sampling, overlaps)
         if self._recorder is not None:
             self._recorder.finish(self._result, job_end_s, message)
@@ -251,13 +259,18 @@ class Monitor:
         """What was not measured and why, and other caveats."""
         return list(self._notes)
 
+    def note(self, text: str) -> None:
+        """Keep a caveat with the result (e.g. something the measured code did that the figures cannot show)."""
+        if text not in self._notes:
+            self._notes.append(text)
+
     # ---- phases, steps, windows ------------------------------------------------------------------------
 
     @contextmanager
     def phase(self, name: str) -> Iterator[Monitor]:
         """Measure the block as phase `name` (train, eval, checkpoint, save, warmup or your own)."""
         self._require_running(f"phase({name!r})")
-        if not isinstance(name, str) or not _PHASE_NAME.match(name) or name in (IDLE_PHASE, OTHER_PHASE):
+        if not is_phase_name(name):
             raise MonitorError(f"phase: {name!r} is not a phase name; use train, eval, checkpoint, save, warmup or "
                                "a short lowercase name of your own ('idle' and 'other' are kept by wattscale)")
         if self._phase is not None:
@@ -289,6 +302,8 @@ class Monitor:
             tally.tokens += tokens
             tally.steps += steps
         self._tokens += tokens
+        if self._phase_out is not None:
+            self._phase_out.write(self._segment_phase, tokens, steps)
         if self._phase == "train":
             self._session_train_steps += steps
             if self._segment_phase == "warmup" and self._session_train_steps >= self._warmup_steps:
@@ -369,6 +384,8 @@ class Monitor:
         seconds = t - self._segment_t
         for ledger in (self._ledger, *(w.ledger for w in self._windows.values())):
             ledger.tally(self._segment_phase).add_window(window, seconds)
+        if self._phase_out is not None and next_phase != self._segment_phase:
+            self._phase_out.write(next_phase)
         self._segment_phase, self._segment_t, self._segment_mark = next_phase, t, mark
         if self._registration is not None:
             self._registration.touch()
@@ -431,6 +448,11 @@ def _device_infos(meters: list[Meter]) -> dict[str, DeviceInfo]:
         for device, component, device_uuid in zip(meter.devices, components, uuids, strict=True):
             infos[device] = DeviceInfo(device, component, meter.name, device_uuid)
     return infos
+
+
+def is_phase_name(name: object) -> bool:
+    """True for a name `Monitor.phase` accepts: lowercase, a letter first, at most 32 characters, not idle/other."""
+    return isinstance(name, str) and bool(_PHASE_NAME.match(name)) and name not in (IDLE_PHASE, OTHER_PHASE)
 
 
 def command_line() -> str:

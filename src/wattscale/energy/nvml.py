@@ -116,6 +116,22 @@ class NvmlMeter:
             "units": {"power": "W", "energy": "J"},
         }
 
+    def running_pids(self) -> dict[str, set[int]]:
+        """Per device, the PIDs NVML lists on it (compute and graphics); a device NVML cannot list is left out.
+
+        NVML reports PIDs of the host's PID namespace: inside a container with its own, they match no local PID.
+        """
+        out: dict[str, set[int]] = {}
+        for device, handle in zip(self.devices, self._handles, strict=True):
+            pids: set[int] = set()
+            try:
+                for call in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                    pids.update(int(p.pid) for p in getattr(self._nvml, call)(handle))
+            except self._nvml.NVMLError:
+                continue
+            out[device] = pids
+        return out
+
     def close(self) -> None:
         """Shut NVML down once."""
         if getattr(self, "_open", False):

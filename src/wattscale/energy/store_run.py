@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wattscale import __version__
@@ -27,14 +28,17 @@ if TYPE_CHECKING:
 
 # Facts a user may give in Monitor(metadata=...) that have a runs column of their own.
 _METADATA_COLUMNS = {"model": "preset", "seed": "seed", "params": "params_total",
-                     "flops_per_token": "flops_per_token", "experiment": "experiment"}
+                     "flops_per_token": "flops_per_token", "experiment": "experiment",
+                     "command_line": "command_line"}  # wattscale measure: the measured command's, not wattscale's
 
 
 class MeasuredRun:
     """The store side of one Monitor: creates the run, writes samples, finishes it."""
 
-    def __init__(self, store: Store, owned: bool, run_id: str) -> None:
+    def __init__(self, store: Store, owned: bool, run_id: str, monitor: Monitor | None = None) -> None:
         self.store, self.owned, self.run_id = store, owned, run_id
+        self._monitor = monitor
+        self._config_json = _settings_json(monitor) if monitor is not None else None
 
     @classmethod
     def begin(cls, target: Any, monitor: Monitor) -> MeasuredRun:
@@ -48,7 +52,7 @@ class MeasuredRun:
             if owned:
                 store.close()
             raise
-        return cls(store, owned, monitor.run_id)
+        return cls(store, owned, monitor.run_id, monitor)
 
     def write_samples(self, rows: list[dict]) -> None:
         """Power samples (called from the Monitor's writer thread)."""
@@ -60,6 +64,9 @@ class MeasuredRun:
             rows = idle_rows(result) + final_rows(result, 0.0, job_end_s, result.job.tokens)
             rows += [r for w in result.windows.values() for r in window_rows(w, result.devices, scope="window")]
             self.store.add_energy_measurements(self.run_id, rows)
+            if self._monitor is not None and _settings_json(self._monitor) != self._config_json:
+                # metadata added while it ran (an exit status); config_hash stays the settings' at the start
+                self.store.update_run(self.run_id, config_json=_settings_json(self._monitor))
             fields = run_fields(result)
             notes = "; ".join(m for m in (message, fields.pop("message", None)) if m)
             self.store.finish_run(self.run_id, result.status, {
@@ -74,9 +81,7 @@ def _record(monitor: Monitor) -> dict[str, Any]:
     """The runs row of a new measured run."""
     from wattscale.energy.monitor import command_line
 
-    settings = {"meter": dataclasses.asdict(monitor.config), "gpus": monitor.gpus
-                if isinstance(monitor.gpus, str) else list(monitor.gpus), "metadata": monitor.metadata}
-    config_json = json.dumps(settings, sort_keys=True, default=str)
+    config_json = _settings_json(monitor)
     now = datetime.now(UTC)
     torch = sys.modules.get("torch")
     gpus = [{"device": d.device, "uuid": d.uuid} for d in monitor.devices.values() if d.component == "gpu"]
@@ -96,7 +101,19 @@ def _record(monitor: Monitor) -> dict[str, Any]:
     return record
 
 
-def _cpu_name() -> str:
-    from wattscale.hardware import cpu_model_name
+def _settings_json(monitor: Monitor) -> str:
+    """The runs.config_json of a measured run: meter settings, GPU selection, metadata."""
+    settings = {"meter": dataclasses.asdict(monitor.config), "gpus": monitor.gpus
+                if isinstance(monitor.gpus, str) else list(monitor.gpus), "metadata": monitor.metadata}
+    return json.dumps(settings, sort_keys=True, default=str)
 
-    return cpu_model_name()
+
+def _cpu_name() -> str:
+    """The CPU's name, as wattscale.hardware.cpu_model_name gives it (not imported: it imports torch, seconds that
+    `wattscale measure` would add before every command)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
