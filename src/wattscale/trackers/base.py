@@ -3,7 +3,7 @@
 A tracker receives parameters once and metrics at integer steps::
 
     tracker = tracker_from_spec("mlflow:sqlite:///mlflow.db", run_name="llama-4m seed 0")
-    tracker.log_params({"preset": "llama-4m", "energy_source": "counter"})
+    tracker.log_params({"preset": "llama-4m", "energy_source/job": "counter"})
     tracker.log_metrics({"energy_j/train": 812.5, "val_loss": 3.21}, step=65_536)
     tracker.close()
 

@@ -33,7 +33,7 @@ from typing import Any
 from wattscale.energy.measurement import Ledger, PhaseTally
 from wattscale.energy.monitor import MonitorError
 from wattscale.energy.result import MonitorResult, summarise_ledger
-from wattscale.trackers.base import Tracker, close_tracker
+from wattscale.trackers.base import Tracker, close_tracker, flatten_params
 from wattscale.trackers.metrics import cumulative_metrics, interval_metrics, source_params, total_metrics
 
 
@@ -99,13 +99,12 @@ class MonitorFeed:
                                   **{f"meter/{d.device}": d.meter for d in result.devices.values()}})
         return totals
 
-    def close(self, status: str | None = None, step: int | None = None) -> None:
-        """Log the totals if the Monitor has stopped, then end every tracker with `status` (default the
-        Monitor's: finished, failed, interrupted)."""
+    def close(self, status: str | None = None, step: int | None = None, result: MonitorResult | None = None) -> None:
+        """Log the totals (of `result`, default the Monitor's once it has stopped), then end every tracker with
+        `status` (default the result's: finished, failed, interrupted)."""
         if self._closed:
             return
-        result = None
-        if not self.monitor.running:
+        if result is None and not self.monitor.running:
             with suppress(MonitorError):  # never started: nothing to total
                 result = self.monitor.result
         if result is not None:
@@ -132,3 +131,11 @@ def _report(tracker: Tracker, exc: Exception) -> None:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     print(f"wattscale: tracker {type(tracker).__name__} failed and is no longer fed: {first} "
           "(the run goes on; log it later with `wattscale export --to ...`)", file=sys.stderr, flush=True)
+
+
+def tracked_params(config: Any, run_id: str, device: Any, precision: str, experiment: str | None) -> dict[str, Any]:
+    """The parameters wattscale's trainer logs for a run (`config` is its `RunConfig`), flattened."""
+    params = {"run_id": run_id, "kind": "train", "preset": config.model.name, "seed": config.train.seed,
+              "tokens_budget": config.train.tokens, "device": str(device), "precision": precision,
+              "experiment": experiment, "metric_step": "training tokens seen"}
+    return {**{k: v for k, v in params.items() if v is not None}, **flatten_params(config.to_dict(), "config.")}

@@ -19,7 +19,7 @@ For wattscale's own runs (the trainer, and replay of its runs) the step is the n
 tokens seen; an interval runs from one evaluation to the next. Energy totals follow the measurement's
 total rule (measured components only, unless ``meter.total = "all"``); each figure's source
 (``counter``, ``integrated``, ``estimated`` or ``mixed``) is logged as the parameter
-``energy_source/PHASE`` (and ``energy_source`` for the job, ``source/DEVICE`` per device).
+``energy_source/PHASE`` (and ``energy_source/job`` for the job, ``source/DEVICE`` per device).
 """
 
 from __future__ import annotations
@@ -60,11 +60,12 @@ def total_metrics(phases: Mapping[str, PhaseEnergy], job: PhaseEnergy) -> dict[s
 
 
 def source_params(phases: Mapping[str, PhaseEnergy], job: PhaseEnergy) -> dict[str, str]:
-    """Where each total came from: ``energy_source`` (the job) and ``energy_source/PHASE``, plus the components
-    each total adds; phases without energy are left out."""
+    """Where each total came from: ``energy_source/job`` and ``energy_source/PHASE``, plus the components the
+    job's total adds; phases without energy are left out. (No parameter is both a name and a prefix of
+    another: MLflow's file store keeps each as a file, ``a/b`` in a folder ``a``.)"""
     out: dict[str, str] = {}
     if job.source is not None:
-        out["energy_source"] = job.source
+        out["energy_source/job"] = job.source
         out["energy_components"] = ",".join(job.total_components)
     for name, phase in phases.items():
         if phase.source is not None:

@@ -4,7 +4,7 @@ What is logged (names and steps in `wattscale.trackers.metrics`):
 
 - parameters: the run's id, kind, name, status, experiment, preset, seed, budget, device, parameter
   count, versions and command line; its configuration flattened (``config.train.lr``, ...); the source of
-  every energy figure (``energy_source``, ``energy_source/PHASE``, ``source/DEVICE``) and each device's
+  every energy figure (``energy_source/job``, ``energy_source/PHASE``, ``source/DEVICE``) and each device's
   component; ``totals_basis`` says whether the totals are the run's own (``phase rows``) or, for a run
   that never reached its end, the sum of its intervals (``intervals``);
 - per interval (the trainer's ``interval`` rows, one evaluation to the next, at step = tokens seen at
@@ -121,8 +121,6 @@ def run_params(record: Mapping[str, Any], devices: Mapping[str, DeviceInfo],
     except ValueError:
         device_info = {}
     params.update(flatten_params(device_info if isinstance(device_info, dict) else {}, "device_info."))
-    if record.get("energy_source"):
-        params["energy_source"] = record["energy_source"]
     for device, info in devices.items():
         params[f"component/{device}"] = info.component
         if device in sources:
