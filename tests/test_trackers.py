@@ -153,7 +153,9 @@ def test_train_track_writes_tensorboard_events(trained: dict) -> None:
     events.Reload()
     losses = {e.step: e.value for e in events.Scalars("val_loss")}
     assert losses == {e["tokens_seen"]: pytest.approx(e["val_loss"], rel=1e-6) for e in trained["evaluations"]}
-    assert "params" in events.Tags()["tensors"] or any("params" in t for t in events.Tags()["tensors"])
+    text = events.Tensors("params/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert f"| run_id | {trained['run_id']} |" in text and "| preset | llama-tiny |" in text
+    assert events.Tensors("status/text_summary")[-1].tensor_proto.string_val[0].decode() == "finished"
 
 
 def test_export_to_mlflow_replays_the_store(trained: dict) -> None:
