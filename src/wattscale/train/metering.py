@@ -8,6 +8,10 @@ checkpoints and the end, and alone writes them: interval rows split by phase, th
 the run ends its phase and run rows and energy fields. Without meters (``meter.kinds = none``, or none
 readable) the Monitor still keeps time and tokens per phase, so MFU always uses training-phase time.
 
+With trackers (``train.track``), rank 0 feeds them through a `wattscale.trackers.MonitorFeed` at each
+evaluation (energy since the last one by phase, from its own Monitor, with the validation loss) and, when the
+run ends, the merged totals of every rank.
+
 A resumed session continues the measurement saved with its checkpoint (`Monitor.state()`); what was
 measured between that checkpoint and a kill is dropped with the work it paid for, which is redone.
 """
