@@ -277,6 +277,27 @@ def test_an_interrupted_measurement_is_replayed_with_its_status(tmp_path: Path) 
     assert 1 <= summary.power_points <= 3 and tracker.closed == 1
 
 
+def test_a_run_cut_short_totals_its_intervals(trained: dict, tmp_path: Path) -> None:
+    """A run killed after two evaluations has interval rows but no phase rows: its totals add the intervals."""
+    from wattscale.trackers import replay_run
+
+    if trained["record"]["energy_j"] is None:
+        pytest.skip("no meter usable here: no interval rows")
+    second_end = sorted({r["end_seconds"] for r in trained["rows"] if r["scope"] == "interval"})[1]
+    with open_store(trained["store"]) as source, open_store(str(tmp_path / "cut.db")) as store:
+        store.copy_run_from(source, trained["run_id"])
+        store.truncate_energy_after(trained["run_id"], second_end)  # what a resume does: phase and run rows go
+        rows = store.energy_measurements(trained["run_id"])
+        tracker = ListTracker()
+        summary = replay_run(store, trained["run_id"], tracker)
+    assert summary.intervals == 2 and summary.totals_basis == "intervals"
+    assert tracker.params["totals_basis"] == "intervals"
+    (totals,) = [m for _, m in tracker.metrics if "total/energy_j/job" in m]
+    by_rule = _intervals_by_total_rule(rows, "train")
+    assert sorted(by_rule) == [512, 1024]
+    assert totals["total/energy_j/train"] == pytest.approx(sum(by_rule.values()), rel=1e-9)
+
+
 @pytest.mark.parametrize(("spec", "words"), [
     ("wandb:run", "not a tracker spec"), ("mlflow", "not a tracker spec"), ("mlflow:", "gives no target"),
     ("tensorboard:  ", "gives no target"), ("mlflow:sqlite:///x.db#", "empty MLflow experiment"),
