@@ -8,9 +8,11 @@ for this process, through ``MLFLOW_ALLOW_FILE_STORE``, only when you name a fold
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -51,6 +53,20 @@ def resolve_tracking_uri(uri: str) -> tuple[str, str]:
     return Path(text).expanduser().resolve().as_uri(), "file"
 
 
+@contextmanager
+def _quiet_setup() -> Iterator[None]:
+    """MLflow's and alembic's INFO lines about creating a new SQLite database's tables, silenced while it does."""
+    loggers = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 class MlflowTracker:
     """Logs to one new MLflow run in `experiment` (created if missing) at `tracking_uri`.
 
@@ -76,8 +92,9 @@ class MlflowTracker:
         self._params: dict[str, str] = {}
         self._closed = False
         try:
-            self.client = MlflowClient(tracking_uri=self.tracking_uri)
-            found = self.client.get_experiment_by_name(experiment)
+            with _quiet_setup():
+                self.client = MlflowClient(tracking_uri=self.tracking_uri)
+                found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found is not None else self._create_experiment(experiment)
             run = self.client.create_run(self.experiment_id, run_name=run_name,
                                          tags={str(k): str(v) for k, v in (tags or {}).items()})
