@@ -17,7 +17,7 @@ from wattscale import Monitor
 from wattscale.cli import main
 from wattscale.energy.meter import PowerReading
 from wattscale.store import open_store
-from wattscale.trackers import MonitorFeed, TrackerError, open_trackers, parse_spec, tracker_from_spec
+from wattscale.trackers import MonitorFeed, TrackerError, TrackerSpec, open_trackers, parse_spec, tracker_from_spec
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")
@@ -296,6 +296,13 @@ def test_a_run_cut_short_totals_its_intervals(trained: dict, tmp_path: Path) -> 
     by_rule = _intervals_by_total_rule(rows, "train")
     assert sorted(by_rule) == [512, 1024]
     assert totals["total/energy_j/train"] == pytest.approx(sum(by_rule.values()), rel=1e-9)
+
+
+def test_specs_name_the_tracker_its_target_and_the_mlflow_experiment() -> None:
+    assert parse_spec("mlflow:sqlite:///a/b.db") == TrackerSpec("mlflow", "sqlite:///a/b.db", "wattscale")
+    assert parse_spec("MLflow:./mlruns#study") == TrackerSpec("mlflow", "./mlruns", "study")
+    assert parse_spec("tensorboard:runs/tb#1") == TrackerSpec("tensorboard", "runs/tb#1")
+    assert str(parse_spec("mlflow:sqlite:///x.db#s")) == "mlflow:sqlite:///x.db#s"
 
 
 @pytest.mark.parametrize(("spec", "words"), [
