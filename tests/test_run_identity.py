@@ -176,4 +176,4 @@ def test_the_identity_fields_are_marked_on_the_dataclasses() -> None:
     assert set(identity_names(ModelConfig)) == {f.name for f in dataclasses.fields(ModelConfig)}
     assert set(identity_names(DataConfig)) == {f.name for f in dataclasses.fields(DataConfig)}
     not_identity = {f.name for f in dataclasses.fields(TrainConfig)} - set(identity_names(TrainConfig))
-    assert not_identity == {"checkpoint_interval_tokens", "run_root", "name", "threads", "parallel"}
+    assert not_identity == {"checkpoint_interval_tokens", "run_root", "name", "threads", "parallel", "track"}

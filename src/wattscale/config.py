@@ -35,6 +35,7 @@ from wattscale.errors import ConfigError
 from wattscale.identity import identity_field, identity_values
 from wattscale.limits import MAX_INT64, MAX_THREADS, MAX_TRAIN_TOKENS
 from wattscale.model import ModelConfig
+from wattscale.trackers.base import TrackerError, parse_spec
 
 SCHEDULES = ("cosine", "wsd", "constant")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # tf32: fp32 weights, TF32 tensor-core matmuls (CUDA only)
@@ -100,8 +101,12 @@ class TrainConfig:
     name: str | None = None
     threads: int | None = None
     parallel: str = "ddp"
+    # Trackers fed live at each evaluation ("mlflow:URI", "tensorboard:DIR"); where results also go, not what a
+    # run computes, so not part of the run id.
+    track: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "track", tuple(self.track))
         _resolve_budget(self)
         problems = _train_problems(self)
         if problems:
@@ -185,6 +190,11 @@ def _train_problems(c: TrainConfig) -> list[str]:
         p.append(f"train.divergence_factor: {c.divergence_factor!r} must be > 1")
     if not (c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")):
         p.append(f"train.device: {c.device!r} must be auto, cpu, cuda or cuda:N")
+    for spec in c.track:
+        try:
+            parse_spec(spec, "train.track")
+        except TrackerError as exc:
+            p.append(str(exc))
     return p
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from wattscale.jsonout import strict_json
 
 # Named statically (the parser must not import SQLAlchemy); tests check them against store_schema.
 RUN_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
+EXPORT_TARGETS = ("table", "mlflow", "tensorboard")
 EXPORT_TABLES = ("runs", "evaluations", "train_steps", "power_samples", "energy_measurements", "experiments",
                  "experiment_runs")
 
@@ -153,9 +155,17 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write a store table as CSV or Parquet."""
+    """Write a store table as CSV or Parquet, or log runs to MLflow or TensorBoard (--to)."""
+    if args.to != "table":
+        return _export_to_tracker(args)
     from wattscale.store import open_store
 
+    if len(args.run_ids) > 1 or args.experiment is not None:
+        raise ConfigError("RUN_ID: --to table writes a whole table (give -o FILE); run ids and --experiment "
+                          "choose runs for --to mlflow or --to tensorboard")
+    if args.tracking_uri is not None:
+        raise ConfigError("--tracking-uri: only for --to mlflow; add --to mlflow, or drop it")
+    args.path = args.run_ids[0] if args.run_ids else None  # the old positional spelling of -o
     path = args.output or args.path
     if path is None:
         raise ConfigError("-o/--output: missing; give the file to write, e.g. -o runs.csv")
@@ -168,6 +178,53 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {n} {args.table} rows to {path}")
     return 0
+
+
+def _export_to_tracker(args: argparse.Namespace) -> int:
+    """`export --to mlflow|tensorboard`: replay the chosen runs, each into a tracker run of its own."""
+    if args.to == "mlflow":
+        if not args.tracking_uri:
+            raise ConfigError("--tracking-uri: missing; --to mlflow needs one, e.g. --tracking-uri "
+                              "sqlite:///mlflow.db (or a folder such as ./mlruns)")
+        if args.output:
+            raise ConfigError("-o/--output: --to mlflow writes to --tracking-uri; drop -o")
+        spec = f"mlflow:{args.tracking_uri}"
+    else:
+        if not args.output:
+            raise ConfigError("-o/--output: missing; --to tensorboard needs the folder for the event files, e.g. -o tb")
+        if args.tracking_uri:
+            raise ConfigError("--tracking-uri: only for --to mlflow; --to tensorboard writes to -o DIR")
+        spec = f"tensorboard:{args.output}"
+    if args.table != "runs" or args.format:
+        raise ConfigError(f"--table/--format: only for --to table (a CSV or Parquet file), not --to {args.to}")
+    from wattscale.store import open_store
+    from wattscale.trackers import export_runs, parse_spec
+
+    parsed = parse_spec(spec, "--to")
+    if args.to == "mlflow":
+        parsed = dataclasses.replace(parsed, experiment=args.mlflow_experiment or args.experiment or "wattscale")
+    with open_store(existing_store(store_url(args)), create=False) as store:
+        from wattscale.trackers.replay import select_runs
+
+        run_ids = select_runs(store, args.run_ids, args.experiment)
+        summaries = export_runs(store, run_ids, parsed, max_points=args.max_points)
+    if args.json:
+        print(strict_json({"to": args.to, "target": parsed.target, "runs": [s.to_dict() for s in summaries]}))
+        return 0
+    for summary in summaries:
+        where = summary.tracker.get("run_id") or summary.tracker.get("log_dir")
+        print(f"{summary.run_id} ({summary.status}): {summary.params} params, {summary.metric_values} metric values "
+              f"({summary.intervals} intervals, {summary.evaluations} evaluations, {summary.power_points} power "
+              f"points) -> {args.to} {where}")
+    print(f"logged {len(summaries)} run(s) to {args.to} {parsed.target}")
+    return 0
+
+
+def _max_points(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1 (points per curve)")
+    return value
 
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
@@ -246,13 +303,28 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     add_json_flag(p, "the report as one JSON object")
     p.set_defaults(func=cmd_energy)
 
-    p = add_command(sub, "export", "write a store table as CSV or Parquet",
-                    ["wattscale export -o runs.csv", "wattscale export --table evaluations -o evals.parquet"],
+    p = add_command(sub, "export", "write a store table as CSV or Parquet, or log runs to MLflow or TensorBoard",
+                    ["wattscale export -o runs.csv", "wattscale export --table evaluations -o evals.parquet",
+                     "wattscale export --to mlflow --tracking-uri sqlite:///mlflow.db",
+                     "wattscale export --to tensorboard -o tb 3f2a9c1d0b7e4a55 --json"],
                     parents=[common])
-    add_output_flag(p, "output file (.csv or .parquet)")
-    p.add_argument("path", nargs="?", help=argparse.SUPPRESS)  # the old positional spelling, for one release
+    p.add_argument("--to", choices=EXPORT_TARGETS, default="table",
+                   help="table (default): one store table as a file; mlflow or tensorboard: each chosen run's "
+                        "parameters, energy per interval and phase, losses, sampled power and totals")
+    add_output_flag(p, "output file (.csv or .parquet); with --to tensorboard, the folder for the event files")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID",
+                   help="with --to mlflow/tensorboard: the runs to log (default: --experiment's, else every run)")
     p.add_argument("--table", default="runs", choices=EXPORT_TABLES, help="the table to write (default runs)")
     p.add_argument("--format", choices=("csv", "parquet"), help="file format (default: from the file suffix)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="with --to mlflow: sqlite:///FILE.db, a folder (MLflow's file store) or http(s)://HOST:PORT "
+                        "of your server; required (no default)")
+    p.add_argument("--experiment", help="with --to mlflow/tensorboard: log this experiment's runs")
+    p.add_argument("--mlflow-experiment", metavar="NAME",
+                   help="with --to mlflow: the MLflow experiment (default: --experiment, else wattscale)")
+    p.add_argument("--max-points", type=_max_points, default=1000, metavar="N",
+                   help="with --to mlflow/tensorboard: at most N points per sampled-power and training-loss curve "
+                        "(default 1000)")
     add_json_flag(p, "what was written as one JSON object")
     p.set_defaults(func=cmd_export)
 

@@ -34,7 +34,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "tokens", "data_tokens", "epochs", "repeat", "seed", "batch_size", "micro_batch_size", "seq_len",
             "lr", "schedule",
             "warmup_fraction", "eval_interval_tokens", "eval_tokens", "checkpoint_interval_tokens",
-            "device", "precision", "run_root", "name", "threads", "parallel")} | {"compile": args.compile or None},
+            "device", "precision", "run_root", "name", "threads", "parallel")} | {"compile": args.compile or None,
+                                                                                 "track": args.track or None},
         "data": {"source": args.data, "tokenizer": args.tokenizer, "synthetic_mb": args.synthetic_mb,
                  "val_source": args.val_data, "text_field": args.text_field},
         "meter": {"sample_hz": args.sample_hz, "cpu_tdp_w_per_core": args.cpu_tdp_w_per_core,
@@ -120,6 +121,10 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-seconds", type=float, help="idle baseline measured before a run (default 3; 0 skips)")
     p.add_argument("--cpu-tdp-w-per-core", type=float, help="watts per busy core for the CPU estimate (default 10)")
     p.add_argument("--grid-gco2e-per-kwh", type=float, help="your grid's carbon intensity, for CO2e (no default)")
+    p.add_argument("--track", action="append", metavar="SPEC",
+                   help="also log energy per interval and phase, losses and totals at each evaluation to a tracker: "
+                        "mlflow:URI (e.g. mlflow:sqlite:///mlflow.db) or tensorboard:DIR; repeatable; not part of "
+                        "the run id")
     p.add_argument("--cache-dir", default=".wattscale_cache", help="token-shard cache (default .wattscale_cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
     add_json_flag(p, "the run's outcome as one JSON object")
@@ -129,7 +134,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add `train` and `quickstart`."""
     p = add_command(sub, "train", "train one model to an exact token budget, metering its energy",
                     ["wattscale train --preset llama-tiny --tokens 200000",
-                     "wattscale train --config run.toml --seed 1 --meters nvml rapl --json"], parents=[common])
+                     "wattscale train --config run.toml --seed 1 --meters nvml rapl --json",
+                     "wattscale train --preset llama-tiny --tokens 200000 --track mlflow:sqlite:///mlflow.db "
+                     "--track tensorboard:tb"], parents=[common])
     add_train_flags(p)
     p.set_defaults(func=cmd_train)
 

@@ -8,6 +8,10 @@ checkpoints and the end, and alone writes them: interval rows split by phase, th
 the run ends its phase and run rows and energy fields. Without meters (``meter.kinds = none``, or none
 readable) the Monitor still keeps time and tokens per phase, so MFU always uses training-phase time.
 
+With trackers (``train.track``), rank 0 feeds them through a `wattscale.trackers.MonitorFeed` at each
+evaluation (energy since the last one by phase, from its own Monitor, with the validation loss) and, when the
+run ends, the merged totals of every rank.
+
 A resumed session continues the measurement saved with its checkpoint (`Monitor.state()`); what was
 measured between that checkpoint and a kill is dropped with the work it paid for, which is redone.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,6 +31,8 @@ from wattscale.energy.monitor import Monitor
 from wattscale.energy.ranks import merge_results, merge_states, merge_windows, rank_meters, state_for_rank
 from wattscale.energy.store_rows import final_rows, idle_rows, run_fields, window_rows
 from wattscale.store import Store
+from wattscale.trackers.base import Tracker
+from wattscale.trackers.live import MonitorFeed
 from wattscale.train.parallel import DistributedContext, gather_lists, gather_objects
 
 INTERVAL = "interval"
@@ -37,8 +43,11 @@ class RunMetering:
     """One rank's measurement of a training session; every method marked collective runs on every rank."""
 
     def __init__(self, config: MeterConfig, ctx: DistributedContext, store: Store | None, run_id: str,
-                 resume: dict[str, Any] | None, measure_idle: bool) -> None:
+                 resume: dict[str, Any] | None, measure_idle: bool, trackers: Sequence[Tracker] = (),
+                 params: Mapping[str, Any] | None = None) -> None:
         self.ctx, self.store, self.run_id = ctx, store, run_id
+        self._trackers, self._params = list(trackers), dict(params or {})
+        self.feed: MonitorFeed | None = None  # made when the job starts, if there are trackers
         gpus = [device_uuid(ctx.device.index or 0)] if ctx.device.type == "cuda" else []
         meters, reasons = rank_meters(config, ctx.rank, ctx.local_rank, ctx.world_size, gpus)
         self.meters = meters
@@ -69,6 +78,9 @@ class RunMetering:
             self._write(gather_lists(self.ctx, idle_rows(idle)))
         if INTERVAL not in self.monitor.open_windows:
             self.monitor.begin_window(INTERVAL)
+        if self._trackers:
+            self.feed = MonitorFeed(self.monitor, self._trackers)
+            self.feed.log_params(self._params)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -84,8 +96,9 @@ class RunMetering:
         """Seconds of the run so far, across sessions (the run's wall_seconds)."""
         return self.monitor.job_seconds()
 
-    def close_interval(self) -> None:
-        """End the interval at an evaluation and start the next; rank 0 writes its rows. Collective."""
+    def close_interval(self, tokens_seen: int | None = None, metrics: Mapping[str, float] | None = None) -> None:
+        """End the interval at an evaluation and start the next; rank 0 writes its rows and feeds the trackers
+        (this rank's devices, at step = `tokens_seen`, with `metrics` such as the validation loss). Collective."""
         window = self.monitor.end_window(INTERVAL)
         self.monitor.begin_window(INTERVAL)
         parts = gather_objects(self.ctx, (window, self.monitor.devices))
@@ -93,6 +106,8 @@ class RunMetering:
             merged, devices = merge_windows(parts, self.monitor.config.total)
             self.store.add_energy_measurements(self.run_id, window_rows(merged, devices))
         self.flush_samples()
+        if self.feed is not None and tokens_seen is not None:
+            self.feed.log(tokens_seen, metrics)
 
     def state(self) -> dict[str, Any] | None:
         """Every rank's measurement so far, merged on rank 0 (None elsewhere), for a checkpoint. Collective."""
@@ -106,11 +121,14 @@ class RunMetering:
             rows, self._buffer = self._buffer, []
         self._write_samples(gather_lists(self.ctx, rows))
 
-    def finish(self, tokens_seen: int) -> dict[str, Any]:
-        """Stop; rank 0 writes the phase and run rows and returns the runs-table fields ({} elsewhere). Collective."""
+    def finish(self, tokens_seen: int, status: str = "finished") -> dict[str, Any]:
+        """Stop; rank 0 writes the phase and run rows, ends the trackers with `status` and returns the runs-table
+        fields ({} elsewhere). Collective."""
         result = self.monitor.stop()
         self.flush_samples()
         merged = merge_results(gather_objects(self.ctx, result))
+        if self.feed is not None:
+            self.feed.close(status, step=tokens_seen, result=merged)
         if self.store is None or merged is None:
             return {}
         self.store.add_energy_measurements(self.run_id, final_rows(merged, 0.0, self.monitor.job_seconds(),
@@ -121,6 +139,8 @@ class RunMetering:
         """Stop without writing (a failed or interrupted session resumes from its checkpoint)."""
         if self.monitor.running:
             self.monitor.stop(status)
+        if self.feed is not None:
+            self.feed.close(status)
 
     def close(self) -> None:
         """Release the meters."""

@@ -33,6 +33,9 @@ from wattscale.model import Llama, count_parameters, flops_per_token
 from wattscale.progress import ProgressHooks, TrainingProgress
 from wattscale.store import Store, open_store
 from wattscale.threads import torch_threads
+from wattscale.trackers import Tracker, open_trackers
+from wattscale.trackers.base import close_tracker
+from wattscale.trackers.live import tracked_params
 from wattscale.train.checkpoints import (
     CheckpointMeta,
     list_checkpoints,
@@ -214,7 +217,21 @@ class _Session:
         self.matmul = matmul  # what apply_matmul_precision set, for the run record
 
     def run(self, existing: dict | None) -> TrainResult:
-        """Build model and optimiser, restore the newest checkpoint, train to the budget."""
+        """Build model and optimiser, restore the newest checkpoint, train to the budget.
+
+        Rank 0 opens the run's trackers (``train.track``) first, so a tracker that cannot be used stops the
+        run before anything is written; the metering feeds them and ends them with the run's status.
+        """
+        trackers = open_trackers(self.config.train.track, run_name=self.config.train.name or self.run_id,
+                                 where="train.track") if self.ctx.is_main else []
+        try:
+            return self._run(existing, trackers)
+        finally:
+            for tracker in trackers:  # those not ended by the metering (a failure before it started)
+                with suppress(Exception):
+                    close_tracker(tracker, "failed")
+
+    def _run(self, existing: dict | None, trackers: list[Tracker]) -> TrainResult:
         torch.manual_seed(self.config.train.seed)
         model = Llama(self.config.model).to(self.device)
         # Before the optimiser is built: FSDP replaces the parameters with sharded ones.
@@ -239,7 +256,9 @@ class _Session:
                 raise self._failed(exc) from None
         idle_due = self.config.meter.idle_seconds > 0 and rank0_decides(self.ctx, lambda: not any(
             row["scope"] == "idle" for row in self.store.energy_measurements(self.run_id)))
-        self.metering = RunMetering(self.config.meter, self.ctx, self.store, self.run_id, resume, idle_due)
+        self.metering = RunMetering(self.config.meter, self.ctx, self.store, self.run_id, resume, idle_due,
+                                    trackers=trackers, params=tracked_params(self.config, self.run_id, self.device,
+                                                                             self.precision, self.experiment))
         loss_fn = summed_loss_fn(self.parallel, self.config.train.compile)
         progress = TrainingProgress(self.run_id, self.config.train.tokens,
                                     meta.tokens_seen if meta else 0, enabled=self.show_progress,
@@ -371,8 +390,9 @@ class _Session:
             finally:  # a diverged run keeps its steps up to the divergence
                 self._flush(pos.pending_rows)
             if pos.tokens_seen >= next_eval or pos.step == plan.total_steps:
-                self._evaluate(model, pos, progress)
-                metering.close_interval()
+                evaluation = self._evaluate(model, pos, progress)
+                metering.close_interval(pos.tokens_seen, {"val_loss": evaluation.val_loss,
+                                                          "val_ppl": evaluation.val_ppl})
                 last_eval_tokens = pos.tokens_seen
                 next_eval = next_boundary(pos.tokens_seen, self.eval_interval)
             if pos.tokens_seen >= next_ckpt and pos.step < plan.total_steps:
@@ -455,7 +475,7 @@ class _Session:
 
     def _finish_diverged(self, exc: Diverged, progress: TrainingProgress) -> TrainResult:
         progress.log(f"diverged: {exc.reason}")
-        energy = self.metering.finish(exc.tokens_seen)
+        energy = self.metering.finish(exc.tokens_seen, "diverged")
         result = None
         if self.store is not None:
             message = "; ".join(m for m in (exc.reason, energy.pop("message", None)) if m)
@@ -495,9 +515,10 @@ def _result_from_record(record: dict, run_dir: Path, already_done: bool) -> Trai
 
 
 def config_hash_for(resolved: dict) -> str:
-    """The runs.config_hash of a resolved config: sha256 of its JSON without train.run_root (a location).
+    """The runs.config_hash of a resolved config: sha256 of its JSON without train.run_root and train.track
+    (locations).
 
     Runs stored before this rule keep the hash they were stored with: a resume never compares it.
     """
-    located = {**resolved, "train": {k: v for k, v in resolved["train"].items() if k != "run_root"}}
+    located = {**resolved, "train": {k: v for k, v in resolved["train"].items() if k not in ("run_root", "track")}}
     return hashlib.sha256(json.dumps(located, sort_keys=True).encode()).hexdigest()
