@@ -235,3 +235,29 @@ def test_resumed_training_is_a_new_run_naming_the_one_it_continues(tmp_path: Pat
     assert second_cb.result.job.steps == 2  # only the new session's steps
     with open_store(str(tmp_path / "runs.db")) as store:
         assert {r["status"] for r in store.list_runs()} == {"finished"} and len(store.list_runs()) == 2
+
+
+def test_a_tracker_spec_logs_the_energy_to_a_real_mlflow_store(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trainer = trainer_for(tmp_path, rows(16, seed=7), rows(4, seed=8), max_steps=2, eval_steps=1,
+                          save_strategy="no")
+    callback(tmp_path, name="hf-mlflow", trackers=[f"mlflow:{uri}#hf"]).attach(trainer)
+    trainer.train()
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("hf").experiment_id])
+    with open_store(str(tmp_path / "runs.db")) as store:
+        (stored,) = store.list_runs()
+    assert run.data.params["run_id"] == stored["run_id"]
+    history = client.get_metric_history(run.info.run_id, "energy_j/train")
+    assert len(history) >= 2 and all(m.value > 0 for m in history)
+    # The last value logged is the stored run's training-phase energy (the fake meter draws 100 W).
+    train_j = sum(r["energy_j"] for r in store_phase_rows(tmp_path / "runs.db", stored["run_id"])
+                  if r["phase"] == "train")
+    assert history[-1].value == pytest.approx(train_j, rel=1e-6)
+
+
+def store_phase_rows(path: Path, run_id: str) -> list[dict]:
+    with open_store(str(path)) as store:
+        return [r for r in store.energy_measurements(run_id) if r["scope"] == "phase"]

@@ -179,8 +179,13 @@ class EnergySession:
     (an exception the trainer does not report) ends it as ``interrupted``, so no stored run stays ``running``.
     """
 
-    def __init__(self, *, store: Any, name: str | None, trackers: Sequence[Tracker], meters: Any, gpus: Any,
+    def __init__(self, *, store: Any, name: str | None, trackers: Sequence[Tracker | str], meters: Any, gpus: Any,
                  metadata: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> None:
+        if any(isinstance(t, str) for t in trackers):  # spec strings, as `wattscale train --track` takes
+            from wattscale.trackers import tracker_from_spec
+
+            trackers = [tracker_from_spec(t, run_name=name, where="trackers") if isinstance(t, str) else t
+                        for t in trackers]
         for tracker in trackers:
             missing = [m for m in ("log_params", "log_metrics", "close") if not callable(getattr(tracker, m, None))]
             if missing:

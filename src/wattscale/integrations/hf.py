@@ -55,7 +55,8 @@ class WattscaleCallback(TrainerCallback):
     Args:
         store: a `Store` or database path/URL; the measurement becomes a run of kind ``measured``.
         name: the run's name (default: the model's name).
-        trackers: objects with ``log_params(params)``, ``log_metrics(metrics, step)`` and ``close()`` (e.g.
+        trackers: tracker specs (``"mlflow:sqlite:///mlflow.db"``, ``"tensorboard:tb"``, as ``train --track``
+            takes) or objects with ``log_params(params)``, ``log_metrics(metrics, step)`` and ``close()`` (e.g.
             from `wattscale.trackers`): parameters once, the energy metrics plus each phase's energy so far
             (``energy_j/train``, ``energy_j/eval``, ...) at every log, closed at the end.
         metadata: more JSON-ready facts to store with the run.
@@ -65,7 +66,7 @@ class WattscaleCallback(TrainerCallback):
             1 here), ``total``, ``kinds``, ...
     """
 
-    def __init__(self, store: Any = None, name: str | None = None, trackers: Sequence[Tracker] = (), *,
+    def __init__(self, store: Any = None, name: str | None = None, trackers: Sequence[Tracker | str] = (), *,
                  metadata: Mapping[str, Any] | None = None, meters: Any = None, gpus: Any = "auto",
                  **monitor_settings: Any) -> None:
         self.session = EnergySession(store=store, name=name, trackers=trackers, meters=meters, gpus=gpus,
