@@ -24,7 +24,7 @@ from wattscale.jsonout import strict_json
 # Named statically (the parser must not import SQLAlchemy); tests check them against store_schema.
 RUN_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
 EXPORT_TABLES = ("runs", "evaluations", "train_steps", "power_samples", "energy_measurements", "experiments",
-                 "experiment_runs")
+                 "experiment_runs", "calibrations")
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
