@@ -41,7 +41,7 @@ def _targets(args: argparse.Namespace) -> tuple[list[Any], str | None]:
         for precision in args.precision or [tc.precision]:
             target = CalibrationTarget(run.config.model.name, precision, args.batch_size or tc.batch_size,
                                        args.seq_len or run.config.seq_len, args.device or tc.device,
-                                       None if args.batch_size else tc.micro_batch_size)
+                                       None if args.batch_size else tc.micro_batch_size, args.threads or tc.threads)
             seen.setdefault((target.preset, target.precision, target.batch_size, target.seq_len), target)
     if not seen:
         raise ConfigError(f"--preset: none of {', '.join(args.preset)} is trained by {args.file}; leave --preset "
@@ -65,9 +65,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     """Calibrate each target, store the rows, print them."""
     from wattscale.energy.meter import MeterConfig
     from wattscale.store import open_store
-    from wattscale.train.calibrate import CalibrationSettings, calibrate_one
+    from wattscale.train.calibrate import CalibrationSettings, calibrate_one, check_target
 
     targets, file_store = _targets(args)
+    for target in targets:
+        check_target(target)
     meter = MeterConfig(idle_seconds=0.0, sample_hz=args.sample_hz, cpu_tdp_w_per_core=args.cpu_tdp_w_per_core,
                         kinds=tuple(args.meters) if args.meters else MeterConfig().kinds)
     settings = CalibrationSettings(steps=args.steps, repeats=args.repeats, warmup_steps=args.warmup_steps,

@@ -88,15 +88,18 @@ class CalibratedEstimate:
     parts_seconds: dict[str, float]  # train, warmup, eval, checkpoint, save
 
 
-def choose_points(rows: list[dict[str, Any]], hostname: str | None = None) -> tuple[list[CalibrationPoint], str]:
+def choose_points(rows: list[dict[str, Any]], hostname: str | None = None,
+                  threads: int | None = None) -> tuple[list[CalibrationPoint], str]:
     """The calibrations to estimate from (rows of one device type and precision): this host's if it has any,
-    else the most recently calibrated host's; the newest per (preset, batch, seq_len). Returns them and
-    where they come from, e.g. ``"vm, AMD EPYC"``."""
+    else the most recently calibrated host's; those measured with `threads` torch threads if there are any;
+    the newest per (preset, batch, seq_len). Returns them and where they come from, e.g. ``"vm, AMD EPYC"``."""
     here = hostname or socket.gethostname()
     mine = [r for r in rows if r["hostname"] == here]
     if not mine and rows:
         newest = max(rows, key=lambda r: r["measured_at"])
         mine = [r for r in rows if r["hostname"] == newest["hostname"] and r["device_name"] == newest["device_name"]]
+    if threads is not None and any(r["threads"] == threads for r in mine):
+        mine = [r for r in mine if r["threads"] == threads]
     newest_per_key: dict[tuple, dict[str, Any]] = {}
     for row in sorted(mine, key=lambda r: r["measured_at"]):
         newest_per_key[(row["preset"], row["batch_size"], row["seq_len"])] = row

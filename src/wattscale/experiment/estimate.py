@@ -22,6 +22,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from wattscale.config import RunConfig
 from wattscale.footprint import Footprint, FootprintSettings, footprint_of
 from wattscale.hardware import resolve_device
@@ -150,10 +152,12 @@ def _estimate(config: RunConfig, run_id: str, stored: dict | None, rates: dict, 
             return RunEstimate(run_id, status, seconds, joules, "/".join(sources) or None,
                                f"{basis} ({len(samples)} runs)", uncertainty,
                                footprint=_footprint(joules, sources, inputs.footprint), **common)
-    cache_key = (device_type, precision)
+    # On CPU the thread count decides the speed: calibrations with the run's count are preferred.
+    threads = (config.train.threads or torch.get_num_threads()) if device_type == "cpu" else None
+    cache_key = (device_type, precision, threads)
     if cache_key not in points_cache:
         rows = [r for r in inputs.calibrations if r["device_type"] == device_type and r["precision"] == precision]
-        points_cache[cache_key] = choose_points(rows, inputs.hostname)
+        points_cache[cache_key] = choose_points(rows, inputs.hostname, threads)
     points, origin = points_cache[cache_key]
     calibrated = estimate_from_calibration(config, remaining, points)
     if calibrated is None:

@@ -56,6 +56,7 @@ class CalibrationTarget:
     seq_len: int | None = None  # None: the preset's context length (the trainer's default)
     device: str = "auto"
     micro_batch_size: int | None = None
+    threads: int | None = None  # torch CPU threads (None: CalibrationSettings.threads, else torch's default)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,11 @@ def machine_identity(device: torch.device) -> dict[str, Any]:
             "torch_version": torch.__version__, "wattscale_version": __version__}
 
 
+def check_target(target: CalibrationTarget) -> None:
+    """Raise ConfigError if `target` cannot be calibrated here (no such device or precision), before any work."""
+    resolve_precision(target.precision, resolve_device(target.device))
+
+
 def calibrate_one(target: CalibrationTarget, settings: CalibrationSettings = CalibrationSettings()) -> dict[str, Any]:
     """Measure one target; return its `calibrations` row (not yet stored)."""
     train = {"batch_size": target.batch_size, "seq_len": target.seq_len, "device": target.device,
@@ -101,7 +107,7 @@ def calibrate_one(target: CalibrationTarget, settings: CalibrationSettings = Cal
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
     seq_len, batch = config.seq_len, config.train.batch_size
-    with torch_threads(settings.threads):
+    with torch_threads(target.threads or settings.threads):
         matmul = apply_matmul_precision(device, precision)
         measured = _measure(config, device, precision, settings)
         threads = torch.get_num_threads()
