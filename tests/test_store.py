@@ -718,7 +718,8 @@ def test_delete_runs_removes_every_row_of_the_runs_in_one_transaction(store: Sto
     assert store.get_run("run-a") is not None and store.evaluations("run-a"), "an unknown id deletes nothing"
     deleted = store.delete_runs(["run-a", "run-b", "run-a"])
     assert deleted == {"evaluations": 2, "train_steps": 2, "power_samples": 2, "energy_measurements": 2, "runs": 2}
-    assert set(deleted) == {name for name in EXPORT_TABLES if name not in ("experiments", "experiment_runs")}
+    assert set(deleted) == {name for name in EXPORT_TABLES if name not in ("experiments", "experiment_runs",
+                                                                          "calibrations")}
     for run_id in ("run-a", "run-b"):
         assert store.get_run(run_id) is None and not store.evaluations(run_id) and not store.train_steps(run_id)
         assert not store.power_samples(run_id) and not store.energy_measurements(run_id)

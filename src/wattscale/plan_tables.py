@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rich.table import Table
@@ -39,6 +40,7 @@ def plan_summary(plan, estimates, store_url: str, footprint: FootprintSettings |
         "remaining_tokens": sum(r["tokens"] for r, e in zip(runs, estimates, strict=True) if e.basis != "done"),
         **totals(pending), "footprint_inputs": (footprint or FootprintSettings()).describe(),
         "calibrated_on": sorted({e.calibrated_on for e in estimates if e.calibrated_on}),
+        "load_average_now": load_average_now(),
     }
 
 
@@ -100,7 +102,8 @@ def print_plan(plan, estimates, store_url: str, footprint: FootprintSettings | N
                   + (f"; {missing_t} runs without a time estimate" if missing_t else "")
                   + (f", {missing_e} without an energy estimate" if missing_e else ""))
     if summary["calibrated_on"]:
-        console.print(f"calibrations of: {'; '.join(summary['calibrated_on'])} (`wattscale calibrate`)")
+        console.print(f"calibrations of: {'; '.join(summary['calibrated_on'])} (`wattscale calibrate`); "
+                      f"{_load_now()}")
     console.print(f"carbon and cost inputs: {summary['footprint_inputs']}")
     console.print(f"store: {store_url}")
 
@@ -138,10 +141,24 @@ def print_dry_run(config, run_id: str, estimate) -> None:
     if estimate.footprint is not None:
         console.print(f"  CO2e: {co2e(e['co2e_g'])}, cost: {cost(e['cost'], e['currency'])} "
                       f"({estimate.footprint.inputs})")
-    on = f" ({estimate.calibrated_on})" if estimate.calibrated_on else ""
+    on = f" ({estimate.calibrated_on}; {_load_now()})" if estimate.calibrated_on else ""
     console.print(f"  basis: {estimate.basis}{on}; uncertainty +-{percent(u)}")
     if estimate.parts_seconds:
         console.print("  parts: " + ", ".join(f"{name} {duration(s)}" for name, s in estimate.parts_seconds.items()))
+
+
+def load_average_now() -> float | None:
+    """This host's 1-minute load average now (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _load_now() -> str:
+    load = load_average_now()
+    now = "" if load is None else f"load now {load:.1f}; "
+    return now + "a calibration holds while the machine is as busy as when it was measured"
 
 
 def duration(seconds: float | None) -> str:

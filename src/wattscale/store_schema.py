@@ -268,6 +268,9 @@ calibrations = Table(
     Column("device_type", String(16), nullable=False),  # cpu | cuda
     Column("device_name", String, nullable=False),  # the GPU's name, or the CPU model on cpu
     Column("threads", Integer, nullable=True),  # torch CPU threads during the steps
+    Column("cpu_count", Integer, nullable=True),  # logical CPUs of the host
+    # The host's 1-minute load average as the steps ran: a calibration holds while the machine is as busy.
+    Column("load_average", Double, nullable=True),
     Column("torch_version", String(64), nullable=True),
     Column("wattscale_version", String(32), nullable=True),
     Column("preset", String(64), nullable=False),

@@ -32,7 +32,7 @@ from wattscale.model import count_parameters, flops_per_token
 U_FLOOR = 0.25  # direct calibration of the same preset, batch and seq_len
 U_INTERPOLATED = 0.25  # added when FLOP/s is interpolated between two calibrations
 U_EXTRAPOLATED = 0.35  # added when FLOP/s comes from the nearest calibration outside the range ...
-U_PER_DECADE = 0.50  # ... plus this much per decade of FLOPs per step beyond it
+U_PER_DECADE = 1.0  # ... plus this much per decade of FLOPs per step beyond it
 SAVE_FRACTION_OF_CHECKPOINT = 1 / 3  # final weights only; a checkpoint adds AdamW's two moments
 
 
@@ -55,6 +55,8 @@ class CalibrationPoint:
     energy_source: str | None
     hostname: str
     device_name: str
+    load_average: float | None = None  # the host's 1-minute load average during the calibration
+    cpu_count: int | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> CalibrationPoint:
@@ -63,7 +65,8 @@ class CalibrationPoint:
         return cls(row["preset"], row["batch_size"], row["seq_len"], row["flops_per_token"], row["params_total"] or 0,
                    median, (row["tokens_per_second_max"] - row["tokens_per_second_min"]) / median,
                    row["warmup_step_seconds"], row["eval_tokens_per_second"], row["checkpoint_seconds"],
-                   row["power_w"], row["eval_power_w"], row["energy_source"], row["hostname"], row["device_name"])
+                   row["power_w"], row["eval_power_w"], row["energy_source"], row["hostname"], row["device_name"],
+                   row.get("load_average"), row.get("cpu_count"))
 
     @property
     def step_flops(self) -> float:
@@ -105,6 +108,12 @@ def choose_points(rows: list[dict[str, Any]], hostname: str | None = None,
         newest_per_key[(row["preset"], row["batch_size"], row["seq_len"])] = row
     points = sorted((CalibrationPoint.from_row(r) for r in newest_per_key.values()), key=lambda p: p.step_flops)
     origin = f"{points[0].hostname}, {points[0].device_name}" if points else ""
+    loads = [p.load_average for p in points if p.load_average is not None]
+    if loads:
+        cpus = f" of {points[0].cpu_count} CPUs" if points[0].cpu_count else ""
+        low, high = f"{min(loads):.1f}", f"{max(loads):.1f}"
+        span = low if low == high else f"{low}-{high}"
+        origin += f", calibrated at load {span}{cpus}"
     return points, origin
 
 

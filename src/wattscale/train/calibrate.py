@@ -17,6 +17,7 @@ these rows into time, energy, CO2e and cost for planned runs.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import statistics
 import tempfile
@@ -109,14 +110,18 @@ def calibrate_one(target: CalibrationTarget, settings: CalibrationSettings = Cal
     seq_len, batch = config.seq_len, config.train.batch_size
     with torch_threads(target.threads or settings.threads):
         matmul = apply_matmul_precision(device, precision)
+        load_before = _load_average()
         measured = _measure(config, device, precision, settings)
+        load_after = _load_average()
         threads = torch.get_num_threads()
     rates = measured["tokens_per_second"]
     fpt = flops_per_token(config.model, seq_len)
     median = statistics.median(rates)
     train = measured["train"]
     return {
-        **machine_identity(device), "threads": threads, "preset": target.preset, "precision": precision,
+        **machine_identity(device), "threads": threads, "cpu_count": os.cpu_count(),
+        "load_average": None if load_before is None else (load_before + load_after) / 2,
+        "preset": target.preset, "precision": precision,
         "batch_size": batch, "seq_len": seq_len, "params_total": count_parameters(config.model).total,
         "flops_per_token": fpt, "steps_per_repeat": measured["steps"], "warmup_steps": settings.warmup_steps,
         "repeats": settings.repeats, "tokens_per_second": median, "tokens_per_second_min": min(rates),
@@ -133,6 +138,14 @@ def calibrate_one(target: CalibrationTarget, settings: CalibrationSettings = Cal
                                     "components": {name: c.source for name, c in train.components.items()},
                                     "command_line": command_line()}, default=str),
     }
+
+
+def _load_average() -> float | None:
+    """The host's 1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _measure(config: Any, device: torch.device, precision: str, settings: CalibrationSettings) -> dict[str, Any]:
