@@ -5,8 +5,9 @@
 2. Cross-predict by FLOPs (`wattscale.experiment.calibrated`): each preset from the other two (the middle
    one interpolated, the ends extrapolated), and llama-1m's other batch from the three presets; the
    relative error of the predicted training tokens/s against the directly calibrated one.
-3. Train real runs (the trainer, a temporary store) and compare their whole-job wall time and energy with
-   the estimate from the direct calibration of their preset and with the FLOP-scaled one.
+3. Train real runs (the trainer, a temporary store), each right after a fresh calibration of its preset (so
+   that the machine is as busy in both: on a shared machine its load decides the speed), and compare their
+   whole-job wall time and energy with the estimate from that calibration and with the FLOP-scaled one.
 
 Writes benchmarks/results/estimate_accuracy_<device>.json with the machine and its load average.
 
@@ -45,8 +46,9 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     args = p.parse_args()
-    settings = CalibrationSettings(steps=args.steps, repeats=args.repeats)
+    settings = CalibrationSettings(steps=args.steps, repeats=args.repeats, threads=args.threads)
     presets = ("llama-tiny", "llama-1m", "llama-4m")
     rows = {name: calibrate_one(CalibrationTarget(name, "fp32", args.batch, args.seq_len, "cpu"), settings)
             for name in presets}
@@ -63,21 +65,27 @@ def main() -> None:
                 "from": [f"{q.preset} {q.batch_size}x{q.seq_len}" for q in using], "basis": est.basis,
                 "measured_tokens_per_second": target_row["tokens_per_second"],
                 "predicted_tokens_per_second": predicted,
-                "relative_error": predicted / target_row["tokens_per_second"] - 1, "stated_uncertainty": est.uncertainty}
+                "relative_error": predicted / target_row["tokens_per_second"] - 1,
+                "time_relative_error": target_row["tokens_per_second"] / predicted - 1,
+                "stated_uncertainty": est.uncertainty}
 
     cross = [rate_error(rows[name], [points[o] for o in presets if o != name]) for name in presets]
     cross.append(rate_error(other_batch, list(points.values())))
     runs = []
     with tempfile.TemporaryDirectory() as folder:
-        for name, tokens in (("llama-tiny", 200_000), ("llama-1m", 60_000)):
+        for name, tokens in (("llama-tiny", 100_000), ("llama-1m", 40_960), ("llama-tiny", 40_960)):
             config = build_run_config(overrides={"model": {"preset": name}, "train": {
                 "tokens": tokens, "batch_size": args.batch, "seq_len": args.seq_len, "device": "cpu",
-                "precision": "fp32", "run_root": f"{folder}/runs"}, "meter": {"idle_seconds": 0.0}})
-            direct = estimate_from_calibration(config, tokens, [points[name]])
+                "precision": "fp32", "run_root": f"{folder}/runs", "threads": args.threads, "eval_tokens": 4096,
+                "eval_interval_tokens": tokens // 4}, "data": {"synthetic_mb": 1.0}, "meter": {"idle_seconds": 0.0}})
+            fresh = calibrate_one(CalibrationTarget(name, "fp32", args.batch, args.seq_len, "cpu"), settings)
+            direct = estimate_from_calibration(config, tokens, [_point(fresh)])
             scaled = estimate_from_calibration(config, tokens, [points[o] for o in presets if o != name])
             result = train(config, f"{folder}/store.db", show_progress=False, cache_dir=Path(folder) / "cache")
             for label, est in (("direct", direct), ("flop_scaled", scaled)):
                 runs.append({"preset": name, "tokens": tokens, "estimate": label, "basis": est.basis,
+                             "load_average_at_calibration": fresh["load_average"],
+                             "load_average_after_run": os.getloadavg()[0],
                              "stated_uncertainty": est.uncertainty, "estimated_seconds": est.seconds,
                              "wall_seconds": result.wall_seconds,
                              "time_relative_error": est.seconds / result.wall_seconds - 1,
@@ -94,7 +102,8 @@ def main() -> None:
     path = RESULTS / "estimate_accuracy_cpu.json"
     path.write_text(json.dumps(out, indent=2, default=str))
     for c in cross:
-        print(f"{c['target']} from {c['from']}: error {c['relative_error']:+.0%} (stated +-{c['stated_uncertainty']:.0%})")
+        print(f"{c['target']} from {c['from']}: tokens/s error {c['relative_error']:+.0%} "
+              f"(stated +-{c['stated_uncertainty']:.0%})")
     for r in runs:
         print(f"{r['preset']} {r['estimate']}: time {r['time_relative_error']:+.0%}, energy "
               f"{r['energy_relative_error']:+.0%} (stated +-{r['stated_uncertainty']:.0%})")

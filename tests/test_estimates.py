@@ -220,7 +220,8 @@ def test_after_calibrate_plan_estimates_every_run_of_the_smoke_study(run_cli_in_
     # Bigger training sets take longer.
     by_tokens = {r["tokens"]: r["est_seconds"] for r in after["runs"]}
     assert by_tokens[2048] < by_tokens[4096] < by_tokens[8192]
-    text = run_cli_in_process(*common, "plan", str(SMOKE), "--variant", "smoke", "--cache-dir", str(cache_dir))
+    text = run_cli_in_process(*common, "plan", str(SMOKE), "--variant", "smoke", "--cache-dir", str(cache_dir),
+                              env={"WATTSCALE_CARBON_INTENSITY": "350"})
     assert "calibration: same preset" in text.stdout and "350 gCO2e/kWh" in text.stdout
 
 
@@ -234,19 +235,29 @@ def test_dry_run_writes_nothing_and_its_estimate_holds_for_the_real_run(run_cli_
     assert json.loads(dry.stdout)["estimate"]["basis"].startswith("none: no matching finished run")
     assert not (tmp_path / "s.db").exists() and not (tmp_path / "wattscale_runs").exists()
 
-    calibrated = run_cli_in_process("--store", "s.db", "calibrate", "--preset", "llama-tiny", "--batch-size", "8",
-                                    "--seq-len", "64", "--threads", "1", "--steps", "3", "--repeats", "2", "--json")
-    assert calibrated.returncode == 0, calibrated.stderr
-    shutil.copy(tmp_path / "s.db", tmp_path / "before.db")
-    dry = json.loads(run_cli_in_process("--store", "s.db", "train", *run, "--dry-run", "--json").stdout)
-    assert (tmp_path / "s.db").read_bytes() == (tmp_path / "before.db").read_bytes()  # read, never written
-    estimate = dry["estimate"]
-    assert estimate["basis"] == "calibration: same preset, batch, seq_len"
-    assert dry["tokens"] == 40960 and estimate["flops"] == pytest.approx(40960 * dry["flops_per_token"])
+    # A calibration holds while the machine is as busy as when it was measured. On a shared test machine
+    # another process may start between the calibration and the run: then calibrate again and retry, once.
+    misses = []
+    for attempt in range(2):
+        calibrated = run_cli_in_process("--store", "s.db", "calibrate", "--preset", "llama-tiny", "--batch-size",
+                                        "8", "--seq-len", "64", "--threads", "1", "--steps", "3", "--repeats", "2",
+                                        "--json")
+        assert calibrated.returncode == 0, calibrated.stderr
+        shutil.copy(tmp_path / "s.db", tmp_path / "before.db")
+        this_run = (*run, "--repeat", str(attempt))  # a new run each attempt
+        dry = json.loads(run_cli_in_process("--store", "s.db", "train", *this_run, "--dry-run", "--json").stdout)
+        assert (tmp_path / "s.db").read_bytes() == (tmp_path / "before.db").read_bytes()  # read, never written
+        estimate = dry["estimate"]
+        assert estimate["basis"] == "calibration: same preset, batch, seq_len"
+        assert dry["tokens"] == 40960 and estimate["flops"] == pytest.approx(40960 * dry["flops_per_token"])
+        assert estimate["uncertainty"] >= U_FLOOR
 
-    trained = run_cli_in_process("--store", "s.db", "train", *run, "--no-progress", "--json")
-    assert trained.returncode == 0, trained.stderr
-    result = json.loads(trained.stdout)
-    assert result["run_id"] == dry["run_id"]
-    assert estimate["seconds_low"] <= result["wall_seconds"] <= estimate["seconds_high"], (estimate, result)
-    assert estimate["energy_j_low"] <= result["energy_j"] <= estimate["energy_j_high"], (estimate, result)
+        trained = run_cli_in_process("--store", "s.db", "train", *this_run, "--no-progress", "--json")
+        assert trained.returncode == 0, trained.stderr
+        result = json.loads(trained.stdout)
+        assert result["run_id"] == dry["run_id"]
+        if (estimate["seconds_low"] <= result["wall_seconds"] <= estimate["seconds_high"]
+                and estimate["energy_j_low"] <= result["energy_j"] <= estimate["energy_j_high"]):
+            return
+        misses.append((estimate, result))
+    pytest.fail(f"the real run fell outside the stated uncertainty twice: {misses}")
