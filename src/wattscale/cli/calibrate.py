@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ def _targets(args: argparse.Namespace) -> tuple[list[Any], str | None]:
     """What to calibrate, and the experiment file's store (None without a FILE)."""
     from wattscale.train.calibrate import DEFAULT_PRESETS, CalibrationTarget
 
+    if args.device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        raise ConfigError(f"--device: {args.device!r} must be auto, cpu, cuda or cuda:N")
     if args.file is None:
         if args.variant is not None or args.set:
             raise ConfigError("--variant/--set: only with an experiment FILE, e.g. `wattscale calibrate study.toml "
@@ -76,14 +79,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                    threads=args.threads, meter=meter)
     url = store_url(args, file_store)
     rows = []
-    for target in targets:
-        if not args.json:
-            print(f"calibrating {target.preset} ({target.precision}, batch {target.batch_size}, seq_len "
-                  f"{target.seq_len or 'context'}) ...", file=sys.stderr, flush=True)
-        rows.append(calibrate_one(target, settings))
-    with open_store(url) as store:  # opened only once everything is measured: a failed step writes nothing
-        for row in rows:
-            row["calibration_id"] = store.add_calibration(row)
+    with open_store(url) as store:  # opened first: a store that cannot be written fails before minutes of work
+        for target in targets:
+            if not args.json:
+                print(f"calibrating {target.preset} ({target.precision}, batch {target.batch_size}, seq_len "
+                      f"{target.seq_len or 'context'}) ...", file=sys.stderr, flush=True)
+            row = calibrate_one(target, settings)
+            row["calibration_id"] = store.add_calibration(row)  # each one kept as soon as it is measured
+            rows.append(row)
     if args.json:
         print(strict_json({"store": url, "calibrations": rows}))
         return 0

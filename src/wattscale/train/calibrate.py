@@ -81,6 +81,8 @@ class CalibrationSettings:
                 extra = " (a spread needs at least two)" if name == "repeats" else ""
                 raise ConfigError(f"--{name.replace('_', '-')}: {value!r} must be a whole number from {low} to "
                                   f"{high}{extra}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads: {self.threads} must be at least 1")
 
 
 def machine_identity(device: torch.device) -> dict[str, Any]:
@@ -92,19 +94,31 @@ def machine_identity(device: torch.device) -> dict[str, Any]:
 
 
 def check_target(target: CalibrationTarget) -> None:
-    """Raise ConfigError if `target` cannot be calibrated here (no such device or precision), before any work."""
-    resolve_precision(target.precision, resolve_device(target.device))
+    """Raise ConfigError if `target` cannot be calibrated here (bad settings, no such device), before any work."""
+    config = _run_config(target)
+    resolve_precision(config.train.precision, resolve_device(config.train.device))
 
 
-def calibrate_one(target: CalibrationTarget, settings: CalibrationSettings = CalibrationSettings()) -> dict[str, Any]:
-    """Measure one target; return its `calibrations` row (not yet stored)."""
+def _run_config(target: CalibrationTarget) -> Any:
+    """The RunConfig the calibrated steps use (validated as `wattscale train` validates it)."""
+    if target.threads is not None and target.threads < 1:
+        raise ConfigError(f"--threads: {target.threads} must be at least 1")
+    if not isinstance(target.batch_size, int) or target.batch_size < 1:
+        raise ConfigError(f"--batch-size: {target.batch_size!r} must be a positive number of sequences")
+    if target.seq_len is not None and target.seq_len < 1:
+        raise ConfigError(f"--seq-len: {target.seq_len!r} must be a positive number of tokens")
     train = {"batch_size": target.batch_size, "seq_len": target.seq_len, "device": target.device,
              "precision": target.precision, "micro_batch_size": target.micro_batch_size}
     train = {k: v for k, v in train.items() if v is not None}
     context = ModelConfig.from_name(target.preset).context_length
     # The budget only has to hold one step: calibration runs its own steps.
     train["tokens"] = target.batch_size * (target.seq_len or context)
-    config = build_run_config(overrides={"model": {"preset": target.preset}, "train": train})
+    return build_run_config(overrides={"model": {"preset": target.preset}, "train": train})
+
+
+def calibrate_one(target: CalibrationTarget, settings: CalibrationSettings = CalibrationSettings()) -> dict[str, Any]:
+    """Measure one target; return its `calibrations` row (not yet stored)."""
+    config = _run_config(target)
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
     seq_len, batch = config.seq_len, config.train.batch_size
