@@ -12,10 +12,11 @@ time. A planned run on the same device type and precision is estimated from them
   parameter count), the final save and the first, warm-up step are added the same way;
 - energy = each part's seconds x the calibrated power of its phase (training power for all but evaluation).
 
-The uncertainty is relative (+-, one figure for time and energy): the calibration repeats' spread plus a
-floor for what a calibration does not see (a shared machine's load, data loading), widened when the rate is
-scaled across batch/seq_len or presets, more when extrapolated. The constants are measured: see
-``benchmarks/estimate_accuracy.py`` and docs/guides/estimates.md.
+The uncertainty ``u`` is one relative figure for time and energy, read as a factor: the true value is expected
+between ``estimate / (1 + u)`` and ``estimate x (1 + u)`` (speed errors are multiplicative). It is the
+calibration repeats' spread plus a floor for what a calibration does not see (a shared machine's load
+changing, data loading), widened when the rate is scaled across presets or batch, more when extrapolated.
+The constants are measured: see ``benchmarks/estimate_accuracy.py`` and docs/guides/estimates.md.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from wattscale.config import RunConfig
 from wattscale.model import count_parameters, flops_per_token
 
 # Relative uncertainties (see the module docstring and benchmarks/results/estimate_accuracy.json).
-U_FLOOR = 0.25  # direct calibration of the same preset, batch and seq_len
+U_FLOOR = 0.50  # direct calibration of the same preset, batch and seq_len, on a shared machine
 U_INTERPOLATED = 0.25  # added when FLOP/s is interpolated between two calibrations
 U_EXTRAPOLATED = 0.35  # added when FLOP/s comes from the nearest calibration outside the range ...
 U_PER_DECADE = 1.0  # ... plus this much per decade of FLOPs per step beyond it

@@ -7,6 +7,7 @@ The basis, first that applies:
     one as closely as the store allows: the same preset, batch, sequence length and device type; failing
     that the same preset and device type. Uncertainty: the matched runs' relative range of seconds per token,
     at least ``U_RUNS_FLOOR`` (``U_ONE_RUN`` when one run matched).
+    Every uncertainty ``u`` is a factor: the true figure is expected within estimate / (1 + u) to estimate x (1 + u).
 (c) calibration (`wattscale calibrate`) of the same device type and precision, preferably on this host: see
     `wattscale.experiment.calibrated` (same preset -> its tokens/s; other presets -> scaled by FLOPs).
 (d) none: no estimate, and the reason (never a guess).
@@ -46,7 +47,7 @@ class RunEstimate:
     joules: float | None  # remaining
     energy_source: str | None  # of the runs or calibrations the energy estimate rests on
     basis: str  # "done" | "finished runs: ..." | "calibration: ..." | "none: <why>"
-    uncertainty: float | None = None  # relative, +-: 0.25 means +-25% on seconds and joules
+    uncertainty: float | None = None  # relative: 0.5 means from estimate / 1.5 to estimate x 1.5
     tokens: int = 0  # remaining training tokens
     flops: float | None = None  # remaining training FLOPs (tokens x FLOPs per token)
     footprint: Footprint | None = None  # of `joules`: facility energy, CO2e, cost
@@ -54,8 +55,8 @@ class RunEstimate:
     calibrated_on: str | None = None  # calibration basis: the host, device and precision, e.g. "vm, AMD EPYC, fp32"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, with the +- range."""
-        low = lambda v: None if v is None or self.uncertainty is None else v * max(0.0, 1 - self.uncertainty)  # noqa: E731
+        """JSON-ready, with the range: estimate / (1 + uncertainty) to estimate x (1 + uncertainty)."""
+        low = lambda v: None if v is None or self.uncertainty is None else v / (1 + self.uncertainty)  # noqa: E731
         high = lambda v: None if v is None or self.uncertainty is None else v * (1 + self.uncertainty)  # noqa: E731
         fp = self.footprint
         return {"run_id": self.run_id, "status": self.status, "tokens": self.tokens, "flops": self.flops,
