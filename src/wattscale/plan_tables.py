@@ -91,9 +91,12 @@ def print_plan(plan, estimates, store_url: str, footprint: FootprintSettings | N
                       f"{run['batch_size']}x{run['seq_len']}={run['batch_tokens']:,}", _cell(run["steps"]),
                       run["status"] or "planned", duration(run["est_seconds"]), energy(run["est_joules"]),
                       co2e(run["est_co2e_g"]), cost(run["est_cost"], run["est_currency"]),
-                      percent(run["est_uncertainty"]), run["est_basis"])
+                      percent(run["est_uncertainty"]),
+                      "none (below)" if run["est_basis"].startswith("none: ") else run["est_basis"])
     console = _console()
     console.print(table)
+    for reason in sorted({r["est_basis"] for r in summary["runs"] if r["est_basis"].startswith("none: ")}):
+        console.print(f"no estimate: {reason.removeprefix('none: ')}")
     console.print(f"{summary['total_runs']} runs ({summary['done_runs']} done), {summary['total_tokens']:,} tokens "
                   f"in all, {summary['remaining_tokens']:,} to go")
     pending = summary["total_runs"] - summary["done_runs"]
