@@ -20,6 +20,7 @@ from wattscale.experiment.calibrated import (
     U_FLOOR,
     U_INTERPOLATED,
     U_PER_DECADE,
+    U_PER_DECADE_BELOW,
     choose_points,
     estimate_from_calibration,
 )
@@ -97,7 +98,13 @@ def test_extrapolation_widens_the_uncertainty_with_distance() -> None:
     decades = math.log10(flops_per_token(ModelConfig.from_name("llama-4m"), 64) * 16 /
                          (points[0].flops_per_token * 8))
     assert far.uncertainty == pytest.approx(U_FLOOR + 0.1 + U_EXTRAPOLATED + U_PER_DECADE * decades)
-    assert near.uncertainty < far.uncertainty and "decades out" in far.basis
+    assert near.uncertainty < far.uncertainty and "decades above" in far.basis
+    # Below the calibrated range the uncertainty grows faster: small models' fixed per-step costs.
+    points_4m, _ = choose_points([calibration_row("llama-4m", 16, 64, 2_000.0)])
+    small = estimate_from_calibration(run_config("llama-tiny", 10_000, 16, 64), 10_000, points_4m)
+    below = math.log10(points_4m[0].flops_per_token / flops_per_token(ModelConfig.from_name("llama-tiny"), 64))
+    assert small.uncertainty == pytest.approx(U_FLOOR + 0.1 + U_EXTRAPOLATED + U_PER_DECADE_BELOW * below)
+    assert "decades below" in small.basis
     # Same FLOP/s as the calibration: seconds scale with training FLOPs.
     assert far.seconds == pytest.approx(10_000 * flops_per_token(ModelConfig.from_name("llama-4m"), 64)
                                         / points[0].flops_per_second)

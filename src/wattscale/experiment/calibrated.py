@@ -33,7 +33,10 @@ from wattscale.model import count_parameters, flops_per_token
 U_FLOOR = 0.50  # direct calibration of the same preset, batch and seq_len, on a shared machine
 U_INTERPOLATED = 0.25  # added when FLOP/s is interpolated between two calibrations
 U_EXTRAPOLATED = 0.35  # added when FLOP/s comes from the nearest calibration outside the range ...
-U_PER_DECADE = 1.0  # ... plus this much per decade of FLOPs per step beyond it
+U_PER_DECADE = 1.0  # ... plus this much per decade of FLOPs per step above it ...
+# ... or below it: a smaller model's steps are dominated by fixed per-step costs that FLOPs do not see, so
+# the FLOP/s of a bigger one overstates its speed (measured: a factor 2 to 4 at 0.8 decades).
+U_PER_DECADE_BELOW = 3.5
 SAVE_FRACTION_OF_CHECKPOINT = 1 / 3  # final weights only; a checkpoint adds AdamW's two moments
 
 
@@ -166,8 +169,9 @@ def _training_rate(config: RunConfig, step_flops: float,
         return rate, f"calibration: FLOP-scaled, between {_label(lo)} and {_label(hi)}", U_INTERPOLATED, [lo, hi]
     nearest = below[-1] if below else above[0]
     decades = abs(x - math.log(nearest.step_flops)) / math.log(10)
-    return (nearest.flops_per_second, f"calibration: FLOP-scaled from {_label(nearest)}, {decades:.1f} decades out",
-            U_EXTRAPOLATED + U_PER_DECADE * decades, [nearest])
+    per_decade = U_PER_DECADE if below else U_PER_DECADE_BELOW
+    return (nearest.flops_per_second, f"calibration: FLOP-scaled from {_label(nearest)}, {decades:.1f} decades "
+            f"{'above' if below else 'below'}", U_EXTRAPOLATED + per_decade * decades, [nearest])
 
 
 def _label(p: CalibrationPoint) -> str:
