@@ -31,8 +31,8 @@ from wattscale.model import count_parameters, flops_per_token
 
 # Relative uncertainties (see the module docstring and benchmarks/results/estimate_accuracy.json).
 U_FLOOR = 0.50  # direct calibration of the same preset, batch and seq_len, on a shared machine
-U_INTERPOLATED = 0.25  # added when FLOP/s is interpolated between two calibrations
-U_EXTRAPOLATED = 0.35  # added when FLOP/s comes from the nearest calibration outside the range ...
+U_INTERPOLATED = 0.50  # added when FLOP/s is interpolated between two calibrations
+U_EXTRAPOLATED = 1.0  # added when FLOP/s comes from the nearest calibration outside the range ...
 U_PER_DECADE = 1.0  # ... plus this much per decade of FLOPs per step above it ...
 # ... or below it: a smaller model's steps are dominated by fixed per-step costs that FLOPs do not see, so
 # the FLOP/s of a bigger one overstates its speed (measured: a factor 2 to 4 at 0.8 decades).
