@@ -117,6 +117,8 @@ def _base_commands(fx: Fixture) -> dict[str, list[str]]:
         "fit": ["fit", *laws, "--no-plot", "--no-validate", "--compare", "chinchilla"],
         "plan-compute": ["plan-compute", *laws, "--flops", "1e20"],
         "plan-energy": ["plan-energy", *laws, "--kwh", "10"],
+        "calibrate": ["calibrate", "--preset", "llama-tiny", "--batch-size", "2", "--seq-len", "32", "--steps", "1",
+                      "--repeats", "2", "--threads", "1"],
     }
 
 

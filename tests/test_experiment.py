@@ -399,7 +399,7 @@ def test_run_records_the_order_then_plan_estimates_from_finished_runs(run_cli_in
     write(tmp_path, TINY_STUDY.replace("tiny-study", "bigger").replace("[2048, 4096, 8192]", "[16384]"), "b.toml")
     bigger = json.loads(run_cli(*common, "plan", "b.toml", "--cache-dir", str(cache_dir), "--json").stdout)
     assert bigger["runs_without_time_estimate"] == 0
-    assert bigger["runs"][0]["est_basis"].startswith("same preset, batch, seq_len, device (6 runs)")
+    assert bigger["runs"][0]["est_basis"].startswith("finished runs: same preset, batch, seq_len, device (6 runs)")
     per_token = sorted(r["wall_seconds"] / r["tokens_seen"] for r in runs)
     assert bigger["runs"][0]["est_seconds"] == pytest.approx(16384 * (per_token[2] + per_token[3]) / 2)
 

@@ -36,7 +36,8 @@ from wattscale.store_schema import SCHEMA_VERSION
 
 POSTGRES_ENV = "WATTSCALE_TEST_POSTGRES_URL"
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-TABLES = {"runs", "evaluations", "train_steps", "power_samples", "energy_measurements", "schema_version"}
+TABLES = {"runs", "evaluations", "train_steps", "power_samples", "energy_measurements", "schema_version",
+          "calibrations"}
 _schema_ids = itertools.count()
 
 
@@ -717,8 +718,81 @@ def test_delete_runs_removes_every_row_of_the_runs_in_one_transaction(store: Sto
     assert store.get_run("run-a") is not None and store.evaluations("run-a"), "an unknown id deletes nothing"
     deleted = store.delete_runs(["run-a", "run-b", "run-a"])
     assert deleted == {"evaluations": 2, "train_steps": 2, "power_samples": 2, "energy_measurements": 2, "runs": 2}
-    assert set(deleted) == {name for name in EXPORT_TABLES if name not in ("experiments", "experiment_runs")}
+    assert set(deleted) == {name for name in EXPORT_TABLES if name not in ("experiments", "experiment_runs",
+                                                                          "calibrations")}
     for run_id in ("run-a", "run-b"):
         assert store.get_run(run_id) is None and not store.evaluations(run_id) and not store.train_steps(run_id)
         assert not store.power_samples(run_id) and not store.energy_measurements(run_id)
     assert store.get_run("run-c") is not None and len(store.power_samples("run-c")) == 1
+
+
+# --- calibrations (schema 4) ------------------------------------------------------------------------------------
+
+
+def calibration_record(preset: str = "llama-tiny", **overrides: Any) -> dict[str, Any]:
+    """A `wattscale calibrate` row: 3 repeats of llama-tiny at 4 x 32 tokens on a CPU."""
+    record: dict[str, Any] = {
+        "hostname": "node-1", "cpu_model": "Test CPU", "device_type": "cpu", "device_name": "Test CPU",
+        "threads": 2, "torch_version": "2.13.0", "wattscale_version": "0.1", "preset": preset, "precision": "fp32",
+        "batch_size": 4, "seq_len": 32, "params_total": 125_248, "flops_per_token": 6.0e5, "steps_per_repeat": 5,
+        "warmup_steps": 1, "repeats": 3, "tokens_per_second": 10_000.0, "tokens_per_second_min": 9_000.0,
+        "tokens_per_second_max": 10_500.0, "tokens_per_second_json": "[9000.0, 10000.0, 10500.0]",
+        "flops_per_second": 6.0e9, "warmup_step_seconds": 0.3, "eval_tokens_per_second": 30_000.0,
+        "checkpoint_seconds": 0.01, "checkpoint_bytes": 1_500_000, "power_w": 20.0,
+        "power_w_json": json.dumps({"cpu_estimate": 20.0}), "eval_power_w": 19.0, "energy_source": "estimated",
+        "measured_at": CREATED}
+    record.update(overrides)
+    return record
+
+
+def test_calibrations_are_added_listed_filtered_and_deleted(store: Store) -> None:
+    first = store.add_calibration(calibration_record())
+    second = store.add_calibration(calibration_record("llama-1m", precision="bf16",
+                                                      measured_at=CREATED + timedelta(hours=1)))
+    assert scalar(store, "SELECT COUNT(*) FROM calibrations") == 2
+    assert scalar(store, "SELECT tokens_per_second FROM calibrations WHERE calibration_id = :i", i=first) == 10_000.0
+    rows = store.list_calibrations()
+    assert [r["calibration_id"] for r in rows] == [second, first]  # newest first
+    assert rows[1]["measured_at"] == CREATED.isoformat() and rows[1]["checkpoint_bytes"] == 1_500_000
+    assert [r["preset"] for r in store.list_calibrations(device_type="cpu", precision="fp32")] == ["llama-tiny"]
+    assert store.list_calibrations(device_type="cuda") == []
+    assert store.delete_calibrations([first]) == 1 and [r["calibration_id"] for r in store.list_calibrations()] == [
+        second]
+    assert store.delete_calibrations() == 1 and store.list_calibrations() == []
+
+
+def test_a_calibration_with_power_needs_its_source_and_its_required_fields(store: Store) -> None:
+    with pytest.raises(StoreError, match="missing required column.*tokens_per_second"):
+        store.add_calibration(calibration_record(tokens_per_second=None))
+    with pytest.raises(StoreError, match="unknown calibrations column"):
+        store.add_calibration(calibration_record(power_kw=0.02))
+    with pytest.raises(StoreError, match="add_calibration failed"):
+        store.add_calibration(calibration_record(energy_source=None))
+    with pytest.raises(StoreError, match="add_calibration failed"):
+        store.add_calibration(calibration_record(energy_source="guessed"))
+    assert store.list_calibrations() == []
+
+
+def test_a_schema_3_store_gains_the_calibrations_table(store_url: str) -> None:
+    # Schema 3 is schema 4 without the calibrations table: make one, with a run in it.
+    with open_store(store_url) as store:
+        store.create_run(run_record())
+        with store.engine.begin() as conn:
+            conn.execute(text("DROP TABLE calibrations"))
+            conn.execute(text("UPDATE schema_version SET version = 3"))
+    with open_store(store_url) as store:
+        assert scalar(store, "SELECT version FROM schema_version") == SCHEMA_VERSION == 4
+        assert store.get_run("run-a")["preset"] == "llama-4m"
+        assert store.list_calibrations() == []
+        calibration_id = store.add_calibration(calibration_record())
+        assert [r["calibration_id"] for r in store.list_calibrations()] == [calibration_id]
+    with open_store(store_url) as again:  # opening a migrated store changes nothing
+        assert len(again.list_calibrations()) == 1
+
+
+def test_export_writes_the_calibrations_table(store: Store, tmp_path: Path) -> None:
+    store.add_calibration(calibration_record())
+    assert store.export(tmp_path / "cal.csv", table="calibrations") == 1
+    with open(tmp_path / "cal.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["preset"] == "llama-tiny" and float(row["tokens_per_second"]) == 10_000.0

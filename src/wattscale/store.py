@@ -20,6 +20,7 @@ import random
 import re
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -61,6 +62,7 @@ from wattscale.store_schema import (
     RUN_REQUIRED_TRAIN,
     SCHEMA_VERSION,
     arrow_schema,
+    calibrations,
     coerce_row,
     coerce_value,
     columns_of,
@@ -89,6 +91,8 @@ _POWER_COLUMNS = columns_of(power_samples, without=("id", "run_id"))
 _ENERGY_COLUMNS = columns_of(energy_measurements, without=("id", "run_id"))
 _EXPERIMENT_COLUMNS = columns_of(experiments)
 _EXPERIMENT_RUN_COLUMNS = columns_of(experiment_runs)
+_CALIBRATION_COLUMNS = columns_of(calibrations)
+_CALIBRATION_REQUIRED = tuple(c.name for c in calibrations.columns if not c.nullable and c.name != "calibration_id")
 _T = TypeVar("_T")
 _PLAN_FIELDS = ("position", "block", "repetition", "condition", "condition_json")
 
@@ -308,6 +312,11 @@ def _migrate_2_to_3(conn: Connection) -> None:
     _recount_flops(conn)
 
 
+def _migrate_3_to_4(conn: Connection) -> None:
+    """Schema 4: the calibrations table (`wattscale calibrate`); nothing else changes."""
+    metadata.create_all(conn, tables=[calibrations])
+
+
 def _add_column(conn: Connection, column: Any) -> None:
     coltype = column.type.compile(dialect=conn.dialect)
     default = f" DEFAULT '{column.server_default.arg}'" if column.server_default is not None else ""
@@ -344,7 +353,7 @@ def _recount_flops(conn: Connection) -> None:
 
 
 # version -> the step that brings a database at that version to the next one.
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 def _migrate(store: Store, version: int) -> None:
@@ -765,6 +774,33 @@ class Store:
         with self._tx(f"delete_experiment({name!r})") as conn:
             conn.execute(delete(experiment_runs).where(experiment_runs.c.experiment == name))
             return conn.execute(delete(experiments).where(experiments.c.name == name)).rowcount > 0
+
+    def add_calibration(self, row: Mapping[str, Any]) -> str:
+        """Store one calibration (the ``calibrations`` columns; ``calibration_id`` and ``measured_at`` default
+        to a new id and now); return its id. Unknown or missing columns raise StoreError."""
+        values = coerce_row(calibrations, {"calibration_id": uuid.uuid4().hex[:16], "measured_at": _now(), **row},
+                            _CALIBRATION_COLUMNS, required=_CALIBRATION_REQUIRED)
+        with self._tx("add_calibration") as conn:
+            conn.execute(calibrations.insert().values(**values))
+        return values["calibration_id"]
+
+    def list_calibrations(self, device_type: str | None = None, precision: str | None = None) -> list[dict[str, Any]]:
+        """Calibrations, newest first, optionally of one device type (cpu, cuda) and precision."""
+        stmt = select(calibrations).order_by(calibrations.c.measured_at.desc(), calibrations.c.calibration_id)
+        if device_type is not None:
+            stmt = stmt.where(calibrations.c.device_type == device_type)
+        if precision is not None:
+            stmt = stmt.where(calibrations.c.precision == precision)
+        with self._tx("list_calibrations", write=False) as conn:
+            return [_jsonable(row) for row in conn.execute(stmt)]
+
+    def delete_calibrations(self, calibration_ids: Iterable[str] | None = None) -> int:
+        """Delete the given calibrations (all of them with None); return how many were deleted."""
+        stmt = delete(calibrations)
+        if calibration_ids is not None:
+            stmt = stmt.where(calibrations.c.calibration_id.in_(list(calibration_ids)))
+        with self._tx("delete_calibrations") as conn:
+            return conn.execute(stmt).rowcount
 
     def export(self, path: str | os.PathLike[str], table: str = "runs", fmt: str | None = None) -> int:
         """Write a whole table to CSV or Parquet (format from the suffix or ``fmt``); return the row count.

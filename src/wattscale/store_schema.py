@@ -37,7 +37,7 @@ from wattscale.errors import StoreError
 
 # Bump when a table or column changes; a database written by a newer wattscale is refused, an
 # older one is migrated (store.py, _MIGRATIONS).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 RUN_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
 # Statuses a run can be created with or set to outside finish_run.
@@ -255,6 +255,52 @@ experiment_runs = Table(
     UniqueConstraint("experiment", "run_id"),
 )
 
+# One row per `wattscale calibrate` measurement: a few real training steps of one preset at one precision,
+# batch and sequence length on one machine and device, repeated, with their spread. Estimates of planned runs
+# (wattscale.experiment.estimate) scale these figures by FLOPs per token. Not tied to a run.
+calibrations = Table(
+    "calibrations",
+    metadata,
+    Column("calibration_id", String(32), primary_key=True),
+    Column("measured_at", UTCDateTime(), nullable=False),
+    Column("hostname", String, nullable=False),
+    Column("cpu_model", String, nullable=True),
+    Column("device_type", String(16), nullable=False),  # cpu | cuda
+    Column("device_name", String, nullable=False),  # the GPU's name, or the CPU model on cpu
+    Column("threads", Integer, nullable=True),  # torch CPU threads during the steps
+    Column("cpu_count", Integer, nullable=True),  # logical CPUs of the host
+    # The host's 1-minute load average as the steps ran: a calibration holds while the machine is as busy.
+    Column("load_average", Double, nullable=True),
+    Column("torch_version", String(64), nullable=True),
+    Column("wattscale_version", String(32), nullable=True),
+    Column("preset", String(64), nullable=False),
+    Column("precision", String(8), nullable=False),  # fp32 | bf16 | tf32
+    Column("batch_size", Integer, nullable=False),  # sequences per optimiser step
+    Column("seq_len", Integer, nullable=False),
+    Column("params_total", BigInteger, nullable=True),
+    Column("flops_per_token", Double, nullable=False),  # training FLOPs per token (wattscale.flops)
+    Column("steps_per_repeat", Integer, nullable=False),  # timed optimiser steps in each repeat
+    Column("warmup_steps", Integer, nullable=False),  # untimed steps before the first repeat
+    Column("repeats", Integer, nullable=False),
+    Column("tokens_per_second", Double, nullable=False),  # median over the repeats
+    Column("tokens_per_second_min", Double, nullable=False),
+    Column("tokens_per_second_max", Double, nullable=False),
+    Column("tokens_per_second_json", Text, nullable=False),  # every repeat's figure, in order
+    Column("flops_per_second", Double, nullable=False),  # tokens_per_second x flops_per_token
+    Column("warmup_step_seconds", Double, nullable=True),  # the first step (allocation, autotuning)
+    Column("eval_tokens_per_second", Double, nullable=True),  # forward-only evaluation, as the trainer runs it
+    Column("checkpoint_seconds", Double, nullable=True),  # one checkpoint (weights + optimiser state) written
+    Column("checkpoint_bytes", BigInteger, nullable=True),
+    Column("power_w", Double, nullable=True),  # training phase, total by the meter's rule; NULL: nothing metered
+    Column("power_w_json", Text, nullable=True),  # training phase by component, e.g. {"gpu": 612.0}
+    Column("eval_power_w", Double, nullable=True),
+    Column("energy_source", String(16), nullable=True),  # of power_w: counter / integrated / estimated / mixed
+    Column("details_json", Text, nullable=True),  # meters, notes, per-repeat power, the command line
+    CheckConstraint(f"energy_source IS NULL OR {_in('energy_source', TOTAL_SOURCES)}", name="energy_source"),
+    CheckConstraint("power_w IS NULL OR energy_source IS NOT NULL", name="power_has_source"),
+)
+Index("ix_calibrations_device_precision", calibrations.c.device_type, calibrations.c.precision)
+
 # Columns a new run must have; a trained run (kind "train") also RUN_REQUIRED_TRAIN.
 RUN_REQUIRED = ("run_id", "config_json", "config_hash")
 RUN_REQUIRED_TRAIN = ("preset", "seed", "tokens_budget")
@@ -296,6 +342,7 @@ EXPORT_TABLES: dict[str, tuple[Table, tuple[str, ...]]] = {
     "energy_measurements": (energy_measurements, ("run_id", "id")),
     "experiments": (experiments, ("name",)),
     "experiment_runs": (experiment_runs, ("experiment", "position")),
+    "calibrations": (calibrations, ("measured_at", "calibration_id")),
 }
 
 

@@ -9,7 +9,6 @@ from rich.table import Table
 
 from wattscale.footprint import FootprintSettings, summary_line
 from wattscale.model import PRESETS, count_parameters, flops_per_token
-from wattscale.units import JOULES_PER_KWH, SECONDS_PER_HOUR
 
 RUN_COLUMNS = ("run_id", "kind", "status", "preset", "params", "tokens_seen", "seed", "wall_seconds",
                "final_val_loss", "joules", "train_energy_j", "energy_source")
@@ -153,77 +152,3 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:.3e}"
     return str(value)
-
-
-def plan_summary(plan, estimates, store_url: str) -> dict:
-    """An experiment plan as JSON-ready data: the runs in order, totals and remaining estimates."""
-    runs = []
-    for run, est in zip(plan.runs, estimates, strict=True):
-        tc = run.config.train
-        runs.append({
-            "position": run.position, "block": run.block, "repetition": run.repetition,
-            "condition": run.condition, "run_id": run.run_id, "preset": run.config.model.name,
-            "params": count_parameters(run.config.model).total, "seed": tc.seed, "repeat": tc.repeat,
-            "tokens": tc.tokens, "data_tokens": tc.data_tokens, "epochs": tc.epochs,
-            "batch_size": tc.batch_size, "seq_len": run.config.seq_len, "batch_tokens": run.config.tokens_per_step,
-            "steps": -(-tc.tokens // run.config.tokens_per_step), "lr": tc.lr, "schedule": tc.schedule,
-            "status": est.status, "est_seconds": est.seconds, "est_joules": est.joules,
-            "est_energy_source": est.energy_source, "est_basis": est.basis})
-    pending = [e for e in estimates if e.basis != "done"]
-    return {
-        "experiment": plan.spec.name, "variant": plan.spec.variant, "store": store_url,
-        "order": plan.spec.design.order, "order_seed": plan.order_seed, "conditions": plan.spec.n_conditions,
-        "repetitions": plan.spec.design.repetitions, "runs": runs, "total_runs": len(runs),
-        "done_runs": len(estimates) - len(pending), "total_tokens": plan.total_tokens,
-        "remaining_tokens": sum(r["tokens"] for r, e in zip(runs, estimates, strict=True) if e.basis != "done"),
-        "est_remaining_seconds": sum(e.seconds for e in pending if e.seconds is not None),
-        "est_remaining_joules": sum(e.joules for e in pending if e.joules is not None),
-        "runs_without_time_estimate": sum(e.seconds is None for e in pending),
-        "runs_without_energy_estimate": sum(e.joules is None for e in pending),
-    }
-
-
-def print_plan(plan, estimates, store_url: str) -> None:
-    """Print an experiment's runs in run order and what is left, with time and energy estimates."""
-    summary = plan_summary(plan, estimates, store_url)
-    columns = ("position", "block", "condition", "seed", "run_id", "preset", "params", "tokens", "batch",
-               "steps", "status", "est_time", "est_energy", "est_basis")
-    table = Table(title=f"experiment {summary['experiment']}: {summary['conditions']} conditions x "
-                        f"{summary['repetitions']} repetitions, order {summary['order']} "
-                        f"(seed {summary['order_seed']})")
-    for column in columns:
-        table.add_column(column, justify="right" if column in ("position", "block", "seed", "params", "tokens",
-                                                               "steps", "est_time", "est_energy") else "left")
-    for run in summary["runs"]:
-        table.add_row(str(run["position"]), str(run["block"]), " ".join(f"{k.split('.', 1)[1]}={v}" for k, v in
-                                                                      run["condition"].items()) or "all",
-                      str(run["seed"]) + (f" r{run['repeat']}" if run["repeat"] else ""), run["run_id"],
-                      run["preset"], _cell(run["params"]), _cell(run["tokens"]),
-                      f"{run['batch_size']}x{run['seq_len']}={run['batch_tokens']:,}", _cell(run["steps"]),
-                      run["status"] or "planned", _duration(run["est_seconds"]), _energy(run["est_joules"]),
-                      run["est_basis"])
-    console = _console()
-    console.print(table)
-    console.print(f"{summary['total_runs']} runs ({summary['done_runs']} done), {summary['total_tokens']:,} tokens "
-                  f"in all, {summary['remaining_tokens']:,} to go")
-    missing_t, missing_e = summary["runs_without_time_estimate"], summary["runs_without_energy_estimate"]
-    pending = summary["total_runs"] - summary["done_runs"]
-    console.print(f"estimated remaining: {_duration(summary['est_remaining_seconds'] if missing_t < pending else None)}"
-                  f", {_energy(summary['est_remaining_joules'] if missing_e < pending else None)}"
-                  + (f"; {missing_t} runs without a time estimate" if missing_t else "")
-                  + (f", {missing_e} without an energy estimate" if missing_e else "")
-                  + " (from matching finished runs in the store)")
-    console.print(f"store: {store_url}")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds:,.0f} s" if seconds < 120 else f"{seconds / 60:,.1f} min" if seconds < 7200 \
-        else f"{seconds / SECONDS_PER_HOUR:,.1f} h"
-
-
-def _energy(joules: float | None) -> str:
-    if joules is None:
-        return "-"
-    return f"{joules:,.0f} J" if joules < 10_000 else f"{joules / JOULES_PER_KWH:.4g} kWh"

@@ -26,7 +26,8 @@ __all__ = ["COMMAND_GROUPS", "build_parser", "main", "store_url", "version_strin
 
 # Modules that add sub-commands, each with register(subparsers, common); they import their heavy
 # dependencies only when a command runs.
-_COMMAND_MODULES = ("train", "measure", "experiments", "results", "analysis", "report", "laws", "machine")
+_COMMAND_MODULES = ("train", "measure", "experiments", "results", "analysis", "report", "laws", "machine",
+                    "calibrate")
 
 # How `wattscale --help` groups the commands (every registered command appears exactly once).
 COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -34,7 +35,7 @@ COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Results", ("runs", "show", "delete", "experiments", "energy", "export", "export-hf")),
     ("Analyse", ("analyze", "report", "watch")),
     ("Scaling laws", ("fit", "plan-compute", "plan-energy")),
-    ("This machine", ("meters", "presets")),
+    ("This machine", ("meters", "presets", "calibrate")),
 )
 
 _DESCRIPTION = "Energy-aware language-model training-scale experiments: train, meter, store, analyse, report."

@@ -16,6 +16,7 @@ from wattscale.cli.common import (
     store_url,
 )
 from wattscale.errors import WattscaleError
+from wattscale.footprint import add_footprint_flags
 from wattscale.jsonout import strict_json
 
 
@@ -32,23 +33,27 @@ def _experiment_store(args: argparse.Namespace, plan) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """Print an experiment's runs in order, total tokens, and time/energy estimates from the store."""
-    from wattscale.experiment.estimate import estimate_plan
+    """Print an experiment's runs in order, total tokens, and time/energy/CO2e/cost estimates with their basis."""
+    from wattscale.experiment.estimate import EstimateInputs, estimate_plan
+    from wattscale.footprint import resolve_footprint
+    from wattscale.plan_tables import plan_summary, print_plan
     from wattscale.store import open_store
 
     plan = _load_plan(args, prepare=False)
     url = _experiment_store(args, plan)
+    # The experiment file's [footprint] table (with any --set footprint.*) comes after flags and environment.
+    footprint = resolve_footprint(args, file_settings=plan.spec.footprint)
     stored: list[dict] = []
+    calibrations: list[dict] = []
     if store_exists(url):
         with open_store(url, create=False) as store:
             stored = store.list_runs()
-    estimates = estimate_plan(plan, stored)
-    from wattscale.tables import plan_summary, print_plan
-
+            calibrations = store.list_calibrations()
+    estimates = estimate_plan(plan, EstimateInputs(stored, calibrations, footprint))
     if args.json:
-        print(strict_json(plan_summary(plan, estimates, url)))
+        print(strict_json(plan_summary(plan, estimates, url, footprint)))
     else:
-        print_plan(plan, estimates, url)
+        print_plan(plan, estimates, url, footprint)
     return 0
 
 
@@ -113,10 +118,11 @@ def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add `plan`, `run` and `experiments`."""
-    p = add_command(sub, "plan", "print an experiment's runs, tokens and estimated time/energy (runs nothing)",
+    p = add_command(sub, "plan", "print an experiment's runs and estimated time, energy, CO2e and cost (runs nothing)",
                     ["wattscale plan experiments/token_scale.toml --variant smoke",
                      "wattscale plan study.toml --set train.lr=1e-3 --json"], parents=[common])
     _add_experiment_flags(p)
+    add_footprint_flags(p)
     add_json_flag(p, "the plan as one JSON object")
     p.set_defaults(func=cmd_plan)
 

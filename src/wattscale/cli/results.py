@@ -28,7 +28,7 @@ from wattscale.jsonout import strict_json
 RUN_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
 EXPORT_TARGETS = ("table", "mlflow", "tensorboard")
 EXPORT_TABLES = ("runs", "evaluations", "train_steps", "power_samples", "energy_measurements", "experiments",
-                 "experiment_runs")
+                 "experiment_runs", "calibrations")
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

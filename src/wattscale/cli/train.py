@@ -18,6 +18,7 @@ from wattscale.cli.common import (
     fmt_loss,
     store_url,
 )
+from wattscale.footprint import add_footprint_flags
 from wattscale.jsonout import strict_json
 
 # Choices are named statically: importing config (torch) while building the parser would slow every command.
@@ -51,6 +52,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     tables = load_toml(Path(args.config)) if args.config else None
     config = build_run_config(tables, _train_overrides(args))
+    if args.dry_run:
+        return dry_run(config, args)
     result = train(config, store_url(args), show_progress=not args.no_progress,
                    cache_dir=Path(args.cache_dir))
     if os.environ.get("RANK", "0") != "0":
@@ -65,6 +68,39 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"val_ppl {fmt_loss(result.final_val_ppl)}")
         print(f"  store: {store_url(args)}   run dir: {result.run_dir}")
     return EXIT_DIVERGED if result.status == "diverged" else 0
+
+
+def dry_run(config: Any, args: argparse.Namespace) -> int:
+    """Print the resolved run's estimate (tokens, FLOPs, time, energy, CO2e, cost); train and write nothing."""
+    from wattscale.cli.common import store_exists
+    from wattscale.config import run_id_for
+    from wattscale.data import data_fingerprint, open_cached_data
+    from wattscale.experiment.estimate import EstimateInputs, estimate_run
+    from wattscale.footprint import resolve_footprint
+    from wattscale.model import flops_per_token
+    from wattscale.plan_tables import print_dry_run
+    from wattscale.store import open_store
+
+    footprint = resolve_footprint(args)
+    data = open_cached_data(config.data, config.model.vocab_size, Path(args.cache_dir))
+    run_id = run_id_for(config, data.cache_key if data else data_fingerprint(config.data, config.model.vocab_size))
+    url = store_url(args)
+    runs: list[dict] = []
+    calibrations: list[dict] = []
+    if store_exists(url):  # read only: a dry run never creates the store
+        with open_store(url, create=False) as store:
+            runs, calibrations = store.list_runs(), store.list_calibrations()
+    estimate = estimate_run(config, run_id, EstimateInputs(runs, calibrations, footprint))
+    if args.json:
+        print(strict_json({"dry_run": True, "run_id": run_id, "store": url, "preset": config.model.name,
+                           "tokens": config.train.tokens, "batch_size": config.train.batch_size,
+                           "seq_len": config.seq_len, "device": config.train.device,
+                           "precision": config.train.precision,
+                           "flops_per_token": flops_per_token(config.model, config.seq_len),
+                           "estimate": estimate.to_dict()}))
+    else:
+        print_dry_run(config, run_id, estimate)
+    return 0
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -136,8 +172,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     ["wattscale train --preset llama-tiny --tokens 200000",
                      "wattscale train --config run.toml --seed 1 --meters nvml rapl --json",
                      "wattscale train --preset llama-tiny --tokens 200000 --track mlflow:sqlite:///mlflow.db "
-                     "--track tensorboard:tb"], parents=[common])
+                     "--track tensorboard:tb",
+                     "wattscale train --preset llama-4m --tokens 2000000 --dry-run --carbon-intensity 350"],
+                    parents=[common])
     add_train_flags(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="resolve the settings and print the run's estimate (tokens, FLOPs, time, energy, CO2e, cost, "
+                        "basis, uncertainty); train nothing and write nothing, not even the store")
+    add_footprint_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = add_command(sub, "quickstart", "train a small study on the built-in corpus and write its report",
