@@ -9,6 +9,7 @@ from rich.table import Table
 
 from wattscale.footprint import FootprintSettings, summary_line
 from wattscale.model import PRESETS, count_parameters, flops_per_token
+from wattscale.units import JOULES_PER_KWH
 
 RUN_COLUMNS = ("run_id", "kind", "status", "preset", "params", "tokens_seen", "seed", "wall_seconds",
                "final_val_loss", "joules", "train_energy_j", "energy_source")
