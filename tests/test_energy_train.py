@@ -85,7 +85,9 @@ def test_counter_energy_of_a_run_at_a_known_wattage(tmp_path: Path, cache_dir: P
     # The counter rises at exactly `watts`: energy = watts x measured window length (ms-level write lag).
     run_seconds = run_row["end_seconds"] - run_row["start_seconds"]
     assert run_row["energy_j"] == pytest.approx(watts * run_seconds, rel=0.05, abs=0.1)
-    assert idle_row["energy_j"] == pytest.approx(watts * 0.5, rel=0.05) and idle_row["phase"] == "idle"
+    # The idle baseline lasts at least the 0.5 s asked (longer on a loaded machine): watts x its measured length.
+    assert idle_row["phase_seconds"] > 0.45 and idle_row["phase"] == "idle"
+    assert idle_row["energy_j"] == pytest.approx(watts * idle_row["phase_seconds"], rel=0.05)
     assert record["energy_j"] == pytest.approx(run_row["energy_j"]) and record["energy_source"] == "counter"
     assert run_row["component"] == "cpu_package" and run_row["phase"] is None
     # Intervals end at each evaluation, split by phase; each holds its training steps and its evaluation.
