@@ -15,7 +15,6 @@ import pytest
 
 from wattscale import Monitor
 from wattscale.cli import main
-from wattscale.energy.meter import PowerReading
 from wattscale.store import open_store
 from wattscale.trackers import MonitorFeed, TrackerError, TrackerSpec, open_trackers, parse_spec, tracker_from_spec
 
@@ -24,28 +23,13 @@ pytest.importorskip("tensorboard")
 from mlflow import MlflowClient  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+from fake_meters import ConstantMeter  # noqa: E402
+
 TINY = ["--preset", "llama-tiny", "--batch-size", "4", "--seq-len", "32", "--data", "synthetic", "--synthetic-mb",
         "0.3", "--eval-tokens", "1024", "--idle-seconds", "0", "--tokens", "1536", "--eval-interval-tokens", "512",
         "--no-progress"]
 
 
-class ConstantMeter:
-    """`watts` on one device with an energy counter: every interval's energy is watts x its seconds."""
-
-    name, energy_source, devices = "nvml", "counter", ("gpu0",)
-
-    def __init__(self, watts: float) -> None:
-        self.watts, self.t0 = watts, time.monotonic()
-
-    def read(self) -> PowerReading:
-        now = time.monotonic()
-        return PowerReading(now, {"gpu0": self.watts}, {"gpu0": self.watts * (now - self.t0)})
-
-    def describe(self) -> dict:
-        return {"kind": "nvml", "devices": ["gpu0"]}
-
-    def close(self) -> None:
-        pass
 
 
 class ListTracker:

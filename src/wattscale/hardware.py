@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from wattscale.cpu_info import cpu_model_name
 from wattscale.errors import ConfigError
 
 MFU_FORMULA = "MFU = achieved FLOP/s / (peak FLOP/s per device x devices used)"
@@ -124,16 +125,6 @@ def _float32_matmul_precision() -> str:
         return torch.get_float32_matmul_precision()
     except RuntimeError:  # torch refuses to answer once its legacy and new TF32 APIs have both been used
         return "unknown (torch's legacy and new TF32 settings were mixed)"
-
-
-def cpu_model_name() -> str:
-    """The CPU's marketing name from /proc/cpuinfo, else platform.processor()."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def device_info(device: torch.device) -> dict[str, object]:

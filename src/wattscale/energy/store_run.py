@@ -15,10 +15,10 @@ import json
 import platform
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wattscale import __version__
+from wattscale.cpu_info import cpu_model_name
 from wattscale.energy.result import MonitorResult
 from wattscale.energy.store_rows import final_rows, idle_rows, run_fields, window_rows
 
@@ -91,7 +91,7 @@ def _record(monitor: Monitor) -> dict[str, Any]:
         "created_at": now, "started_at": now, "command_line": command_line(),
         "device": "gpu" if gpus else "cpu",
         "device_info_json": json.dumps({"platform": platform.platform(), "python": platform.python_version(),
-                                        "cpu": _cpu_name(), "gpus": gpus,
+                                        "cpu": cpu_model_name(), "gpus": gpus,
                                         "torch": getattr(torch, "__version__", None)}),
         "torch_version": getattr(torch, "__version__", None), "wattscale_version": __version__,
     }
@@ -107,13 +107,3 @@ def _settings_json(monitor: Monitor) -> str:
                 if isinstance(monitor.gpus, str) else list(monitor.gpus), "metadata": monitor.metadata}
     return json.dumps(settings, sort_keys=True, default=str)
 
-
-def _cpu_name() -> str:
-    """The CPU's name, as wattscale.hardware.cpu_model_name gives it (not imported: it imports torch, seconds that
-    `wattscale measure` would add before every command)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
