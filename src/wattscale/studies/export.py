@@ -211,11 +211,24 @@ def readme_text(experiment: str, rows: dict[str, list[dict[str, Any]]], machine:
         "", "## Re-check", "", "```bash",
         f"wattscale import {folder.as_posix()} --store {experiment}.db",
         f"wattscale --store {experiment}.db analyze --experiment {experiment}",
-        f"wattscale --store {experiment}.db fit --experiment {experiment} --form three-term   # a batch x steps grid",
+        *([f"wattscale --store {experiment}.db fit --experiment {experiment} --form {law_form(spec)}"]
+          if law_form(spec) else []),
         f"wattscale check-study {folder.as_posix()}   # every number of findings.json, recomputed",
         "```", "",
     ]
     return "\n".join(lines)
+
+
+def law_form(spec: dict[str, Any]) -> str | None:
+    """The scaling law a study's grid can be fitted with: three-term when it varies batch and steps, chinchilla
+    when it varies the model and the tokens, else None."""
+    grid = set(spec.get("grid") or {})
+    batch = bool(grid & {"train.batch_size", "train.batch_tokens"})
+    steps = bool(grid & {"train.steps", "train.tokens", "train.data_tokens", "train.epochs"})
+    model = any(key.startswith("model.") for key in grid)
+    if batch and steps and "train.steps" in grid:
+        return "three-term"
+    return "chinchilla" if model and steps else None
 
 
 def _sha256(path: Path) -> str:
