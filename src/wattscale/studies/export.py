@@ -121,6 +121,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise StoreError(f"import: {path} not found; give a folder written by `wattscale export-study`")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise StoreError(f"import: cannot read {path} ({exc.strerror}); check the folder") from None
     except ValueError as exc:
         raise StoreError(f"import: {path} is not JSON ({exc}); export the study again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

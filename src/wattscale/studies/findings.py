@@ -68,9 +68,11 @@ def load_findings(folder: Path) -> tuple[str, list[Finding]]:
     where = str(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"findings: {where} not found; write the numbers the study's page states there "
-                          "(see docs/guides/studies.md)") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"findings: {where} not found; give a study folder, with the numbers its page states in "
+                          "findings.json (see docs/guides/studies.md)") from None
+    except OSError as exc:
+        raise ConfigError(f"findings: cannot read {where} ({exc.strerror}); check the folder") from None
     except ValueError as exc:
         raise ConfigError(f"findings: {where} is not JSON ({exc}); fix the file") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("experiment"), str) or \
