@@ -53,7 +53,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.json:
         print(strict_json(result.to_dict()))
         return 0
-    print(f"loaded {result.experiment} from {result.folder} into {result.store}: "
+    print(f"loaded {result.experiment} from {result.folder} into {url}: "
           + ", ".join(f"{name} {n:,}" for name, n in result.rows.items()) + " rows")
     print(f"next: wattscale --store {url} analyze --experiment {result.experiment}")
     return 0
