@@ -138,7 +138,7 @@ def test_tinystories_three_term_smoke(run_cli_in_process, cache_dir: Path) -> No
     assert len(runs) == 36 and all(r["status"] == "finished" for r in runs)
     for r in runs:
         condition = json.loads(r["condition_json"])
-        assert r["tokens_seen"] == condition["train.steps"] * condition["train.batch_size"] * 64
+        assert r["tokens_seen"] == condition["train.steps"] * condition["train.batch_size"] * 32
     # The design's promise: the fit's data checks pass (spans of 10x or more, 3+ values, no collinearity).
     res = run_cli("--store", "tinystories_three_term.db", "fit", "--experiment", "tinystories_three_term-smoke",
                   "--form", "three-term", "--boot", "0", "--no-validate", "--json")

@@ -20,7 +20,7 @@ STUDIES = sorted(p for p in (REPO / "studies").glob("*") if (p / "manifest.json"
 TINYSTORIES = REPO / "experiments" / "data" / "tinystories_train" / "1_train_sample_2MiB.txt"  # a link: may dangle
 EXPERIMENT = "tinystories_three_term-smoke"
 # A 2 x 2 x 2 corner of the three-term smoke grid: 8 real runs, the fewest a three-term fit takes (7 parameters).
-SMALL_GRID = ("grid.model.n_layers=[1,2]", "grid.train.batch_size=[2,8]", "grid.train.steps=[4,12]")
+SMALL_GRID = ("grid.model.n_layers=[1,2]", "grid.train.batch_size=[1,4]", "grid.train.steps=[3,9]")
 TIMING_KEYS = {"seconds", "source"}  # how long a fit took, and which store it read: the only fields that may differ
 
 
