@@ -106,12 +106,80 @@ def test_token_scale_energy_smoke(run_cli_in_process, cache_dir: Path) -> None:
                                                            "pee"}
 
 
-@pytest.mark.parametrize("study", ["dynamics_4m", "three_term_law", "token_scale_energy"])
+# The TinyStories studies read the real text through links in experiments/data/tinystories_train/ (they dangle in a
+# checkout without the workplace's shared data next to it).
+TINYSTORIES_TRAIN = REPO / "experiments" / "data" / "tinystories_train"
+needs_tinystories = pytest.mark.skipif(not (TINYSTORIES_TRAIN / "1_train_sample_2MiB.txt").exists(),
+                                       reason=f"the links in {TINYSTORIES_TRAIN} dangle here (no shared TinyStories)")
+
+
+@needs_tinystories
+def test_tinystories_dynamics_smoke(run_cli_in_process, cache_dir: Path) -> None:
+    run_cli = run_cli_in_process
+    runs = run_smoke(run_cli, cache_dir, "tinystories_dynamics")
+    assert len(runs) == 6 and {r["seed"] for r in runs} == set(range(6))
+    assert all(r["status"] == "finished" and r["tokens_seen"] == 10_752 for r in runs)
+    config = json.loads(runs[0]["config_json"])
+    assert config["resolved"]["precision"] == "fp32" and config["data"]["source"].endswith("tinystories_train")
+    # Real text: a 512-token vocabulary starts at ln(512) = 6.24 nats; 42 steps of real stories go well below it.
+    assert max(r["final_val_loss"] for r in runs) < 6.0 and len({r["final_val_loss"] for r in runs}) == 6
+    res = run_cli("--store", "tinystories_dynamics.db", "analyze", "--experiment", "tinystories_dynamics-smoke",
+                  "--json")
+    assert res.returncode == 0, res.stderr
+    (dynamics,) = json.loads(res.stdout)["dynamics"]
+    assert len(dynamics["run_ids"]) == 6 and len(dynamics["across_seeds"]) == 22  # 21 intervals + the start
+    assert dynamics["rm_anova"]["val_loss"]["df1"] == 21
+
+
+@needs_tinystories
+def test_tinystories_three_term_smoke(run_cli_in_process, cache_dir: Path) -> None:
+    run_cli = run_cli_in_process
+    runs = run_smoke(run_cli, cache_dir, "tinystories_three_term")
+    assert len(runs) == 36 and all(r["status"] == "finished" for r in runs)
+    for r in runs:
+        condition = json.loads(r["condition_json"])
+        assert r["tokens_seen"] == condition["train.steps"] * condition["train.batch_size"] * 32
+    # The design's promise: the fit's data checks pass (spans of 10x or more, 3+ values, no collinearity).
+    res = run_cli("--store", "tinystories_three_term.db", "fit", "--experiment", "tinystories_three_term-smoke",
+                  "--form", "three-term", "--boot", "0", "--no-validate", "--json")
+    assert res.returncode == 0, res.stderr
+    fit = json.loads(res.stdout)
+    assert fit["fit"]["n_points"] == 36
+    data_words = ("spans", "distinct value", "collinear", "points for")
+    assert not [w for w in fit["warnings"] if any(word in w for word in data_words)], fit["warnings"]
+
+
+@needs_tinystories
+def test_tinystories_token_scale_smoke(run_cli_in_process, cache_dir: Path) -> None:
+    run_cli = run_cli_in_process
+    runs = run_smoke(run_cli, cache_dir, "tinystories_token_scale")
+    assert sorted(r["data_tokens"] for r in runs) == [2_048] * 3 + [4_096] * 3 + [8_192] * 3
+    assert all(r["status"] == "finished" and r["epochs"] == 1.0 and r["train_energy_j"] for r in runs)
+    orders = {}
+    for r in runs:
+        orders.setdefault(r["block"], []).append(r["data_tokens"])
+    assert len({tuple(o) for o in orders.values()}) == 3  # williams: each block its own order of the three sets
+    res = run_cli("--store", "tinystories_token_scale.db", "analyze", "--experiment", "tinystories_token_scale-smoke",
+                  "--json")
+    assert res.returncode == 0, res.stderr
+    analysis = json.loads(res.stdout)
+    assert analysis["factor"] == "tokens_seen" and analysis["energy_basis"] == "train"
+    long = pd.DataFrame({"rep": [r["repetition"] for r in runs], "tokens": [r["tokens_seen"] for r in runs],
+                         "tpj": [r["train_tokens"] / r["train_energy_j"] for r in runs]})
+    expected = AnovaRM(long, "tpj", "rep", within=["tokens"]).fit().anova_table.iloc[0]
+    tpj = next(s for s in analysis["statistics"] if s["metric"] == "tokens_per_joule")
+    assert tpj["rm_anova"]["f"] == pytest.approx(expected["F Value"], rel=1e-9)
+
+
+@pytest.mark.parametrize("study", ["dynamics_4m", "three_term_law", "token_scale_energy", "tinystories_dynamics",
+                                   "tinystories_three_term", "tinystories_token_scale"])
 def test_full_studies_plan_on_this_machine(run_cli_in_process, tmp_path: Path, study: str) -> None:
     """From any working directory: the file's data paths are relative to the file."""
     run_cli = run_cli_in_process  # the CLI's main(), without a new interpreter per call
     if study == "dynamics_4m" and not (SHARED_DATA / "tinystories").is_dir():
         pytest.skip(f"dynamics_4m reads TinyStories from {SHARED_DATA / 'tinystories'}, absent here")
+    if study.startswith("tinystories_") and not (TINYSTORIES_TRAIN / "1_train_sample_2MiB.txt").exists():
+        pytest.skip(f"{study} reads TinyStories through {TINYSTORIES_TRAIN}, whose links dangle here")
     result = run_cli("plan", str(REPO / "experiments" / f"{study}.toml"), "--cache-dir", str(tmp_path / "c"), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["experiment"] == study
