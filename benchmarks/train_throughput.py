@@ -8,7 +8,9 @@ transformers: `model(input_ids, labels=...)`, `loss.backward()`, clip, `AdamW.st
 `wattscale.train.training_step` with `wattscale.train.make_optimizer` and `summed_loss_fn`, i.e. the
 code the trainer runs (`--compile` = the trainer's `train.compile = true`). Rounds alternate the
 variants and the reference so drift of a shared machine hits all alike; the reported figures are
-medians, and ratios are ratios of medians from the same run.
+medians, and ratios are ratios of medians from the same run; each round's adjacent pair also gives a
+paired ratio (`speedup_over_reference_paired_median`), the steadier figure on a machine whose other
+load comes and goes.
 
 `--ablation` times several variants of ours side by side (each its own copy of the same weights):
 plain logits + F.cross_entropy with foreach AdamW, then the chunked loss, then fused AdamW (the
@@ -325,6 +327,10 @@ def main(argv: list[str] | None = None) -> dict:
                **{f"mfu_{counting}": tok_s * fpt[counting] / peak if peak else None for counting in fpt}}
         if ref_median is not None and name != "reference":
             out["speedup_over_reference"] = ref_median / sec
+            # Paired within rounds (adjacent in time): robust to a neighbour's load coming and going.
+            paired = [r / o for r, o in zip(times["reference"], times[name], strict=True)]
+            out["speedup_over_reference_paired_rounds"] = paired
+            out["speedup_over_reference_paired_median"] = statistics.median(paired)
         return out
 
     ablation = [{"variant": v.name, "loss": v.loss, "adamw": v.adamw, "compile": v.compile, **summary(v.name)}
@@ -361,7 +367,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("preset", "precision", "tokens_per_step")}))
     for row in ablation:
-        ratio = f", {row['speedup_over_reference']:.2f}x reference" if "speedup_over_reference" in row else ""
+        ratio = (f", {row['speedup_over_reference']:.2f}x reference (paired median "
+                 f"{row['speedup_over_reference_paired_median']:.2f}x)" if "speedup_over_reference" in row else "")
         print(f"{row['variant']}: {row['tokens_per_second']:,.0f} tok/s, MFU {row['mfu_with_head']:.1%}{ratio}")
     if ref is not None:
         print(f"reference: {result['reference']['tokens_per_second']:,.0f} tok/s, "
