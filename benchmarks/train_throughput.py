@@ -377,7 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
         ratio = (f", {row['speedup_over_reference']:.2f}x reference (paired median "
                  f"{row['speedup_over_reference_paired_median']:.2f}x, best rounds "
                  f"{row['speedup_over_reference_best']:.2f}x)" if "speedup_over_reference" in row else "")
-        print(f"{row['variant']}: {row['tokens_per_second']:,.0f} tok/s (best round {row['tokens_per_second_best']:,.0f}), "
+        print(f"{row['variant']}: {row['tokens_per_second']:,.0f} tok/s "
+              f"(best round {row['tokens_per_second_best']:,.0f}), "
               f"MFU {row['mfu_with_head']:.1%} (best {row['mfu_with_head_best']:.1%}){ratio}")
     if ref is not None:
         print(f"reference: {result['reference']['tokens_per_second']:,.0f} tok/s, "
