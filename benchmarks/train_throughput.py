@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ablation", action="store_true",
                    help="time each technique's variant of ours side by side (implies the compiled variant too)")
     p.add_argument("--no-reference", action="store_true", help="ours only (e.g. a model too big for two copies)")
+    p.add_argument("--peak-seconds", type=float, default=2.0,
+                   help="how long each CPU matmul-peak measurement runs (before and after the rounds)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default: benchmarks/results/...)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -285,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # A shared machine's matmul throughput drifts: measure the CPU peak before and after the timed
     # rounds and keep the larger, so MFU is never inflated by a momentarily slow peak measurement.
-    cpu_peaks = [] if device.type == "cuda" else [measured_matmul_flops(device, matmul_dtype, PEAK_MATMUL_SIZE, 2.0)]
+    cpu_peaks = [] if device.type == "cuda" else [
+        measured_matmul_flops(device, matmul_dtype, PEAK_MATMUL_SIZE, args.peak_seconds)]
     first_step = {}
     for name, fn in steps.items():  # the first step holds any compilation: timed, kept out of the rounds
         first_step[name] = time_steps(fn, 1, device)
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         peak, peak_source = peak_flops(device, precision)
     else:
-        cpu_peaks.append(measured_matmul_flops(device, matmul_dtype, PEAK_MATMUL_SIZE, 2.0))
+        cpu_peaks.append(measured_matmul_flops(device, matmul_dtype, PEAK_MATMUL_SIZE, args.peak_seconds))
         peak = max(cpu_peaks)
         dtype_name = "bf16" if precision == "bf16" else "fp32"
         peak_source = (f"measured {dtype_name} {PEAK_MATMUL_SIZE}x{PEAK_MATMUL_SIZE} matmul FLOP/s on this CPU with "
@@ -312,9 +315,10 @@ def main(argv: list[str] | None = None) -> dict:
                        f"{[round(p / 1e9, 1) for p in cpu_peaks]} GFLOP/s")
         other_dtype = torch.float32 if precision == "bf16" else torch.bfloat16
         other_peak = {"dtype": str(other_dtype).removeprefix("torch."),
-                      "flops_per_second": measured_matmul_flops(device, other_dtype, PEAK_MATMUL_SIZE, 1.0)}
-        shapes = model_shape_matmuls(built[0][0], n_tok, device, matmul_dtype)
-        attention = attention_seconds(config, args.batch, args.seq_len, device, matmul_dtype)
+                      "flops_per_second": measured_matmul_flops(device, other_dtype, PEAK_MATMUL_SIZE,
+                                                                args.peak_seconds / 2)}
+        shapes = model_shape_matmuls(built[0][0], n_tok, device, matmul_dtype, args.peak_seconds / 10)
+        attention = attention_seconds(config, args.batch, args.seq_len, device, matmul_dtype, args.peak_seconds / 4)
     machine["load_average_1_5_15_after"] = [round(x, 2) for x in os.getloadavg()]
     counts = count_parameters(config.model)
     fpt = {counting: flops_per_token(config.model, args.seq_len, counting) for counting in FLOP_COUNTINGS}

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 TINY = ["--preset", "llama-tiny", "--seq-len", "32", "--batch", "2", "--rounds", "2", "--steps-per-round", "1",
-        "--warmup-steps", "1", "--threads", "1"]
+        "--warmup-steps", "1", "--threads", "1", "--peak-seconds", "0.2"]
 
 
 @pytest.fixture(scope="module")
 def bench():
     spec = importlib.util.spec_from_file_location("train_throughput_bench", BENCH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module
+    yield module
+    del sys.modules[spec.name]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
