@@ -183,3 +183,17 @@ def test_full_studies_plan_on_this_machine(run_cli_in_process, tmp_path: Path, s
     result = run_cli("plan", str(REPO / "experiments" / f"{study}.toml"), "--cache-dir", str(tmp_path / "c"), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["experiment"] == study
+
+
+def test_precision_parity_smoke(run_cli_in_process, tmp_path: Path, cache_dir: Path) -> None:
+    runs = run_smoke(run_cli_in_process, cache_dir, "precision_parity")
+    assert len(runs) == 4 and all(r["status"] == "finished" for r in runs)
+    by_seed: dict[int, dict[str, float]] = {}
+    for r in runs:
+        config = json.loads(r["config_json"]) if "config_json" in r else None
+        precision = config["train"]["precision"] if config else r["condition"].split("=")[1]
+        by_seed.setdefault(r["seed"], {})[precision] = r["final_val_loss"]
+    assert set(by_seed) == {0, 1} and all(set(p) == {"fp32", "bf16"} for p in by_seed.values())
+    # Same seed, same batches: bf16 autocast lands close to fp32 even after 32 steps of a tiny model.
+    for losses in by_seed.values():
+        assert abs(losses["bf16"] - losses["fp32"]) / losses["fp32"] < 0.05, losses
