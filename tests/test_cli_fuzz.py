@@ -49,7 +49,8 @@ FLAG_KINDS: dict[str, str] = {
 COMMAND_FLAG_KINDS: dict[tuple[str, str], str] = {
     ("report", "--output"): "out_file", ("export-hf", "--output"): "out_folder", ("export", "--output"): "out_file",
     ("fit", "--output"): "out_file", ("analyze", "--output"): "out_folder", ("quickstart", "--output"): "out_folder",
-    ("measure", "--output"): "out_file",
+    ("measure", "--output"): "out_file", ("export-study", "--output"): "out_folder", ("import", "folder"): "in_path",
+    ("check-study", "folder"): "in_path",
 }
 # Exit codes a command may document besides 0 and 2.
 OTHER_EXIT_CODES: dict[str, set[int]] = {"train": {3}, "run": {4}}
@@ -105,6 +106,9 @@ def _base_commands(fx: Fixture) -> dict[str, list[str]]:
         "runs": ["runs"],
         "export": ["export", "-o", str(root / "out" / "runs.csv")],
         "export-hf": ["export-hf", fx.train_run_id, "-o", str(root / "out" / "hf")],
+        "export-study": ["export-study", "--experiment", "toy", "-o", str(root / "out" / "study")],
+        "import": ["import", str(root / "toy-study"), "--store", str(root / "out" / "imported.db")],
+        "check-study": ["check-study", str(root / "toy-study")],
         "energy": ["energy", fx.train_run_id],
         "show": ["show", fx.train_run_id],
         "meters": ["meters"],
@@ -156,6 +160,11 @@ def fuzz_fixture(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
     try:
         fx = Fixture(root, "")
         assert main([*_train_base(fx), "--json"]) == 0
+        # A study export of the toy experiment, with one finding, for `import` and `check-study`.
+        assert main(["export-study", "--experiment", "toy", "-o", str(root / "toy-study")]) == 0
+        finding = {"name": "factor", "statement": "tokens", "path": "factor", "value": "tokens_seen",
+                   "command": ["analyze", "--experiment", "toy", "--no-dynamics", "--json"]}
+        (root / "toy-study" / "findings.json").write_text(json.dumps({"experiment": "toy", "findings": [finding]}))
     finally:
         os.chdir(cwd)
     with open_store(root / "wattscale.db") as store:

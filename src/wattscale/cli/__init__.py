@@ -27,13 +27,14 @@ __all__ = ["COMMAND_GROUPS", "build_parser", "main", "store_url", "version_strin
 # Modules that add sub-commands, each with register(subparsers, common); they import their heavy
 # dependencies only when a command runs.
 _COMMAND_MODULES = ("train", "measure", "experiments", "results", "analysis", "report", "laws", "machine",
-                    "calibrate")
+                    "calibrate", "studies")
 
 # How `wattscale --help` groups the commands (every registered command appears exactly once).
 COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Run", ("quickstart", "train", "plan", "run", "measure")),
-    ("Results", ("runs", "show", "delete", "experiments", "energy", "export", "export-hf")),
-    ("Analyse", ("analyze", "report", "watch")),
+    ("Results", ("runs", "show", "delete", "experiments", "energy", "export", "export-hf", "export-study",
+                 "import")),
+    ("Analyse", ("analyze", "report", "watch", "check-study")),
     ("Scaling laws", ("fit", "plan-compute", "plan-energy")),
     ("This machine", ("meters", "presets", "calibrate")),
 )
