@@ -1,0 +1,190 @@
+"""FSDP2 and sharded evaluation on two CPU processes (torch.multiprocessing, gloo), through the trainer's functions.
+
+Each test spawns two ranks of `llama-tiny` that write what they saw to files; the parent compares with one
+process. Faster than torchrun runs of the CLI (tests/test_distributed.py), which cover the whole trainer.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from wattscale.config import build_run_config
+from wattscale.evaluate import evaluate
+from wattscale.model import Llama, ModelConfig
+from wattscale.train.checkpoints import CheckpointMeta, list_checkpoints
+from wattscale.train.loop import make_optimizer, summed_loss_fn, training_step
+from wattscale.train.parallel import (
+    DistributedContext,
+    build_model,
+    evaluate_on_ranks,
+    full_weights,
+    lockstep_rows,
+    pad_rows,
+    rank_rows,
+)
+from wattscale.train.run_checkpoints import load_newest_checkpoint, save_run_checkpoint
+
+SEED, SEQ_LEN, BATCH, STEPS = 3, 16, 5, 4
+CONFIG = build_run_config(overrides={"model": {"preset": "llama-tiny"}, "train": {"tokens": 10_000, "lr": 3e-3}})
+MODEL = ModelConfig.from_name("llama-tiny")
+
+
+def _spawn(worker: Callable, tmp_path: Path, *args: object) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(worker, args=(port, tmp_path, *args), nprocs=2, join=True)
+
+
+def _join(rank: int, port: int) -> DistributedContext:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    return DistributedContext(rank, rank, 2, "gloo", torch.device("cpu"))
+
+
+def _windows(n: int) -> torch.Tensor:
+    return torch.randint(0, MODEL.vocab_size, (n, SEQ_LEN + 1), generator=torch.Generator().manual_seed(7))
+
+
+def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.randint(0, MODEL.vocab_size, (BATCH, SEQ_LEN + 1), generator=torch.Generator().manual_seed(step))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def _step(ctx: DistributedContext, parallel, model, optimizer, step: int) -> None:
+    """One optimiser step on this rank's share of step `step`'s batch, as the trainer takes it."""
+    inputs, targets = _batch(step)
+    start, stop = rank_rows(BATCH, ctx.rank, ctx.world_size)
+    inputs, targets = pad_rows(inputs[start:stop], targets[start:stop], lockstep_rows(BATCH, ctx.world_size, 2))
+    training_step(summed_loss_fn(parallel), model, optimizer, inputs, targets, BATCH * SEQ_LEN, 2, ctx.device, None,
+                  1.0, defer_sync=parallel.defer_sync, grad_scale=parallel.grad_scale)
+
+
+# --- evaluation once per job, and FSDP's model built on the meta device -------------------------------------
+
+
+def _evaluate_worker(rank: int, port: int, out: Path, parallel: str, n_windows: int) -> None:
+    ctx = _join(rank, port)
+    model, _ = build_model(MODEL, SEED, ctx, parallel)
+    if parallel == "fsdp":
+        local = sum(p.to_local().numel() for p in model.parameters())  # DTensor shards
+        assert local < sum(p.numel() for p in model.parameters()), "a rank holds the whole model"
+    result = evaluate_on_ranks(ctx, model, _windows(n_windows), 2, None)
+    weights = full_weights(ctx, model)
+    torch.save({"eval": result, "weights": weights, "rng": torch.get_rng_state()}, out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("parallel", "n_windows"), [("ddp", 5), ("fsdp", 5), ("fsdp", 1)])
+def test_sharded_evaluation_is_the_single_process_one(tmp_path: Path, parallel: str, n_windows: int) -> None:
+    _spawn(_evaluate_worker, tmp_path, parallel, n_windows)
+    torch.manual_seed(SEED)
+    reference = Llama(MODEL)
+    rng_after_build = torch.get_rng_state()
+    expected = evaluate(reference, _windows(n_windows), 2, torch.device("cpu"), None)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for seen in ranks:  # every rank returns the job's evaluation; each window was evaluated once
+        assert seen["eval"].tokens == expected.tokens == n_windows * SEQ_LEN
+        assert seen["eval"].val_loss == pytest.approx(expected.val_loss, rel=1e-6)
+        assert torch.equal(seen["rng"], rng_after_build)  # the generator goes on as in one process
+    # The weights are those of one process under the same seed, bit for bit (FSDP: broadcast into the shards).
+    assert ranks[0]["weights"].keys() == reference.state_dict().keys()
+    assert all(torch.equal(ranks[0]["weights"][k], v) for k, v in reference.state_dict().items())
+
+
+# --- DCP checkpoints: exact resume, and an unreadable newest one skipped ------------------------------------
+
+
+def _resume_worker(rank: int, port: int, out: Path) -> None:
+    ctx = _join(rank, port)
+    run_dir = out / "run"
+    model, parallel = build_model(MODEL, SEED, ctx, "fsdp")
+    optimizer = make_optimizer(model, CONFIG)
+    for step in range(STEPS):
+        _step(ctx, parallel, model, optimizer, step)
+        if step + 1 in (2, 3):
+            save_run_checkpoint(ctx, run_dir, model, optimizer, CheckpointMeta(step + 1, 0, 0, 0.0, None, None))
+        if step + 1 == 2:
+            at_two = full_weights(ctx, model)
+    uninterrupted = full_weights(ctx, model)
+    dist.barrier()
+    if rank == 0:  # the newest checkpoint's shard of rank 1 cut short, as a lost write could leave it
+        shard = next((list_checkpoints(run_dir)[-1] / "sharded").glob("__1_*.distcp"))
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    dist.barrier()
+
+    model, parallel = build_model(MODEL, SEED + 1, ctx, "fsdp")  # another seed: everything comes from the files
+    optimizer = make_optimizer(model, CONFIG)
+    with pytest.warns(Warning) if rank == 0 else _nothing():
+        resume = load_newest_checkpoint(ctx, run_dir, model, optimizer)
+    for step in range(resume.meta.step, STEPS):
+        _step(ctx, parallel, model, optimizer, step)
+    resumed = full_weights(ctx, model)
+    torch.save({"at_two": at_two, "uninterrupted": uninterrupted, "resumed": resumed, "skipped": resume.skipped,
+                "step": resume.meta.step}, out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_sharded_checkpoints_resume_exactly_and_skip_an_unreadable_one(tmp_path: Path) -> None:
+    _spawn(_resume_worker, tmp_path)
+    result = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert result["step"] == 2 and len(result["skipped"]) == 1 and "rank 1" in result["skipped"][0]
+    assert result["resumed"].keys() == result["uninterrupted"].keys()
+    assert all(torch.equal(result["resumed"][k], v) for k, v in result["uninterrupted"].items())  # bit-identical
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["corrupt-step-00000003", "step-00000002"]
+    step_two = checkpoints / "step-00000002"
+    assert not (step_two / "model.safetensors").exists()  # nothing gathered: every rank wrote its shard
+    assert sorted(p.name for p in (step_two / "sharded").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    # One process resumes the sharded checkpoint whole (DCP reshards on load).
+    single = DistributedContext(0, 0, 1, None, torch.device("cpu"))
+    model = Llama(MODEL)
+    optimizer = make_optimizer(model, CONFIG)
+    assert load_newest_checkpoint(single, tmp_path / "run", model, optimizer).meta.step == 2
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in result["at_two"].items())
+    assert all(int(state["step"]) == 2 for state in optimizer.state.values())
+
+
+# --- bf16: FSDP's MixedPrecisionPolicy -------------------------------------------------------------------------
+
+
+def _precision_worker(rank: int, port: int, out: Path, precision: str) -> None:
+    ctx = _join(rank, port)
+    model, parallel = build_model(MODEL, SEED, ctx, "fsdp", precision)
+    seen: list[torch.dtype] = []
+    model.layers[0].register_forward_pre_hook(lambda block, args: seen.append(block.attn.out.weight.dtype))
+    optimizer = make_optimizer(model, CONFIG)
+    _step(ctx, parallel, model, optimizer, 0)
+    sharded = {str(p.dtype) for p in model.parameters()} | {str(s["exp_avg"].dtype) for s in optimizer.state.values()}
+    torch.save({"gathered": seen, "sharded": sharded, "record": parallel.record, "casts": parallel.casts_params},
+               out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_bf16_runs_gather_bf16_parameters_and_keep_fp32_shards(tmp_path: Path, precision: str,
+                                                               dtype: torch.dtype) -> None:
+    _spawn(_precision_worker, tmp_path, precision)
+    result = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert result["gathered"] == [dtype]  # what the block computes with, after FSDP's all-gather
+    assert result["sharded"] == {"torch.float32"}  # the optimiser updates float32 shards
+    assert result["casts"] == (precision == "bf16")  # the trainer then drops autocast
+    assert result["record"]["fsdp"]["param_dtype"] == str(dtype).removeprefix("torch.")
+    assert result["record"]["fsdp"]["reduce_dtype"] == "float32"
