@@ -69,36 +69,74 @@ def _step(ctx: DistributedContext, parallel, model, optimizer, step: int) -> Non
                   1.0, defer_sync=parallel.defer_sync, grad_scale=parallel.grad_scale)
 
 
-# --- evaluation once per job, and FSDP's model built on the meta device -------------------------------------
+# --- evaluation once per job, FSDP's model built on the meta device, its precision policy --------------------
+
+EVALUATIONS = [("ddp", 5), ("fsdp", 5), ("fsdp", 1)]  # (parallel, windows): 5 windows split 3 + 2; 1 leaves rank 1 none
 
 
-def _evaluate_worker(rank: int, port: int, out: Path, parallel: str, n_windows: int) -> None:
+def _models_worker(rank: int, port: int, out: Path) -> None:
     ctx = _join(rank, port)
-    model, _ = build_model(MODEL, SEED, ctx, parallel)
-    if parallel == "fsdp":
-        local = sum(p.to_local().numel() for p in model.parameters())  # DTensor shards
-        assert local < sum(p.numel() for p in model.parameters()), "a rank holds the whole model"
-    result = evaluate_on_ranks(ctx, model, _windows(n_windows), 2, None)
-    weights = full_weights(ctx, model)
-    torch.save({"eval": result, "weights": weights, "rng": torch.get_rng_state()}, out / f"rank{rank}.pt")
+    seen: dict = {"eval": [], "precision": {}}
+    for parallel, n_windows in EVALUATIONS:
+        model, _ = build_model(MODEL, SEED, ctx, parallel)
+        seen["rng"] = torch.get_rng_state()
+        if parallel == "fsdp":
+            local = sum(p.to_local().numel() for p in model.parameters())  # DTensor shards
+            assert local < sum(p.numel() for p in model.parameters()), "a rank holds the whole model"
+        seen["eval"].append(evaluate_on_ranks(ctx, model, _windows(n_windows), 2, None))
+        seen[f"weights_{parallel}"] = full_weights(ctx, model)
+    for precision in ("bf16", "fp32"):
+        model, parallel = build_model(MODEL, SEED, ctx, "fsdp", precision)
+        gathered: list[torch.dtype] = []
+        model.layers[0].register_forward_pre_hook(
+            lambda block, args, into=gathered: into.append(block.attn.out.weight.dtype))
+        optimizer = make_optimizer(model, CONFIG)
+        _step(ctx, parallel, model, optimizer, 0)
+        sharded = {p.dtype for p in model.parameters()} | {s["exp_avg"].dtype for s in optimizer.state.values()}
+        seen["precision"][precision] = (set(gathered), sharded, parallel.record, parallel.casts_params)
+    torch.save(seen, out / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize(("parallel", "n_windows"), [("ddp", 5), ("fsdp", 5), ("fsdp", 1)])
-def test_sharded_evaluation_is_the_single_process_one(tmp_path: Path, parallel: str, n_windows: int) -> None:
-    _spawn(_evaluate_worker, tmp_path, parallel, n_windows)
-    torch.manual_seed(SEED)
-    reference = Llama(MODEL)
+@pytest.fixture(scope="module")
+def two_rank_models(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out = tmp_path_factory.mktemp("models")
+    _spawn(_models_worker, out)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_sharded_evaluation_is_the_single_process_one(two_rank_models: list[dict]) -> None:
+    for (_, n_windows), *seen in zip(EVALUATIONS, *(rank["eval"] for rank in two_rank_models), strict=True):
+        expected = evaluate(_reference(), _windows(n_windows), 2, torch.device("cpu"), None)
+        for evaluation in seen:  # every rank returns the job's evaluation; each window was evaluated once
+            assert evaluation.tokens == expected.tokens == n_windows * SEQ_LEN
+            assert evaluation.val_loss == pytest.approx(expected.val_loss, rel=1e-6)
+
+
+def test_ranks_start_from_the_single_process_weights(two_rank_models: list[dict]) -> None:
+    reference = _reference()
     rng_after_build = torch.get_rng_state()
-    expected = evaluate(reference, _windows(n_windows), 2, torch.device("cpu"), None)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    for seen in ranks:  # every rank returns the job's evaluation; each window was evaluated once
-        assert seen["eval"].tokens == expected.tokens == n_windows * SEQ_LEN
-        assert seen["eval"].val_loss == pytest.approx(expected.val_loss, rel=1e-6)
-        assert torch.equal(seen["rng"], rng_after_build)  # the generator goes on as in one process
-    # The weights are those of one process under the same seed, bit for bit (FSDP: broadcast into the shards).
-    assert ranks[0]["weights"].keys() == reference.state_dict().keys()
-    assert all(torch.equal(ranks[0]["weights"][k], v) for k, v in reference.state_dict().items())
+    for parallel in ("ddp", "fsdp"):  # FSDP: built on meta, rank 0's seeded weights broadcast into the shards
+        weights = two_rank_models[0][f"weights_{parallel}"]
+        assert weights.keys() == reference.state_dict().keys()
+        assert all(torch.equal(weights[k], v) for k, v in reference.state_dict().items())
+    assert all(torch.equal(rank["rng"], rng_after_build) for rank in two_rank_models)  # the generator goes on
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_bf16_runs_gather_bf16_parameters_and_keep_fp32_shards(two_rank_models: list[dict], precision: str,
+                                                               dtype: torch.dtype) -> None:
+    gathered, sharded, record, casts = two_rank_models[0]["precision"][precision]
+    assert gathered == {dtype}  # what the block computes with, after FSDP's all-gather
+    assert sharded == {torch.float32}  # the optimiser updates float32 shards
+    assert casts == (precision == "bf16")  # the trainer then drops autocast
+    assert record["fsdp"]["param_dtype"] == str(dtype).removeprefix("torch.")
+    assert record["fsdp"]["reduce_dtype"] == "float32"
+
+
+def _reference() -> Llama:
+    torch.manual_seed(SEED)
+    return Llama(MODEL)
 
 
 # --- DCP checkpoints: exact resume, and an unreadable newest one skipped ------------------------------------
@@ -160,31 +198,3 @@ def test_sharded_checkpoints_resume_exactly_and_skip_an_unreadable_one(tmp_path:
     assert load_newest_checkpoint(single, tmp_path / "run", model, optimizer).meta.step == 2
     assert all(torch.equal(model.state_dict()[k], v) for k, v in result["at_two"].items())
     assert all(int(state["step"]) == 2 for state in optimizer.state.values())
-
-
-# --- bf16: FSDP's MixedPrecisionPolicy -------------------------------------------------------------------------
-
-
-def _precision_worker(rank: int, port: int, out: Path, precision: str) -> None:
-    ctx = _join(rank, port)
-    model, parallel = build_model(MODEL, SEED, ctx, "fsdp", precision)
-    seen: list[torch.dtype] = []
-    model.layers[0].register_forward_pre_hook(lambda block, args: seen.append(block.attn.out.weight.dtype))
-    optimizer = make_optimizer(model, CONFIG)
-    _step(ctx, parallel, model, optimizer, 0)
-    sharded = {str(p.dtype) for p in model.parameters()} | {str(s["exp_avg"].dtype) for s in optimizer.state.values()}
-    torch.save({"gathered": seen, "sharded": sharded, "record": parallel.record, "casts": parallel.casts_params},
-               out / f"rank{rank}.pt")
-    dist.destroy_process_group()
-
-
-@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp32", torch.float32)])
-def test_bf16_runs_gather_bf16_parameters_and_keep_fp32_shards(tmp_path: Path, precision: str,
-                                                               dtype: torch.dtype) -> None:
-    _spawn(_precision_worker, tmp_path, precision)
-    result = torch.load(tmp_path / "rank0.pt", weights_only=False)
-    assert result["gathered"] == [dtype]  # what the block computes with, after FSDP's all-gather
-    assert result["sharded"] == {"torch.float32"}  # the optimiser updates float32 shards
-    assert result["casts"] == (precision == "bf16")  # the trainer then drops autocast
-    assert result["record"]["fsdp"]["param_dtype"] == str(dtype).removeprefix("torch.")
-    assert result["record"]["fsdp"]["reduce_dtype"] == "float32"
