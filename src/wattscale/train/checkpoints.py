@@ -7,6 +7,9 @@ Layout of one checkpoint directory `<run_dir>/checkpoints/step-00000123/`:
 - `meta.json`: step, tokens seen, sequences consumed, accumulated wall seconds. Written last:
   a directory without it is an interrupted write and is ignored.
 
+An FSDP run's checkpoint has `sharded/` (torch.distributed.checkpoint: one file per rank and a `.metadata`)
+instead of model.safetensors, and only the RNG states in trainer_state.pt (`wattscale.train.run_checkpoints`).
+
 A checkpoint is written into a temporary directory `.tmp-step-N`; every file in it and the directory
 itself are fsynced, then it is renamed into place and the parent directory is fsynced. So a process
 killed, or a machine losing power, at any moment leaves the previous checkpoint or the new one
