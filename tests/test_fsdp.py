@@ -60,13 +60,14 @@ def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens[:, :-1], tokens[:, 1:]
 
 
-def _step(ctx: DistributedContext, parallel, model, optimizer, step: int) -> None:
-    """One optimiser step on this rank's share of step `step`'s batch, as the trainer takes it."""
+def _step(ctx: DistributedContext, parallel, model, optimizer, step: int) -> float:
+    """One optimiser step on this rank's share of step `step`'s batch, as the trainer takes it; this rank's loss."""
     inputs, targets = _batch(step)
     start, stop = rank_rows(BATCH, ctx.rank, ctx.world_size)
     inputs, targets = pad_rows(inputs[start:stop], targets[start:stop], lockstep_rows(BATCH, ctx.world_size, 2))
-    training_step(summed_loss_fn(parallel), model, optimizer, inputs, targets, BATCH * SEQ_LEN, 2, ctx.device, None,
-                  1.0, defer_sync=parallel.defer_sync, grad_scale=parallel.grad_scale)
+    loss, _ = training_step(summed_loss_fn(parallel), model, optimizer, inputs, targets, BATCH * SEQ_LEN, 2,
+                            ctx.device, None, 1.0, defer_sync=parallel.defer_sync, grad_scale=parallel.grad_scale)
+    return loss
 
 
 # --- evaluation once per job, FSDP's model built on the meta device, its precision policy --------------------
@@ -94,8 +95,35 @@ def _models_worker(rank: int, port: int, out: Path) -> None:
         _step(ctx, parallel, model, optimizer, 0)
         sharded = {p.dtype for p in model.parameters()} | {s["exp_avg"].dtype for s in optimizer.state.values()}
         seen["precision"][precision] = (set(gathered), sharded, parallel.record, parallel.casts_params)
+    seen["compile"] = _compiled_blocks(ctx)
     torch.save(seen, out / f"rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def _compiled_blocks(ctx: DistributedContext) -> dict:
+    """Train one step with and without per-block compile; torch.compile's backend records the graphs (the
+    default backend, inductor, would take a minute to compile on a loaded CPU)."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def record(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        graphs.append(graph)
+        return graph.forward
+
+    compile_ = torch.compile
+    torch.compile = lambda fn, **kwargs: compile_(fn, backend=record, **kwargs)
+    try:
+        losses, weights = [], []
+        for compile_model in (False, True):
+            model, parallel = build_model(MODEL, SEED, ctx, "fsdp", "fp32", compile_model)
+            optimizer = make_optimizer(model, CONFIG)
+            losses.append(_step(ctx, parallel, model, optimizer, 0))
+            weights.append(full_weights(ctx, model))
+    finally:
+        torch.compile = compile_
+    calls = {str(node.target) for graph in graphs for node in graph.graph.nodes if node.op == "call_function"}
+    return {"graphs": len(graphs), "collectives": sorted(c for c in calls if "gather" in c or "reduce" in c),
+            "losses": losses, "same_weights": all(torch.allclose(weights[0][k], weights[1][k], rtol=1e-5, atol=1e-7)
+                                                  for k in weights[0])}
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +226,12 @@ def test_sharded_checkpoints_resume_exactly_and_skip_an_unreadable_one(tmp_path:
     assert load_newest_checkpoint(single, tmp_path / "run", model, optimizer).meta.step == 2
     assert all(torch.equal(model.state_dict()[k], v) for k, v in result["at_two"].items())
     assert all(int(state["step"]) == 2 for state in optimizer.state.values())
+
+
+def test_compile_under_fsdp_compiles_each_block_without_the_collectives(two_rank_models: list[dict]) -> None:
+    for rank in two_rank_models:
+        compiled = rank["compile"]
+        assert compiled["graphs"] >= MODEL.n_layers  # each block's forward (again for another micro-batch shape)
+        assert compiled["collectives"] == []  # FSDP's all-gather and reduce-scatter stay outside the graphs
+        assert compiled["losses"][1] == pytest.approx(compiled["losses"][0], rel=1e-6)
+        assert compiled["same_weights"]
