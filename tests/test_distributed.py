@@ -172,7 +172,7 @@ def test_killed_rank_stops_the_job_and_a_rerun_resumes_exactly(request: pytest.F
 
     resumed = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    reason = "model.safetensors: SafetensorError" if parallel == "ddp" else "sharded: rank 1: "
+    reason = "model.safetensors: SafetensorError" if parallel == "ddp" else "sharded: rank"
     assert f"skipped checkpoint {newest.name} ({reason}" in resumed.stderr
     assert f"resuming from {previous.name}" in resumed.stderr
     assert not newest.exists() and (newest.parent / f"corrupt-{newest.name}").is_dir()

@@ -211,7 +211,8 @@ class _nothing:
 def test_sharded_checkpoints_resume_exactly_and_skip_an_unreadable_one(tmp_path: Path) -> None:
     _spawn(_resume_worker, tmp_path)
     result = torch.load(tmp_path / "rank0.pt", weights_only=False)
-    assert result["step"] == 2 and len(result["skipped"]) == 1 and "rank 1" in result["skipped"][0]
+    assert result["step"] == 2 and len(result["skipped"]) == 1
+    assert result["skipped"][0].startswith("skipped checkpoint step-00000003 (sharded: rank")
     assert result["resumed"].keys() == result["uninterrupted"].keys()
     assert all(torch.equal(result["resumed"][k], v) for k, v in result["uninterrupted"].items())  # bit-identical
     checkpoints = tmp_path / "run" / "checkpoints"

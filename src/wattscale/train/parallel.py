@@ -4,11 +4,16 @@ The trainer knows about ranks only through this module. The global batch keeps i
 (`batch_size` sequences per optimiser step); each step's sequences are cut into contiguous slices,
 one per rank, so the union over ranks is the single-process batch. Gradients come out summed over
 ranks, every rank divides by the step's global count of tokens, and the update equals the
-single-process one up to float summation order.
+single-process one up to float summation order. Evaluation is split the same way (`evaluate_on_ranks`):
+each validation window is evaluated once per job, not once per rank.
 
-Only rank 0 touches the store and the run folder; it decides (run id, resume point, "already
-finished") and broadcasts. Energy is measured by every rank on its own devices and gathered to rank 0
-(`wattscale.train.metering`, `wattscale.energy.ranks`).
+FSDP2 is set up as torchtitan does (`build_model`): built on the meta device, sharded per block then
+the root, bf16 parameters with float32 gradient reduction for bf16 runs, per-block compile. Its
+checkpoints are sharded (`wattscale.train.run_checkpoints`).
+
+Only rank 0 touches the store and the run folder (but for FSDP's checkpoint shards); it decides (run
+id, resume point, "already finished") and broadcasts. Energy is measured by every rank on its own
+devices and gathered to rank 0 (`wattscale.train.metering`, `wattscale.energy.ranks`).
 """
 
 from __future__ import annotations

@@ -208,9 +208,9 @@ def _load_sharded_together(ctx: DistributedContext, path: Path, model: nn.Module
         reason = exc.reason
     reasons = [None] * ctx.world_size
     dist.all_gather_object(reasons, reason)  # the ranks agree: a file only one rank reads may be the bad one
-    failed = [f"rank {rank}: {why}" for rank, why in enumerate(reasons) if why is not None]
-    if failed:
-        raise UnreadableCheckpoint(path, "; ".join(failed))
+    failed = [why for why in reasons if why is not None]
+    if failed:  # DCP passes every rank's read errors to every rank: the first one's reason stands for all
+        raise UnreadableCheckpoint(path, failed[0])
 
 
 def _load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -227,11 +227,20 @@ def _load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
             dcp.load(state, checkpoint_id=path / SHARDED_DIR)  # into the tensors of `state`, in place
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     except (OSError, RuntimeError, KeyError, ValueError, TypeError, CheckpointException) as exc:
-        raise UnreadableCheckpoint(path, f"{SHARDED_DIR}: {_first_line(exc)}") from None
+        raise UnreadableCheckpoint(path, f"{SHARDED_DIR}: {_load_error(exc)}") from None
 
 
-def _first_line(exc: BaseException, max_chars: int = 200) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+def _load_error(exc: BaseException, max_chars: int = 200) -> str:
+    """A load failure in one short line; DCP's CheckpointException, which quotes every rank's traceback, as the
+    ranks that failed and the first one's error."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        ranks = sorted(failures)
+        first = failures[ranks[0]]
+        first = first[0] if isinstance(first, tuple) else first
+        prefix = f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: "
+        return prefix + _load_error(first, max_chars - len(prefix))
+    text = " ".join(f"{type(exc).__name__}: {exc}".split()).removesuffix(":")
     return text if len(text) <= max_chars else text[:max_chars - 3] + "..."
 
 
