@@ -67,7 +67,7 @@ def _step(ctx: DistributedContext, parallel, model, optimizer, step: int) -> flo
     inputs, targets = pad_rows(inputs[start:stop], targets[start:stop], lockstep_rows(BATCH, ctx.world_size, 2))
     loss, _ = training_step(summed_loss_fn(parallel), model, optimizer, inputs, targets, BATCH * SEQ_LEN, 2,
                             ctx.device, None, 1.0, defer_sync=parallel.defer_sync, grad_scale=parallel.grad_scale)
-    return loss
+    return float(loss)  # a float, or a 0-d tensor read here
 
 
 # --- evaluation once per job, FSDP's model built on the meta device, its precision policy --------------------
