@@ -29,6 +29,7 @@ from wattscale.train.parallel import (
     lockstep_rows,
     pad_rows,
     rank_rows,
+    wrap_model,
 )
 from wattscale.train.run_checkpoints import load_newest_checkpoint, save_run_checkpoint
 
@@ -195,8 +196,15 @@ def _resume_worker(rank: int, port: int, out: Path) -> None:
     for step in range(resume.meta.step, STEPS):
         _step(ctx, parallel, model, optimizer, step)
     resumed = full_weights(ctx, model)
+    # Across formats: DDP replicas load the sharded checkpoint whole; FSDP loads a single-process one (the parent's).
+    crossed = {}
+    for parallel_mode, folder in (("ddp", run_dir), ("fsdp", out / "single")):
+        model, _ = build_model(MODEL, SEED + 2, ctx, parallel_mode)
+        optimizer = make_optimizer(model, CONFIG)
+        step = load_newest_checkpoint(ctx, folder, model, optimizer).meta.step
+        crossed[parallel_mode] = (step, full_weights(ctx, model), optimizer.state_dict()["state"][0]["step"].item())
     torch.save({"at_two": at_two, "uninterrupted": uninterrupted, "resumed": resumed, "skipped": resume.skipped,
-                "step": resume.meta.step}, out / f"rank{rank}.pt")
+                "step": resume.meta.step, "crossed": crossed}, out / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -209,8 +217,19 @@ class _nothing:
 
 
 def test_sharded_checkpoints_resume_exactly_and_skip_an_unreadable_one(tmp_path: Path) -> None:
+    single = DistributedContext(0, 0, 1, None, torch.device("cpu"))
+    model = _reference()  # a single-process run's checkpoint after 2 steps, for FSDP to resume
+    optimizer = make_optimizer(model, CONFIG)
+    for step in range(2):
+        _step(single, wrap_model(model, single, "ddp"), model, optimizer, step)
+    save_run_checkpoint(single, tmp_path / "single", model, optimizer, CheckpointMeta(2, 0, 0, 0.0, None, None))
     _spawn(_resume_worker, tmp_path)
     result = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    ddp_step, ddp_weights, ddp_adam_step = result["crossed"]["ddp"]
+    assert (ddp_step, ddp_adam_step) == (2, 2.0) and all(torch.equal(ddp_weights[k], v)
+                                                          for k, v in result["at_two"].items())
+    fsdp_step, fsdp_weights, _ = result["crossed"]["fsdp"]
+    assert fsdp_step == 2 and all(torch.equal(fsdp_weights[k], v) for k, v in model.state_dict().items())
     assert result["step"] == 2 and len(result["skipped"]) == 1
     assert result["skipped"][0].startswith("skipped checkpoint step-00000003 (sharded: rank")
     assert result["resumed"].keys() == result["uninterrupted"].keys()
