@@ -81,6 +81,12 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tupl
     return cwd, _train(cwd, "w.db", "runs", cache_dir, 2)
 
 
+@pytest.fixture(scope="module")
+def fsdp_ranks(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Path, dict]:
+    cwd = tmp_path_factory.mktemp("fsdp")
+    return cwd, _train(cwd, "w.db", "runs", cache_dir, 2, "--parallel", "fsdp")
+
+
 def test_two_ranks_train_the_single_process_run(one_process, two_ranks) -> None:
     (one_dir, one), (two_dir, two) = one_process, two_ranks
     assert two["run_id"] == one["run_id"]  # the same run, whatever the number of processes
@@ -103,6 +109,8 @@ def test_two_ranks_train_the_single_process_run(one_process, two_ranks) -> None:
     phase_rows = [r for r in energy if r["scope"] == "phase"]
     assert sum(r["energy_j"] for r in phase_rows) == pytest.approx(record["energy_j"], rel=1e-9)
     assert record["train_energy_j"] == pytest.approx(sum(r["energy_j"] for r in phase_rows if r["phase"] == "train"))
+    # Evaluation is sharded: each rank evaluates its windows, and its energy there (waiting included) is eval.
+    assert {(r["device"], r["phase"]) for r in phase_rows} >= {("rank0/cpu", "eval"), ("rank1/cpu", "eval")}
     intervals = [r for r in energy if r["scope"] == "interval"]
     assert {r["device"] for r in intervals} == set(run_rows)
     assert {(r["start_tokens"], r["end_tokens"]) for r in intervals} == {(0, 8000), (8000, 16000), (16000, TOKENS)}
@@ -110,40 +118,46 @@ def test_two_ranks_train_the_single_process_run(one_process, two_ranks) -> None:
         ("rank0/cpu", "train"), ("rank1/cpu", "train"), ("rank0/cpu", "eval"), ("rank1/cpu", "eval")}
 
 
-def test_fsdp_trains_the_same_run_and_writes_single_process_checkpoints(one_process, tmp_path: Path,
-                                                                         cache_dir: Path) -> None:
-    one_dir, one = one_process
-    fsdp = _train(tmp_path, "w.db", "runs", cache_dir, 2, "--parallel", "fsdp")
+def test_fsdp_trains_the_same_run_and_writes_sharded_checkpoints(one_process, fsdp_ranks) -> None:
+    (one_dir, one), (tmp_path, fsdp) = one_process, fsdp_ranks
     assert fsdp["run_id"] == one["run_id"] and fsdp["tokens_seen"] == TOKENS
     assert fsdp["final_val_loss"] == pytest.approx(one["final_val_loss"], rel=1e-5)
-    _, steps, _, _ = _rows(tmp_path / "w.db", fsdp["run_id"])
+    record, steps, _, energy = _rows(tmp_path / "w.db", fsdp["run_id"])
     _, one_steps, _, _ = _rows(one_dir / "w.db", one["run_id"])
     torch.testing.assert_close(torch.tensor([s["loss"] for s in steps], dtype=torch.float64),
                                torch.tensor([s["loss"] for s in one_steps], dtype=torch.float64), rtol=5e-5, atol=0.0)
-    # The sharded state was gathered into the single-process format: a plain model and optimiser load it.
+    assert json.loads(record["config_json"])["resolved"]["fsdp"]["param_dtype"] == "float32"  # an fp32 run
+    assert {(r["device"], r["phase"]) for r in energy if r["scope"] == "phase"} >= {
+        ("rank0/cpu", "eval"), ("rank1/cpu", "eval"), ("rank0/cpu", "checkpoint"), ("rank1/cpu", "checkpoint")}
+    # Every rank wrote its shards (torch.distributed.checkpoint); one process loads them whole.
     from wattscale.model import Llama, ModelConfig
     from wattscale.train import make_optimizer
-    from wattscale.train.checkpoints import load_checkpoint
+    from wattscale.train.run_checkpoints import load_newest_checkpoint
 
     *_, ckpt = sorted((tmp_path / "runs" / fsdp["run_id"] / "checkpoints").glob("step-*"))
     *_, one_ckpt = sorted((one_dir / "runs" / one["run_id"] / "checkpoints").glob("step-*"))
-    assert ckpt.name == one_ckpt.name
+    assert ckpt.name == one_ckpt.name and not (ckpt / "model.safetensors").exists()
+    assert len(list((ckpt / "sharded").glob("*.distcp"))) == 2
     config = build_run_config(overrides={"model": {"preset": "llama-tiny"}, "train": {"tokens": TOKENS}})
     model = Llama(ModelConfig.from_name("llama-tiny"))
     optimizer = make_optimizer(model, config)
-    assert load_checkpoint(ckpt, model, optimizer).tokens_seen == 16_000
+    single = DistributedContext(0, 0, 1, None, torch.device("cpu"))
+    assert load_newest_checkpoint(single, ckpt.parent.parent, model, optimizer).meta.tokens_seen == 16_000
     reference = torch.load(one_ckpt / "trainer_state.pt", weights_only=True)["optimizer"]
     for index, state in reference["state"].items():  # float-order differences after 100 steps, so up to scale
         torch.testing.assert_close(optimizer.state_dict()["state"][index]["exp_avg"], state["exp_avg"],
                                    rtol=0.0, atol=1e-3 * state["exp_avg"].abs().max().item())
 
 
-def test_killed_rank_stops_the_job_and_a_rerun_resumes_exactly(two_ranks, tmp_path: Path, cache_dir: Path) -> None:
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_killed_rank_stops_the_job_and_a_rerun_resumes_exactly(request: pytest.FixtureRequest, parallel: str,
+                                                               tmp_path: Path, cache_dir: Path) -> None:
     """Rank 0 SIGKILLed, and its newest checkpoint then truncated (as a power loss could): the rerun resumes
-    from the checkpoint before it, and ends with exactly the weights of the uninterrupted run."""
-    _, uninterrupted = two_ranks
+    from the checkpoint before it, and ends with exactly the weights of the uninterrupted run. Under FSDP
+    every rank writes its shards (torch.distributed.checkpoint) and it is rank 1's that is cut short."""
+    _, uninterrupted = request.getfixturevalue("two_ranks" if parallel == "ddp" else "fsdp_ranks")
     run_dir = tmp_path / "runs" / uninterrupted["run_id"]
-    cmd = _command(tmp_path, "w.db", "runs", cache_dir, 2)
+    cmd = _command(tmp_path, "w.db", "runs", cache_dir, 2, "--parallel", parallel)
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and len(list(run_dir.glob("checkpoints/step-*"))) < 2:
@@ -153,12 +167,13 @@ def test_killed_rank_stops_the_job_and_a_rerun_resumes_exactly(two_ranks, tmp_pa
     with open_store(str(tmp_path / "w.db")) as store:
         assert store.get_run(uninterrupted["run_id"])["status"] == "running", "the kill must land mid-run"
     *_, previous, newest = sorted(run_dir.glob("checkpoints/step-*"))  # three if killed before pruning
-    weights = newest / "model.safetensors"
+    weights = newest / "model.safetensors" if parallel == "ddp" else newest / "sharded" / "__1_0.distcp"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
     resumed = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"skipped checkpoint {newest.name} (model.safetensors: SafetensorError" in resumed.stderr
+    reason = "model.safetensors: SafetensorError" if parallel == "ddp" else "sharded: rank"
+    assert f"skipped checkpoint {newest.name} ({reason}" in resumed.stderr
     assert f"resuming from {previous.name}" in resumed.stderr
     assert not newest.exists() and (newest.parent / f"corrupt-{newest.name}").is_dir()
     out = json.loads(resumed.stdout)

@@ -7,6 +7,9 @@ Layout of one checkpoint directory `<run_dir>/checkpoints/step-00000123/`:
 - `meta.json`: step, tokens seen, sequences consumed, accumulated wall seconds. Written last:
   a directory without it is an interrupted write and is ignored.
 
+An FSDP run's checkpoint has `sharded/` (torch.distributed.checkpoint: one file per rank and a `.metadata`)
+instead of model.safetensors, and only the RNG states in trainer_state.pt (`wattscale.train.run_checkpoints`).
+
 A checkpoint is written into a temporary directory `.tmp-step-N`; every file in it and the directory
 itself are fsynced, then it is renamed into place and the parent directory is fsynced. So a process
 killed, or a machine losing power, at any moment leaves the previous checkpoint or the new one
@@ -40,6 +43,7 @@ from safetensors.torch import load_file, save
 from wattscale.errors import DataError
 
 CHECKPOINT_DIR = "checkpoints"
+SHARDED_DIR = "sharded"  # an FSDP checkpoint's torch.distributed.checkpoint folder: one file per rank
 KEEP_LAST = 2  # two, so that a newest checkpoint that cannot be read still leaves one to resume from
 # What reading a damaged file raises: safetensors its own SafetensorError; torch.load an EOFError (empty
 # file), an OSError or RuntimeError (cut zip), an UnpicklingError; json a ValueError; a bad meta a TypeError.
@@ -115,23 +119,45 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
 def write_checkpoint(run_dir: Path, weights: dict[str, torch.Tensor], optimizer_state: dict,
                      meta: CheckpointMeta, keep_last: int = KEEP_LAST) -> Path:
     """`save_checkpoint` from state dicts (e.g. gathered from the ranks of a sharded model)."""
+    tmp = new_checkpoint_dir(run_dir, meta.step)
+    try:
+        write_file(tmp / "model.safetensors", save(_cpu_weights(weights), metadata={"format": "pt"}))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return commit_checkpoint(run_dir, tmp, {"optimizer": optimizer_state, "rng": rng_state()}, meta, keep_last)
+
+
+def new_checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """A fresh, empty `.tmp-step-N` directory to write checkpoint `step` into (see `commit_checkpoint`)."""
     root = run_dir / CHECKPOINT_DIR
     if not root.is_dir():
         root.mkdir(parents=True)
         fsync_path(root.parent)
-    final = root / f"step-{meta.step:08d}"
-    tmp = root / f".tmp-step-{meta.step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def commit_checkpoint(run_dir: Path, tmp: Path, trainer_state: dict, meta: CheckpointMeta,
+                      keep_last: int = KEEP_LAST) -> Path:
+    """Finish the checkpoint whose other files are in `tmp`: write trainer_state.pt and meta.json (last), fsync
+    `tmp` and every folder in it, rename it into place, then delete all but the newest `keep_last`.
+
+    On any failure `tmp` is removed: no half-written checkpoint is left behind (a full disk, say).
+    """
+    root = run_dir / CHECKPOINT_DIR
+    final = root / f"step-{meta.step:08d}"
     try:
-        tmp.mkdir()
-        write_file(tmp / "model.safetensors", save(_cpu_weights(weights), metadata={"format": "pt"}))
         # Streamed, not built in memory: the optimiser state is twice the model (a 1.1B model's is ~9 GB), and
         # torch.save into a Python file object passes a write error on as that OSError, errno and all.
-        write_file(tmp / "trainer_state.pt",
-                   lambda handle: torch.save({"optimizer": optimizer_state, "rng": rng_state()}, handle))
+        write_file(tmp / "trainer_state.pt", lambda handle: torch.save(trainer_state, handle))
         write_file(tmp / "meta.json", json.dumps(asdict(meta)).encode())
+        for folder in (p for p in tmp.iterdir() if p.is_dir()):
+            fsync_path(folder)
         fsync_path(tmp)
-    except BaseException:  # a full disk, say: no half-written checkpoint is left behind
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(final, ignore_errors=True)
@@ -218,6 +244,23 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[dic
     except _READ_ERRORS as exc:
         raise UnreadableCheckpoint(path, f"{name}: {_reason(exc)}") from None
     return weights, state, meta
+
+
+def read_checkpoint_state(path: Path) -> tuple[dict, CheckpointMeta]:
+    """The trainer state and meta of a checkpoint, without its weights; UnreadableCheckpoint if not."""
+    name = "meta.json"
+    try:
+        meta = CheckpointMeta(**json.loads((path / name).read_text()))
+        name = "trainer_state.pt"
+        state = torch.load(path / name, map_location="cpu", weights_only=True)
+    except _READ_ERRORS as exc:
+        raise UnreadableCheckpoint(path, f"{name}: {_reason(exc)}") from None
+    return state, meta
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether a checkpoint holds sharded state (`SHARDED_DIR`, written by FSDP ranks) instead of model.safetensors."""
+    return (path / SHARDED_DIR).is_dir()
 
 
 def _reason(exc: BaseException, max_chars: int = 200) -> str:

@@ -4,11 +4,16 @@ The trainer knows about ranks only through this module. The global batch keeps i
 (`batch_size` sequences per optimiser step); each step's sequences are cut into contiguous slices,
 one per rank, so the union over ranks is the single-process batch. Gradients come out summed over
 ranks, every rank divides by the step's global count of tokens, and the update equals the
-single-process one up to float summation order.
+single-process one up to float summation order. Evaluation is split the same way (`evaluate_on_ranks`):
+each validation window is evaluated once per job, not once per rank.
 
-Only rank 0 touches the store and the run folder; it decides (run id, resume point, "already
-finished") and broadcasts. Energy is measured by every rank on its own devices and gathered to rank 0
-(`wattscale.train.metering`, `wattscale.energy.ranks`).
+FSDP2 is set up as torchtitan does (`build_model`): built on the meta device, sharded per block then
+the root, bf16 parameters with float32 gradient reduction for bf16 runs, per-block compile. Its
+checkpoints are sharded (`wattscale.train.run_checkpoints`).
+
+Only rank 0 touches the store and the run folder (but for FSDP's checkpoint shards); it decides (run
+id, resume point, "already finished") and broadcasts. Energy is measured by every rank on its own
+devices and gathered to rank 0 (`wattscale.train.metering`, `wattscale.energy.ranks`).
 """
 
 from __future__ import annotations
@@ -20,8 +25,7 @@ import inspect
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 import torch
@@ -30,18 +34,9 @@ from torch import nn
 
 from wattscale.budget import IGNORE_INDEX
 from wattscale.errors import ConfigError, WattscaleError
+from wattscale.evaluate import Evaluation, evaluation_from_sums, loss_and_tokens, window_pairs
 from wattscale.hardware import resolve_device
-from wattscale.model import Llama
-from wattscale.train.checkpoints import (
-    CheckpointMeta,
-    ResumePoint,
-    load_checkpoint,
-    load_newest,
-    read_checkpoint,
-    save_checkpoint,
-    set_rng_state,
-    write_checkpoint,
-)
+from wattscale.model import Llama, ModelConfig, rope_tables
 
 T = TypeVar("T")
 
@@ -205,6 +200,30 @@ def pad_rows(inputs: torch.Tensor, targets: torch.Tensor, rows: int) -> tuple[to
             torch.cat([targets, targets.new_full((missing, seq_len), IGNORE_INDEX)]))
 
 
+# --- evaluation ----------------------------------------------------------------------------------------
+
+
+def evaluate_on_ranks(ctx: DistributedContext, model: nn.Module, windows: torch.Tensor, batch_size: int,
+                      autocast_dtype: torch.dtype | None) -> Evaluation:
+    """The validation loss over `windows`, each rank evaluating its contiguous share; the same on every rank.
+
+    The summed loss and token count are all-reduced (float64), so the result is the single-process one up to
+    float summation order, and the job evaluates each window once instead of once per rank. Under FSDP every
+    rank must run the same forwards (they all-gather), so a shorter share is padded with rows that count
+    nothing, as in training. One process: `evaluate` on all windows. Collective.
+    """
+    inputs, targets = window_pairs(windows)  # [n, T] each
+    if ctx.world_size == 1:
+        return evaluation_from_sums(loss_and_tokens(model, inputs, targets, batch_size, ctx.device, autocast_dtype))
+    start, stop = rank_rows(windows.shape[0], ctx.rank, ctx.world_size)
+    inputs, targets = pad_rows(inputs[start:stop], targets[start:stop],
+                               lockstep_rows(windows.shape[0], ctx.world_size, batch_size))
+    sums = loss_and_tokens(model, inputs, targets, batch_size, ctx.device, autocast_dtype)
+    dist.all_reduce(sums)
+    reshard_after_eval(model)
+    return evaluation_from_sums(sums)
+
+
 # --- the model -----------------------------------------------------------------------------------------
 
 
@@ -215,6 +234,11 @@ class ParallelModel:
     loss: Callable[..., torch.Tensor]  # Llama.loss's signature; through DDP's forward under DDP
     defer_sync: Callable[[], AbstractContextManager]  # around every micro-batch but the last: no reduction yet
     grad_scale: float  # DDP and FSDP average over ranks; scaling each rank's loss by W makes that a sum
+    # FSDP: each block's forward is torch.compile'd before sharding, so the trainer must not compile the loss
+    blocks_compiled: bool = False
+    # FSDP's MixedPrecisionPolicy casts the parameters (bf16 runs): no autocast on top of it
+    casts_params: bool = False
+    record: dict[str, Any] = field(default_factory=dict)  # FSDP's settings, for the run's resolved config
 
 
 class _LossModule(nn.Module):
@@ -228,31 +252,84 @@ class _LossModule(nn.Module):
         return self.model.loss(inputs, targets, **kwargs)
 
 
-def wrap_model(model: Llama, ctx: DistributedContext, parallel: str) -> ParallelModel:
-    """Spread `model` over the ranks; build the optimiser after this call (FSDP swaps the parameters).
+def build_model(config: ModelConfig, seed: int, ctx: DistributedContext, parallel: str, precision: str = "fp32",
+                compile_model: bool = False) -> tuple[Llama, ParallelModel]:
+    """The run's model on `ctx.device`, initialised from `seed` as one process would, and spread over the ranks.
 
-    "ddp": replicas, gradients all-reduced. "fsdp": FSDP2 `fully_shard` per transformer block, then
-    the root; parameters, gradients and optimiser state are sharded, so models too big for one
-    device fit. One process: the model as it is.
+    One process and DDP: built on the CPU under the seed, then moved. FSDP: built on the meta device, sharded
+    (`fully_shard` per block, then the root), materialised with `to_empty` (each rank allocates its shard only)
+    and filled from the single-process weights, which rank 0 builds on the CPU under the seed and broadcasts
+    one tensor at a time (`set_model_state_dict(..., broadcast_from_rank0=True)`): so the weights equal those
+    of one process and no rank holds the whole model on its device. Build the optimiser after this call.
+    """
+    if ctx.world_size == 1 or parallel == "ddp":
+        torch.manual_seed(seed)
+        model = Llama(config).to(ctx.device)
+        return model, wrap_model(model, ctx, parallel)
+    return _sharded_model(config, seed, ctx, precision, compile_model)
+
+
+def wrap_model(model: Llama, ctx: DistributedContext, parallel: str) -> ParallelModel:
+    """Spread a built `model` over the ranks: "ddp", replicas with gradients all-reduced; one process: as it is.
+
+    FSDP builds its own (`build_model`): it shards before the weights exist.
     """
     if ctx.world_size == 1:
         return ParallelModel(model.loss, nullcontext, 1.0)
-    if parallel == "ddp":
-        # The RoPE tables are the only buffers and are derived from the config: no need to sync them per step.
-        ddp = nn.parallel.DistributedDataParallel(
-            _LossModule(model), device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            **{_DDP_BUFFER_SYNC_ARG: False})
-        return ParallelModel(ddp, ddp.no_sync, float(ctx.world_size))
+    if parallel != "ddp":
+        raise ValueError(f"wrap_model: {parallel!r} models are made by build_model")
+    # The RoPE tables are the only buffers and are derived from the config: no need to sync them per step.
+    ddp = nn.parallel.DistributedDataParallel(
+        _LossModule(model), device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+        **{_DDP_BUFFER_SYNC_ARG: False})
+    return ParallelModel(ddp, ddp.no_sync, float(ctx.world_size))
+
+
+def fsdp_precision_policy(precision: str) -> Any:
+    """FSDP2's MixedPrecisionPolicy for a run's resolved precision: bf16 parameters for the all-gathers and the
+    compute, gradients reduced in float32 (torchtitan's default); None (all float32) otherwise."""
+    if precision != "bf16":
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+def _sharded_model(config: ModelConfig, seed: int, ctx: DistributedContext, precision: str,
+                   compile_model: bool) -> tuple[Llama, ParallelModel]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
+    torch.manual_seed(seed)
+    # Rank 0: the single-process weights, in host memory. Every rank: the generator's state after that build.
+    full = Llama(config).state_dict() if ctx.is_main else {}
+    torch.set_rng_state(broadcast_object(ctx, torch.get_rng_state()))
+    with torch.device("meta"):
+        model = Llama(config)
     # An explicit mesh: without one FSDP2 picks CUDA whenever a GPU exists, even for a gloo CPU run.
-    mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+    policy = fsdp_precision_policy(precision)
+    shard = functools.partial(fully_shard, mesh=init_device_mesh(ctx.device.type, (ctx.world_size,)),
+                              **({"mp_policy": policy} if policy is not None else {}))
     for block in model.layers:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        if compile_model:
+            # Each block's forward, before sharding: FSDP's gather/free hooks stay outside the compiled graphs
+            # (torchtitan's per-block compile), and parameter names stay those of one process.
+            block.forward = torch.compile(block.forward)
+        shard(block)
+    shard(model)
     register_fsdp_forward_method(model, "loss")  # FSDP's gather/free hooks run on forward() only
-    return ParallelModel(model.loss, functools.partial(_fsdp_no_sync, model), float(ctx.world_size))
+    model.to_empty(device=ctx.device)  # each rank's shards, uninitialised; the tied head stays tied
+    with torch.no_grad():  # the RoPE tables are not in the state dict: derived from the config, as in Llama
+        cos, sin = rope_tables(config.head_dim, config.context_length, config.rope_base)
+        model.rope_cos.copy_(cos)
+        model.rope_sin.copy_(sin)
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full
+    record = {"fsdp": {"param_dtype": "bfloat16" if policy is not None else "float32", "reduce_dtype": "float32",
+                       "compiled_blocks": compile_model, "checkpoints": "sharded (torch.distributed.checkpoint)"}}
+    return model, ParallelModel(model.loss, functools.partial(_fsdp_no_sync, model), float(ctx.world_size),
+                                blocks_compiled=compile_model, casts_params=policy is not None, record=record)
 
 
 @contextmanager
@@ -276,67 +353,6 @@ def reshard_after_eval(model: nn.Module) -> None:
         model.reshard()
 
 
-def load_newest_checkpoint(ctx: DistributedContext, run_dir: Path, model: nn.Module,
-                           optimizer: torch.optim.Optimizer) -> ResumePoint:
-    """Load the run's newest readable checkpoint into model and optimiser on every rank.
-
-    `ResumePoint.meta` is None if the run has none. Checkpoints that cannot be read are skipped for the
-    one before, as `checkpoint.load_newest` does (a warning on rank 0, the messages on every rank). With
-    several ranks rank 0 reads the files and the state is broadcast from it, so the other ranks need no
-    access to the run folder. Collective.
-    """
-    if ctx.world_size == 1:
-        return load_newest(run_dir, lambda path: load_checkpoint(path, model, optimizer))
-    files: list[tuple[dict, dict, dict]] = []  # rank 0: weights, optimiser and RNG states of the one read
-
-    def read(path: Path) -> CheckpointMeta:
-        weights, state, meta = read_checkpoint(path)
-        files.append((weights, state["optimizer"], state["rng"]))
-        return meta
-
-    def newest() -> tuple[ResumePoint, dict | None]:
-        resume = load_newest(run_dir, read)
-        return resume, (files[0][2] if files else None)
-
-    resume, rng = rank0_decides(ctx, newest)
-    if resume.meta is None:
-        return resume
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    weights, optimizer_state, _ = files[0] if files else ({}, {}, None)
-    if optimizer_state:  # rank 0: from parameter indices (the file's layout) to names (what DCP expects)
-        optimizer_state = _rekeyed(optimizer_state, dict(enumerate(_param_names(model, optimizer))))
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    set_model_state_dict(model, dict(weights), options=options)  # a copy: DCP replaces the values in place
-    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
-    set_rng_state(rng)
-    return resume
-
-
-def save_checkpoint_on_rank0(ctx: DistributedContext, run_dir: Path, model: nn.Module,
-                             optimizer: torch.optim.Optimizer, meta: CheckpointMeta) -> None:
-    """Rank 0 writes a checkpoint of the full model and optimiser, gathered from every rank. Collective.
-
-    The optimiser state is keyed by parameter index as `optimizer.state_dict()` is, so checkpoints of
-    1- and N-process runs are the same files and either can resume the other.
-    """
-    if ctx.world_size == 1:
-        save_checkpoint(run_dir, model, optimizer, meta)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    weights = full_weights(ctx, model)
-    state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
-                                                                                  cpu_offload=True))
-    if ctx.is_main:
-        index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
-        write_checkpoint(run_dir, weights, _rekeyed(state, index), meta)
-
-
 def full_weights(ctx: DistributedContext, model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole model's weights on rank 0, named as in one process; {} on the other ranks. Collective."""
     if ctx.world_size == 1:
@@ -344,15 +360,3 @@ def full_weights(ctx: DistributedContext, model: nn.Module) -> dict[str, torch.T
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def _rekeyed(optimizer_state: dict, keys: dict) -> dict:
-    """An optimiser state dict with its parameter keys mapped through `keys` (index -> name or back)."""
-    return {"state": {keys[k]: v for k, v in optimizer_state["state"].items()},
-            "param_groups": [{**g, "params": [keys[k] for k in g["params"]]} for g in optimizer_state["param_groups"]]}
-
-
-def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """Parameter names in the optimiser's index order (a tied weight under its first name)."""
-    names = {id(p): name for name, p in model.named_parameters()}
-    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]

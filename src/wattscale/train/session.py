@@ -26,7 +26,7 @@ from wattscale.budget import StepPlan, mask_targets
 from wattscale.config import RunConfig, run_id_for
 from wattscale.data import PreparedData, TokenShard, prepare_data, sequence_batch, training_subset
 from wattscale.errors import ConfigError, DataError, StoreError, StoreFileGone, WattscaleError
-from wattscale.evaluate import Evaluation, evaluate, validation_windows
+from wattscale.evaluate import Evaluation, validation_windows
 from wattscale.hardware import apply_matmul_precision, device_info, git_revision, resolve_precision, run_peak_flops
 from wattscale.locking import run_lock
 from wattscale.model import Llama, count_parameters, flops_per_token
@@ -59,19 +59,18 @@ from wattscale.train.parallel import (
     ParallelModel,
     all_reduce_sum,
     broadcast_object,
+    build_model,
+    evaluate_on_ranks,
     full_weights,
     init_distributed,
-    load_newest_checkpoint,
     lockstep_rows,
     pad_rows,
     rank0_decides,
     rank0_first,
     rank_rows,
-    reshard_after_eval,
-    save_checkpoint_on_rank0,
     shutdown,
-    wrap_model,
 )
+from wattscale.train.run_checkpoints import load_newest_checkpoint, save_run_checkpoint
 from wattscale.train.run_folder import folder_error, lock_busy, move_checkpoints
 
 __all__ = ["DEFAULT_CACHE_DIR", "TrainResult", "make_optimizer", "summed_loss_fn", "train", "training_step"]
@@ -232,10 +231,11 @@ class _Session:
                     close_tracker(tracker, "failed")
 
     def _run(self, existing: dict | None, trackers: list[Tracker]) -> TrainResult:
-        torch.manual_seed(self.config.train.seed)
-        model = Llama(self.config.model).to(self.device)
         # Before the optimiser is built: FSDP replaces the parameters with sharded ones.
-        self.parallel = wrap_model(model, self.ctx, self.config.train.parallel)
+        model, self.parallel = build_model(self.config.model, self.config.train.seed, self.ctx,
+                                           self.config.train.parallel, self.precision, self.config.train.compile)
+        if self.parallel.casts_params:  # FSDP's MixedPrecisionPolicy computes in bf16: no autocast on top
+            self.autocast_dtype = None
         optimizer = make_optimizer(model, self.config)
         # The newest checkpoint that loads (an unreadable newer one is set aside with a CheckpointWarning).
         try:
@@ -259,7 +259,7 @@ class _Session:
         self.metering = RunMetering(self.config.meter, self.ctx, self.store, self.run_id, resume, idle_due,
                                     trackers=trackers, params=tracked_params(self.config, self.run_id, self.device,
                                                                              self.precision, self.experiment))
-        loss_fn = summed_loss_fn(self.parallel, self.config.train.compile)
+        loss_fn = summed_loss_fn(self.parallel, self.config.train.compile and not self.parallel.blocks_compiled)
         progress = TrainingProgress(self.run_id, self.config.train.tokens,
                                     meta.tokens_seen if meta else 0, enabled=self.show_progress,
                                     hooks=self.progress_hooks)
@@ -320,7 +320,8 @@ class _Session:
         resolved["resolved"] = {"device": str(self.device), "precision": self.precision,
                                 "world_size": self.ctx.world_size, "eval_interval_tokens": self.eval_interval,
                                 "checkpoint_interval_tokens": self.checkpoint_interval,
-                                "total_steps": self.plan.total_steps, "warmup_steps": self.warmup_steps}
+                                "total_steps": self.plan.total_steps, "warmup_steps": self.warmup_steps,
+                                **self.parallel.record}
         config_json = json.dumps(resolved, sort_keys=True)
         # Where the run's folder is does not change what it computes: two processes that train the same
         # settings under different run roots agree on the hash (see config_hash_for).
@@ -422,9 +423,8 @@ class _Session:
 
     def _evaluate(self, model: Llama, pos: LoopPosition, progress: TrainingProgress) -> Evaluation:
         with self.metering.phase("eval"):
-            # Every rank evaluates the same windows: FSDP gathers parameters in each forward.
-            result = evaluate(model, self.val_windows, self.micro_batch, self.device, self.autocast_dtype)
-            reshard_after_eval(model)
+            # Each rank evaluates its share of the windows; the others' time here is eval too.
+            result = evaluate_on_ranks(self.ctx, model, self.val_windows, self.micro_batch, self.autocast_dtype)
         if self.store is not None:
             self.store.add_evaluation(self.run_id, {"step": pos.step, "tokens_seen": pos.tokens_seen,
                                                     "val_loss": result.val_loss, "val_ppl": result.val_ppl,
@@ -439,7 +439,7 @@ class _Session:
         with self.metering.phase("checkpoint"):
             meta = CheckpointMeta(pos.step, pos.tokens_seen, pos.sequences, self.metering.job_seconds(),
                                   pos.best_loss_ema, pos.loss_ema, self.metering.state())
-            save_checkpoint_on_rank0(self.ctx, self.run_dir, model, optimizer, meta)
+            save_run_checkpoint(self.ctx, self.run_dir, model, optimizer, meta)
             # The state in meta.json predates the write; this one includes it (resume prefers it).
             after = self.metering.state()
             if self.ctx.is_main:
