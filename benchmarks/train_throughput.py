@@ -48,15 +48,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_pair(preset: str, seq_len: int, batch: int, device: torch.device, lr: float):
-    """Our model+optimizer and the transformers reference with identical weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+def build_ours(preset: str, seq_len: int, batch: int, device: torch.device, lr: float):
+    """The run config, our model (seed 0) on `device`, and the trainer's optimizer for it."""
     config = build_run_config(overrides={"model": {"preset": preset},
                                          "train": {"tokens": batch * seq_len, "batch_size": batch,
                                                    "seq_len": seq_len, "lr": lr}})
     torch.manual_seed(0)
     ours = Llama(config.model).to(device)
+    return config, ours, make_optimizer(ours, config)
+
+
+def build_pair(preset: str, seq_len: int, batch: int, device: torch.device, lr: float):
+    """Our model+optimizer and the transformers reference with identical weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config, ours, optimizer = build_ours(preset, seq_len, batch, device, lr)
     ref = LlamaForCausalLM(LlamaConfig(**hf_config_dict(config.model)))
     ref.load_state_dict(to_hf_state_dict(ours), strict=not config.model.tie_embeddings)
     if config.model.tie_embeddings:
@@ -66,7 +72,7 @@ def build_pair(preset: str, seq_len: int, batch: int, device: torch.device, lr: 
     tc = config.train
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps,
                                 weight_decay=tc.weight_decay)
-    return config, ours, make_optimizer(ours, config), ref, ref_opt
+    return config, ours, optimizer, ref, ref_opt
 
 
 def ref_step(model, optimizer, inputs, targets, device, autocast_dtype, grad_clip) -> float:
@@ -112,9 +118,11 @@ def main() -> None:
     device = torch.device(args.device)
     precision = resolve_precision("auto", device)
     autocast_dtype = torch.bfloat16 if precision == "bf16" else None
-    config, ours, opt, ref, ref_opt = build_pair(args.preset, args.seq_len, args.batch, device, lr=1e-4)
-    if args.no_reference:
-        ref = None
+    if args.no_reference:  # no second copy of the model (nor transformers) at all
+        config, ours, opt = build_ours(args.preset, args.seq_len, args.batch, device, lr=1e-4)
+        ref = ref_opt = None
+    else:
+        config, ours, opt, ref, ref_opt = build_pair(args.preset, args.seq_len, args.batch, device, lr=1e-4)
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, config.model.vocab_size, (args.batch, args.seq_len + 1), generator=g)
     inputs, targets = batch[:, :-1], batch[:, 1:]

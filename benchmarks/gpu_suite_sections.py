@@ -1,0 +1,572 @@
+"""The GPU suite's measuring sections: the machine, training throughput and MFU, NVML energy, a power-limit sweep.
+
+Each section is a function ``(ctx: SectionContext) -> dict`` that returns JSON-ready numbers, writes what it has
+so far through ``ctx.record`` (so a section stopped at its deadline still leaves its partial figures), and
+watches ``ctx.deadline_s`` (a time.monotonic() value) to end early rather than be killed. The training
+sections (resumed run, bf16 divergence) are in `gpu_suite_training`; the runner is `gpu_suite`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from train_throughput import build_ours, time_steps
+from wattscale.energy.nvml import NvmlMeter, import_pynvml
+from wattscale.energy.sampler import PowerSampler
+from wattscale.flops import FLOP_COUNTINGS
+from wattscale.hardware import peak_flops
+from wattscale.model import ModelConfig, count_parameters, flops_per_token
+from wattscale.train import summed_loss_fn, training_step
+
+DATASHEET_BF16_PEAK_FLOPS = 989e12  # H100 SXM / H200 dense bf16 tensor-core peak (1979 TFLOP/s with sparsity / 2)
+MFU_TARGET = 0.50
+ENERGY_AGREEMENT_TARGET = 0.02
+MEMORY_HEADROOM = 0.90  # use at most this share of the free device memory by the estimate
+ACTIVATION_SAFETY = 1.25  # the per-layer estimate below leaves out allocator slack and temporaries
+NVIDIA_SMI_FIELDS = ("name", "driver_version", "pstate", "clocks.sm", "clocks.max.sm", "clocks.mem",
+                     "power.draw", "power.limit", "power.default_limit", "power.min_limit", "power.max_limit",
+                     "temperature.gpu", "persistence_mode", "compute_mode")
+
+
+@dataclass(frozen=True)
+class SuiteSizes:
+    """How big each section's work is: the device run's sizes, or the dry run's tiny ones."""
+
+    big_preset: str = "tinyllama-1.1b"
+    big_seq_len: int = 2048
+    big_batches: tuple[int, ...] = (8, 4, 2, 1)  # tried in order: the first the estimate admits, then on OOM
+    small_preset: str = "llama-4m"
+    small_seq_len: int = 512
+    small_batches: tuple[int, ...] = (16, 128)  # the trainer's default batch, and one that fills the GPU more
+    warmup_steps: int = 2
+    timed_steps: int = 10
+    matmul_size: int = 8192
+    matmul_reps: int = 10
+    nvml_warm_s: float = 2.0
+    nvml_window_s: float = 8.0
+    sample_hz: float = 100.0
+    sweep_fractions: tuple[float, ...] = (1.0, 0.75, 0.55)  # of the card's maximum limit, clamped to its minimum
+    sweep_batch: int = 64
+    sweep_steps: int = 40
+    train_preset: str = "llama-4m"
+    resume_steps: int = 40
+    resume_batch: int = 16
+    divergence_steps: int = 200
+    divergence_batch: int = 8
+    synthetic_mb: float = 4.0
+    eval_tokens: int = 16_384
+
+
+DRY_RUN_SIZES = SuiteSizes(
+    big_preset="llama-tiny", big_seq_len=64, big_batches=(4, 2), small_preset="llama-tiny", small_seq_len=64,
+    small_batches=(4,), warmup_steps=1, timed_steps=3, matmul_size=256, matmul_reps=3, nvml_warm_s=0.1,
+    nvml_window_s=0.6, sweep_fractions=(1.0, 0.75, 0.55), sweep_batch=4, sweep_steps=3, train_preset="llama-tiny",
+    resume_steps=8, resume_batch=4, divergence_steps=20, divergence_batch=4, synthetic_mb=0.3, eval_tokens=2048)
+
+
+@dataclass
+class SectionContext:
+    """What a section gets: device, sizes, its deadline, the work folder, what ran before, and a recorder."""
+
+    device: torch.device
+    sizes: SuiteSizes
+    deadline_s: float  # time.monotonic() by which the section must have returned
+    work_dir: Path
+    dry_run: bool
+    compile: bool
+    previous: dict  # earlier sections' results, by name (e.g. the measured matmul peak)
+    record: Callable[[dict], None] = lambda partial: None
+    notes: list[str] = field(default_factory=list)
+
+    def left_s(self) -> float:
+        """Seconds until the deadline."""
+        return self.deadline_s - time.monotonic()
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (host clocks around GPU work need it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def error_text(exc: BaseException) -> str:
+    """One line: the exception's type and the first line of its message."""
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
+
+
+# ---- machine ------------------------------------------------------------------------------------------------
+
+
+def nvidia_smi() -> dict:
+    """Read-only nvidia-smi query of the GPU's name, driver, clocks and power limits (nothing is set)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return {"error": "nvidia-smi not found"}
+    try:
+        out = subprocess.run([exe, f"--query-gpu={','.join(NVIDIA_SMI_FIELDS)}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError) as exc:
+        return {"error": error_text(exc)}
+    gpus = [dict(zip(NVIDIA_SMI_FIELDS, (v.strip() for v in line.split(",")), strict=False))
+            for line in out.strip().splitlines()]
+    return {"gpus": gpus, "units": "clocks MHz, power W, temperature C"}
+
+
+def matmul_flops(device: torch.device, size: int, reps: int) -> dict:
+    """Measured dense bf16 matmul FLOP/s of size^3 products on random data (median of `reps` after 3 warm-ups)."""
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    seconds = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            seconds.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            a @ b
+            seconds.append(time.perf_counter() - t0)
+    median_s = statistics.median(seconds)
+    return {"size": size, "dtype": "bfloat16", "reps": reps, "seconds_median": median_s,
+            "flops_per_second": 2 * size**3 / median_s, "data": "torch.randn (not zeros)"}
+
+
+def section_machine(ctx: SectionContext) -> dict:
+    """GPU name, driver, CUDA and torch versions, nvidia-smi's clocks and power limits, a measured bf16 peak."""
+    device = ctx.device
+    info: dict = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device),
+                  "nvidia_smi": nvidia_smi()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    multiprocessors=props.multi_processor_count, capability=f"{props.major}.{props.minor}",
+                    cudnn=torch.backends.cudnn.version())
+        info["datasheet_bf16_peak_flops"], info["datasheet_source"] = peak_flops(device, "bf16")
+    ctx.record(info)
+    info["matmul"] = matmul_flops(device, ctx.sizes.matmul_size, ctx.sizes.matmul_reps)
+    return info
+
+
+# ---- throughput and MFU -------------------------------------------------------------------------------------
+
+
+def training_memory_gib(model: ModelConfig, batch: int, seq_len: int) -> float:
+    """Rough device memory of a bf16-autocast training step: fp32 weights, gradients and AdamW moments (16 bytes
+    a parameter), bf16 weight copies (2), and what autograd saves per token and layer: fp32 residuals at the two
+    norms (8 d), bf16 norm outputs, q/k/v, attention and projection inputs (12 d + 4 kv_dim), the SwiGLU's gate,
+    up, activation and product (8 ffn); times ACTIVATION_SAFETY. Flash attention saves no T x T scores."""
+    params = count_parameters(model).total
+    kv_dim = model.n_kv_heads * (model.d_model // model.n_heads)
+    per_token_layer = 20 * model.d_model + 4 * kv_dim + 8 * model.ffn_hidden
+    activations = ACTIVATION_SAFETY * per_token_layer * model.n_layers * batch * seq_len
+    return (18 * params + activations) / 2**30
+
+
+def free_memory_gib(device: torch.device) -> float:
+    """Free memory of the device (host RAM for a CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2**30
+    import psutil
+
+    return psutil.virtual_memory().available / 2**30
+
+
+def first_batch_that_fits(batches: tuple[int, ...], attempt: Callable[[int], dict],
+                          estimate_gib: Callable[[int], float], free_gib: float) -> dict:
+    """Try `attempt(batch)` for each batch the memory estimate admits (largest first), falling back to the
+    next on an out-of-memory error; returns the first success with the tries that came before it."""
+    tries: list[dict] = []
+    for batch in batches:
+        need = estimate_gib(batch)
+        if need > MEMORY_HEADROOM * free_gib and batch != batches[-1]:
+            tries.append({"batch": batch, "skipped": f"estimate {need:.1f} GiB > {MEMORY_HEADROOM:.0%} of "
+                                                     f"{free_gib:.1f} GiB free"})
+            continue
+        try:
+            return {**attempt(batch), "estimate_gib": need, "tries": tries}
+        except torch.cuda.OutOfMemoryError as exc:
+            tries.append({"batch": batch, "estimate_gib": need, "error": error_text(exc)})
+            free_device_memory()
+    raise RuntimeError(f"out of memory at every batch size tried: {tries}")
+
+
+def measure_training(ctx: SectionContext, preset: str, seq_len: int, batch: int) -> dict:
+    """Tokens/s of wattscale's training step (bf16 autocast, the trainer's loss, compiled when ctx.compile):
+    the first step (compilation) timed apart, then `timed_steps` back to back with one sync at the end."""
+    device, sizes = ctx.device, ctx.sizes
+    config, model, optimizer = build_ours(preset, seq_len, batch, device, lr=1e-4)
+    loss_fn = summed_loss_fn(model, compile_model=ctx.compile)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, config.model.vocab_size, (batch, seq_len + 1), generator=g)
+    inputs, targets = data[:, :-1], data[:, 1:]
+    n_tok = inputs.numel()
+
+    def step() -> None:
+        training_step(loss_fn, model, optimizer, inputs, targets, n_tok, batch, device, torch.bfloat16, 1.0)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    out: dict = {"preset": preset, "batch": batch, "seq_len": seq_len, "tokens_per_step": n_tok,
+                 "compile": ctx.compile, "precision": "bf16 autocast"}
+    first = time_steps(step, 1, device)  # compilation (or the eager first step's allocations) happens here
+    out["first_step_seconds"] = first
+    ctx.record({"partial": out})
+    for _ in range(max(0, sizes.warmup_steps - 1)):
+        step()
+    sync(device)
+    done, t0 = 0, time.perf_counter()
+    per_step_guess = None
+    while done < sizes.timed_steps:
+        if per_step_guess is not None and ctx.left_s() < 3 * per_step_guess + 5:
+            out["truncated"] = f"stopped after {done} of {sizes.timed_steps} timed steps: section deadline"
+            break
+        step()
+        done += 1
+        if done == 1:
+            sync(device)
+            per_step_guess = time.perf_counter() - t0
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    steady = elapsed / done
+    out.update(timed_steps=done, steady_seconds_per_step=steady, tokens_per_second=n_tok / steady,
+               compile_seconds=max(0.0, first - steady) if ctx.compile else None,
+               per_step_median_seconds=time_steps(step, 3, device) if ctx.left_s() > 3 * steady + 5 else None)
+    if device.type == "cuda":
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    fpt = {counting: flops_per_token(config.model, seq_len, counting) for counting in FLOP_COUNTINGS}
+    out["flops_per_token"] = fpt
+    achieved = out["tokens_per_second"] * fpt["with_head"]
+    out["achieved_flops_per_second"] = achieved
+    datasheet = ctx.previous.get("machine", {}).get("datasheet_bf16_peak_flops")
+    peak = datasheet or (DATASHEET_BF16_PEAK_FLOPS if device.type == "cuda" else None)
+    measured = ctx.previous.get("machine", {}).get("matmul", {}).get("flops_per_second")
+    out["mfu_datasheet"] = achieved / peak if peak else None
+    out["datasheet_peak_flops"] = peak
+    out["mfu_measured_matmul"] = achieved / measured if measured else None
+    out["measured_matmul_flops"] = measured
+    out["mfu_target"] = MFU_TARGET
+    return out
+
+
+def free_device_memory() -> None:
+    """Give cached blocks of models that went out of scope back (before the next model is built)."""
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def section_throughput_big(ctx: SectionContext) -> dict:
+    """TinyLlama 1.1B (seq 2048, bf16): tokens/s and MFU at the largest batch that fits."""
+    s = ctx.sizes
+    model = ModelConfig.from_name(s.big_preset)
+    result = first_batch_that_fits(
+        s.big_batches, lambda b: measure_training(ctx, s.big_preset, s.big_seq_len, b),
+        lambda b: training_memory_gib(model, b, s.big_seq_len), free_memory_gib(ctx.device))
+    return result
+
+
+def compile_check(ctx: SectionContext, preset: str, seq_len: int, batch: int) -> dict:
+    """One training step eager and one compiled from identical weights and batch: their loss, gradient norm and
+    updated weights should agree to bf16 rounding (torch 2.11 miscompiled the chunked loss's autograd)."""
+    device = ctx.device
+    results = []
+    for compiled in (False, True):
+        config, model, optimizer = build_ours(preset, seq_len, batch, device, lr=1e-4)
+        g = torch.Generator().manual_seed(1)
+        data = torch.randint(0, config.model.vocab_size, (batch, seq_len + 1), generator=g)
+        loss, norm = training_step(summed_loss_fn(model, compile_model=compiled), model, optimizer, data[:, :-1],
+                                   data[:, 1:], batch * seq_len, batch, device, torch.bfloat16, 1.0)
+        results.append((float(loss), float(norm), [p.detach().float().cpu() for p in model.parameters()]))
+    (l0, n0, w0), (l1, n1, w1) = results
+    weight_gap = max(float((a - b).abs().max()) for a, b in zip(w0, w1, strict=True))
+    loss_rel, norm_rel = abs(l1 - l0) / abs(l0), abs(n1 - n0) / max(abs(n0), 1e-12)
+    return {"eager_loss": l0, "compiled_loss": l1, "loss_rel_diff": loss_rel, "eager_grad_norm": n0,
+            "compiled_grad_norm": n1, "grad_norm_rel_diff": norm_rel, "max_weight_abs_diff": weight_gap,
+            "agrees": loss_rel < 1e-2 and norm_rel < 5e-2, "tolerance": "loss 1e-2, grad norm 5e-2 (relative)"}
+
+
+def section_throughput_small(ctx: SectionContext) -> dict:
+    """llama-4m tokens/s at each batch size, and a compiled-vs-eager check of one step."""
+    s = ctx.sizes
+    out: dict = {"runs": []}
+    for batch in s.small_batches:
+        if ctx.left_s() < 10:
+            out["runs"].append({"batch": batch, "skipped": "section deadline"})
+            continue
+        out["runs"].append(measure_training(ctx, s.small_preset, s.small_seq_len, batch))
+        free_device_memory()
+        ctx.record(out)
+    if ctx.compile and ctx.left_s() > 15:
+        out["compile_check"] = compile_check(ctx, s.small_preset, s.small_seq_len, s.small_batches[0])
+    elif ctx.compile:
+        out["compile_check"] = {"skipped": "section deadline"}
+    else:
+        out["compile_check"] = {"skipped": "compile off (--no-compile)"}
+    return out
+
+
+# ---- NVML energy counter vs sampled power -------------------------------------------------------------------
+
+
+class PowerUsageMeter:
+    """nvmlDeviceGetPowerUsage alone (no counter), as a second meter in the same sampler as wattscale's
+    NvmlMeter: its integral is the 'sampled nvmlDeviceGetPowerUsage' figure even where NvmlMeter reads the
+    instantaneous field instead. Device names get a ':power_usage' suffix."""
+
+    name = "nvml"
+    energy_source = "counter"  # it has none: energy_j is None, so windows fall back to the integral
+
+    def __init__(self, nvml: ModuleType, meter: NvmlMeter) -> None:
+        self._nvml = nvml
+        # The GPUs the wattscale meter chose, by their NVML index (its devices are named gpu<index>).
+        self._handles = [nvml.nvmlDeviceGetHandleByIndex(int(d.removeprefix("gpu"))) for d in meter.devices]
+        self.devices = tuple(f"{d}:power_usage" for d in meter.devices)
+
+    def read(self):  # -> PowerReading
+        from wattscale.energy.meter import PowerReading
+
+        power = {d: self._nvml.nvmlDeviceGetPowerUsage(h) / 1000.0
+                 for d, h in zip(self.devices, self._handles, strict=True)}
+        return PowerReading(t_s=time.monotonic(), power_w=power, energy_j=None)
+
+    def describe(self) -> dict:
+        return {"kind": "nvml-power-usage", "devices": list(self.devices)}
+
+    def close(self) -> None:
+        pass
+
+
+def _load_loop(device: torch.device, size: int) -> Callable[[], None]:
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+
+    def run_for(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for _ in range(8):
+                a @ b
+            sync(device)
+
+    return run_for
+
+
+def _zeus_monitor(index: int) -> tuple[object | None, str]:
+    try:
+        import zeus
+        from zeus.monitor import ZeusMonitor
+    except ImportError as exc:
+        return None, f"not installed ({error_text(exc)})"
+    try:
+        return ZeusMonitor(gpu_indices=[index]), str(getattr(zeus, "__version__", "unknown"))
+    except Exception as exc:  # Zeus's own checks (no GPU, no permission) must not stop the section
+        return None, f"{getattr(zeus, '__version__', '?')}: ZeusMonitor failed: {error_text(exc)}"
+
+
+def _window(sampler: PowerSampler, devices: dict[str, str], zeus: object | None, zeus_index: int,
+            run: Callable[[], None], name: str) -> dict:
+    if zeus is not None:
+        zeus.begin_window(name)
+    begin = sampler.mark()
+    run()
+    end = sampler.mark()
+    zeus_j = zeus.end_window(name).gpu_energy[zeus_index] if zeus is not None else None
+    dev, usage = devices["counter"], devices["power_usage"]
+    counter_j = end.counter_j[dev] - begin.counter_j[dev]
+    meter_integral_j = end.integral_j[dev] - begin.integral_j[dev]
+    usage_integral_j = end.integral_j[usage] - begin.integral_j[usage]
+
+    def rel(x: float | None) -> float | None:
+        return None if x is None or counter_j <= 0 else abs(x - counter_j) / counter_j
+
+    return {"seconds": end.t_s - begin.t_s, "counter_j": counter_j,
+            "integral_meter_power_j": meter_integral_j, "rel_diff_meter_power": rel(meter_integral_j),
+            "integral_power_usage_j": usage_integral_j, "rel_diff_power_usage": rel(usage_integral_j),
+            "zeus_j": zeus_j, "rel_diff_zeus": rel(zeus_j),
+            "mean_power_w": counter_j / (end.t_s - begin.t_s) if end.t_s > begin.t_s else None}
+
+
+def section_nvml(ctx: SectionContext) -> dict:
+    """wattscale's NvmlMeter counter vs the trapezoid integral of power sampled at 100 Hz (and vs ZeusMonitor)
+    over a steady-load window and an on/off window, each begun after the load was already running."""
+    s, device = ctx.sizes, ctx.device
+    if device.type == "cuda":
+        torch.zeros(1, device=device)  # CUDA first, so the meter maps this process's GPU exactly
+    nvml = import_pynvml()
+    meter = NvmlMeter("auto")
+    usage = PowerUsageMeter(nvml, meter)
+    out: dict = {"meter": meter.describe(), "sample_hz": s.sample_hz, "target_rel_diff": ENERGY_AGREEMENT_TARGET}
+    dev = meter.devices[0]
+    index = device.index or 0  # Zeus counts GPUs as CUDA does (cuda:0 is 0)
+    zeus, out["zeus_version"] = _zeus_monitor(index)
+    sampler = PowerSampler([meter, usage], s.sample_hz, keep_trace=False)
+    run_for = _load_loop(device, s.matmul_size)
+    devices = {"counter": dev, "power_usage": f"{dev}:power_usage"}
+    sampler.start()
+    try:
+        run_for(s.nvml_warm_s)
+        out["steady"] = _window(sampler, devices, zeus, index, lambda: run_for(s.nvml_window_s), "steady")
+        ctx.record(out)
+
+        def on_off() -> None:
+            pieces = max(2, round(s.nvml_window_s / 1.0))
+            for i in range(pieces):
+                if i % 2 == 0:
+                    run_for(s.nvml_window_s / pieces)
+                else:
+                    time.sleep(s.nvml_window_s / pieces)
+
+        if ctx.left_s() > s.nvml_window_s + 5:
+            out["on_off"] = _window(sampler, devices, zeus, index, on_off, "on_off")
+        else:
+            out["on_off"] = {"skipped": "section deadline"}
+    finally:
+        out["sampler"] = sampler.stop().to_dict()
+        meter.close()
+    windows = [w for w in (out["steady"], out.get("on_off", {})) if "counter_j" in w]
+    out["max_rel_diff_meter_power"] = max(w["rel_diff_meter_power"] for w in windows)
+    out["max_rel_diff_power_usage"] = max(w["rel_diff_power_usage"] for w in windows)
+    zeus_diffs = [w["rel_diff_zeus"] for w in windows if w["rel_diff_zeus"] is not None]
+    out["max_rel_diff_zeus"] = max(zeus_diffs) if zeus_diffs else None
+    out["within_target"] = out["max_rel_diff_meter_power"] <= ENERGY_AGREEMENT_TARGET
+    return out
+
+
+# ---- power-limit sweep (off by default: this workplace forbids changing the card's power limit) ------------
+
+SWEEP_FORBIDDEN = "skipped: this workplace forbids changing the card's power limit (run with --power-limit-sweep " \
+                  "where changing it is allowed)"
+
+
+class PowerLimits:
+    """The suite's one write to the card: set a GPU's power limit through NVML, and restore it.
+
+    Before the first change the original limit goes to a journal file; `restore_power_limit` puts it back from
+    that file, so the suite's runner restores it too when a section process was killed before its own `finally`.
+    """
+
+    def __init__(self, nvml: ModuleType, index: int, journal: Path) -> None:
+        self.nvml, self.index, self.journal = nvml, index, journal
+        nvml.nvmlInit()
+        self.handle = nvml.nvmlDeviceGetHandleByIndex(index)
+
+    def limits_w(self) -> dict:
+        """The current, default, minimum and maximum limit in watts."""
+        n, h = self.nvml, self.handle
+        low, high = n.nvmlDeviceGetPowerManagementLimitConstraints(h)
+        return {"current_w": n.nvmlDeviceGetPowerManagementLimit(h) / 1000,
+                "default_w": n.nvmlDeviceGetPowerManagementDefaultLimit(h) / 1000,
+                "min_w": low / 1000, "max_w": high / 1000}
+
+    def set_w(self, watts: float) -> None:
+        """Set the limit (journalling the original first)."""
+        if not self.journal.exists():
+            original = self.nvml.nvmlDeviceGetPowerManagementLimit(self.handle)
+            self.journal.write_text(json.dumps({"index": self.index, "original_mw": original, "restored": False}))
+        self.nvml.nvmlDeviceSetPowerManagementLimit(self.handle, int(round(watts * 1000)))
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def restore_power_limit(nvml: ModuleType, journal: Path) -> dict | None:
+    """Put back the limit a journal recorded, once; returns the journal (None when no limit was changed)."""
+    if not journal.exists():
+        return None
+    entry = json.loads(journal.read_text())
+    if entry["restored"]:
+        return entry
+    nvml.nvmlInit()
+    handle = nvml.nvmlDeviceGetHandleByIndex(entry["index"])
+    nvml.nvmlDeviceSetPowerManagementLimit(handle, entry["original_mw"])
+    entry.update(restored=True, limit_after_restore_mw=nvml.nvmlDeviceGetPowerManagementLimit(handle))
+    journal.write_text(json.dumps(entry))
+    return entry
+
+
+def sweep_limits_w(limits: dict, fractions: tuple[float, ...]) -> list[float]:
+    """The limits to try: fractions of the maximum, clamped to the card's minimum, rounded to whole watts."""
+    return [float(max(limits["min_w"], round(f * limits["max_w"]))) for f in fractions]
+
+
+def section_power_limit_sweep(ctx: SectionContext) -> dict:
+    """llama-4m J/token (energy counter) at 3 power limits; the original limit restored on every exit path."""
+    s, device = ctx.sizes, ctx.device
+    if device.type == "cuda":
+        torch.zeros(1, device=device)
+    nvml = import_pynvml()
+    meter = NvmlMeter("auto")
+    journal = ctx.work_dir / "power_limit_journal.json"
+    control = PowerLimits(nvml, int(meter.devices[0].removeprefix("gpu")), journal)
+    before = control.limits_w()
+    out: dict = {"limits_before": before, "journal": str(journal), "points": []}
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)  # SIGTERM runs the finally below too
+    try:
+        config, model, optimizer = build_ours(s.small_preset, s.small_seq_len, s.sweep_batch, device, lr=1e-4)
+        loss_fn = summed_loss_fn(model, compile_model=ctx.compile)
+        data = torch.randint(0, config.model.vocab_size, (s.sweep_batch, s.small_seq_len + 1),
+                             generator=torch.Generator().manual_seed(0))
+        n_tok = s.sweep_batch * s.small_seq_len
+
+        def step() -> None:
+            training_step(loss_fn, model, optimizer, data[:, :-1], data[:, 1:], n_tok, s.sweep_batch, device,
+                          torch.bfloat16, 1.0)
+
+        for limit_w in sweep_limits_w(before, s.sweep_fractions):
+            if ctx.left_s() < 10:
+                out["points"].append({"limit_w": limit_w, "skipped": "section deadline"})
+                continue
+            control.set_w(limit_w)
+            for _ in range(s.warmup_steps):
+                step()
+            sync(device)
+            first, t0 = meter.read(), time.perf_counter()
+            for _ in range(s.sweep_steps):
+                step()
+            sync(device)
+            last, seconds = meter.read(), time.perf_counter() - t0
+            dev = meter.devices[0]
+            energy_j = last.energy_j[dev] - first.energy_j[dev]
+            tokens = s.sweep_steps * n_tok
+            out["points"].append({"limit_w": limit_w, "limit_read_back_w": control.limits_w()["current_w"],
+                                  "energy_j": energy_j, "tokens": tokens, "seconds": seconds,
+                                  "j_per_token": energy_j / tokens, "tokens_per_second": tokens / seconds,
+                                  "mean_power_w": energy_j / seconds})
+            ctx.record(out)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        out["restore"] = restore_power_limit(nvml, journal)
+        out["limits_after"] = control.limits_w()
+        out["restored"] = out["limits_after"]["current_w"] == before["current_w"]
+        meter.close()
+    return out
+
+
+def jsonable(value: object) -> object:
+    """NaN and infinities as None, so the JSON is strict."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
