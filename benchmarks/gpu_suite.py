@@ -93,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sections", default=",".join(SECTION_NAMES),
                    help=f"comma-separated subset of {', '.join(SECTION_NAMES)}")
     p.add_argument("--work-dir", type=Path, default=None, help="scratch folder (default a new one under /tmp)")
+    p.add_argument("--start-method", choices=("fork", "spawn"), default="fork",
+                   help="how section processes start: fork shares the runner's imports (CUDA is never touched "
+                        "there); spawn re-imports, and is what the runner falls back to if a fork cannot use CUDA")
     args = p.parse_args(argv)
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SECTION_NAMES))
@@ -111,9 +114,12 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def _child(section: Section, ctx_args: dict, part: Path, final: Path) -> None:
+def _child(name: str, ctx_args: dict, part: Path, final: Path) -> None:
     """A section's process: its own process group (so the runner can stop it and its compile workers)."""
     os.setsid()
+    section = next(s for s in SECTIONS if s.name == name)
+    if ctx_args["dry_run"] and not isinstance(sys.modules.get("pynvml"), gpu_suite_fakes.FakeNvml):
+        install_fakes(ctx_args["work_dir"])  # a spawned process starts without the runner's fakes
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the runner's handler; the sweep installs its own
     if ctx_args["dry_run"]:
         torch.set_num_threads(1)  # tiny sizes: more threads only contend on a shared machine
@@ -156,9 +162,8 @@ class Runner:
         args.out.mkdir(parents=True, exist_ok=True)
         self.path = args.out / ("gpu_suite_dryrun.json" if args.dry_run else "gpu_suite.json")
         self.sizes = sec.DRY_RUN_SIZES if args.dry_run else sec.SuiteSizes()
-        self.nvml_fake = gpu_suite_fakes.install_fake_nvml(self.work / "fake_nvml.json") if args.dry_run else None
-        if args.dry_run:
-            gpu_suite_fakes.install_fake_zeus(self.nvml_fake)
+        self.nvml_fake = install_fakes(self.work) if args.dry_run else None
+        self.start_method = args.start_method
         self.current: multiprocessing.Process | None = None
         self.record: dict = {
             "suite": "gpu_suite", "dry_run": args.dry_run,
@@ -199,7 +204,29 @@ class Runner:
                                                                self.record["sections"].items()}}
         print(f"gpu_suite: {section.name} (at most {allowed:.0f} s)", flush=True)
         started = time.monotonic()
-        process = multiprocessing.get_context("fork").Process(target=_child, args=(section, ctx_args, part, final))
+        entry = self._launch(section.name, ctx_args, part, final, allowed)
+        if self.start_method == "fork" and "forked subprocess" in str(entry.get("error")):
+            # CUDA was initialised in the runner after all (it must not be): every later section too is spawned.
+            self.start_method = "spawn"
+            self.record["start_method_fallback"] = f"{section.name}: {entry['error']}; spawning from here on"
+            allowed = min(allowed, self.deadline - time.monotonic() - 2)
+            ctx_args["deadline_s"] = time.monotonic() + allowed
+            entry = self._launch(section.name, ctx_args, part, final, allowed)
+        entry.update(seconds=time.monotonic() - started, allowed_seconds=allowed, start_method=self.start_method)
+        if section.name == "power_limit_sweep":
+            entry["runner_restore"] = self.restore_power_limit()
+        print(f"gpu_suite: {section.name} {entry['status']} in {entry['seconds']:.1f} s"
+              + (f": {entry.get('reason') or entry.get('error')}" if entry["status"] != "ok" else ""), flush=True)
+        return entry
+
+    def _launch(self, name: str, ctx_args: dict, part: Path, final: Path, allowed: float) -> dict:
+        """One section process, stopped GRACE_S after its deadline at the latest; its record entry."""
+        for stale in (part, final):
+            stale.unlink(missing_ok=True)
+        if self.start_method == "fork" and torch.cuda.is_initialized():
+            self.start_method = "spawn"  # a forked child of a CUDA process cannot use CUDA
+        process = multiprocessing.get_context(self.start_method).Process(target=_child,
+                                                                          args=(name, ctx_args, part, final))
         self.current = process
         try:
             process.start()
@@ -208,13 +235,7 @@ class Runner:
             _stop(process)
         finally:
             self.current = None
-        entry = self._collect(process, part, final, timed_out, allowed)
-        entry.update(seconds=time.monotonic() - started, allowed_seconds=allowed)
-        if section.name == "power_limit_sweep":
-            entry["runner_restore"] = self.restore_power_limit()
-        print(f"gpu_suite: {section.name} {entry['status']} in {entry['seconds']:.1f} s"
-              + (f": {entry.get('reason') or entry.get('error')}" if entry["status"] != "ok" else ""), flush=True)
-        return entry
+        return self._collect(process, part, final, timed_out, allowed)
 
     @staticmethod
     def _collect(process: multiprocessing.Process, part: Path, final: Path, timed_out: bool, allowed: float) -> dict:
@@ -313,9 +334,29 @@ def print_table(record: dict, path: Path) -> None:
         print(f"{name:<{width}}  {status:<9}  {text}")
 
 
+def install_fakes(work: Path) -> gpu_suite_fakes.FakeNvml:
+    """The dry run's fake NVML (its state a file in `work`, shared by every process) and fake Zeus."""
+    nvml = gpu_suite_fakes.install_fake_nvml(work / "fake_nvml.json")
+    gpu_suite_fakes.install_fake_zeus(nvml)
+    return nvml
+
+
+def preload() -> None:
+    """Import once, before forking, what every section would otherwise import lazily on its own (torch._dynamo
+    alone, pulled in by the fused AdamW's constructor, takes seconds); no CUDA is touched here."""
+    import torch._dynamo  # noqa: F401
+    import torch.optim  # noqa: F401
+
+    import wattscale.store  # noqa: F401
+    import wattscale.train.session  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; 0 when every section ran or was skipped on purpose, 1 otherwise, 143 on SIGTERM."""
     args = parse_args(argv)
+    # torch.cuda.is_available() then asks NVML instead of initialising CUDA here, where it must never be.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    preload()
     runner = Runner(args)
 
     def on_term(signum: int, frame: object) -> None:
