@@ -88,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="change the GPU's power limit (3 limits, restored after); off: this workplace forbids it")
     p.add_argument("--budget-s", type=float, default=None,
                    help="seconds for the whole suite (default 400 on the device, 180 in the dry run)")
+    p.add_argument("--cap-scale", type=float, default=1.0,
+                   help="multiply every section's time cap (e.g. to rehearse compilation on a slow CPU)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the training step (default: on on the device, off in the dry run)")
     p.add_argument("--sections", default=",".join(SECTION_NAMES),
@@ -114,9 +116,11 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def _child(name: str, ctx_args: dict, part: Path, final: Path) -> None:
+def _child(name: str, ctx_args: dict, part: Path, final: Path, compile_cache: Path) -> None:
     """A section's process: its own process group (so the runner can stop it and its compile workers)."""
     os.setsid()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(compile_cache / "triton")
     section = next(s for s in SECTIONS if s.name == name)
     if ctx_args["dry_run"] and not isinstance(sys.modules.get("pynvml"), gpu_suite_fakes.FakeNvml):
         install_fakes(ctx_args["work_dir"])  # a spawned process starts without the runner's fakes
@@ -164,6 +168,9 @@ class Runner:
         self.sizes = sec.DRY_RUN_SIZES if args.dry_run else sec.SuiteSizes()
         self.nvml_fake = install_fakes(self.work) if args.dry_run else None
         self.start_method = args.start_method
+        # Compiled kernels are cached across sections; a section stopped mid-compile can leave a half-written
+        # file there that breaks the next compile, so the sections after a stopped one get a fresh cache.
+        self.compile_cache_generation = 0
         self.current: multiprocessing.Process | None = None
         self.record: dict = {
             "suite": "gpu_suite", "dry_run": args.dry_run,
@@ -195,7 +202,7 @@ class Runner:
         left = self.deadline - time.monotonic()
         if left < 10:
             return self._skip(f"suite time budget spent ({left:.0f} s of {self.args.budget_s:.0f} s left)")
-        cap = section.dry_cap_s if self.args.dry_run else section.device_cap_s
+        cap = (section.dry_cap_s if self.args.dry_run else section.device_cap_s) * self.args.cap_scale
         allowed = min(cap, left - 2)
         part, final = self.work / f"{section.name}.part.json", self.work / f"{section.name}.json"
         ctx_args = {"device": torch.device("cpu" if self.args.dry_run else "cuda"), "sizes": self.sizes,
@@ -225,8 +232,9 @@ class Runner:
             stale.unlink(missing_ok=True)
         if self.start_method == "fork" and torch.cuda.is_initialized():
             self.start_method = "spawn"  # a forked child of a CUDA process cannot use CUDA
+        cache = self.work / f"compile-cache-{self.compile_cache_generation}"
         process = multiprocessing.get_context(self.start_method).Process(target=_child,
-                                                                          args=(name, ctx_args, part, final))
+                                                                          args=(name, ctx_args, part, final, cache))
         self.current = process
         try:
             process.start()
@@ -235,6 +243,8 @@ class Runner:
             _stop(process)
         finally:
             self.current = None
+        if timed_out or (process.exitcode or 0) < 0:
+            self.compile_cache_generation += 1
         return self._collect(process, part, final, timed_out, allowed)
 
     @staticmethod
@@ -297,11 +307,12 @@ def _headline(name: str, r: dict) -> str:
                 f"bf16 matmul {mm.get('flops_per_second', 0) / 1e12:.1f} TFLOP/s")
     if name == "throughput_tinyllama":
         compile_s = r.get("compile_seconds")
-        return (f"batch {r['batch']}: {r['tokens_per_second']:,.0f} tok/s, MFU {_pct(r.get('mfu_datasheet'))} "
-                f"of datasheet (target 50%), {_pct(r.get('mfu_measured_matmul'))} of measured matmul; compile "
-                + ("off" if compile_s is None else f"{compile_s:.0f} s"))
+        return (f"batch {r['batch']} {r['mode']}: {r['tokens_per_second']:,.0f} tok/s, MFU "
+                f"{_pct(r.get('mfu_datasheet'))} of datasheet (target 50%), {_pct(r.get('mfu_measured_matmul'))} of "
+                f"measured matmul; eager {r['eager']['tokens_per_second']:,.0f} tok/s; compile "
+                + ("n/a" if compile_s is None else f"{compile_s:.0f} s"))
     if name == "throughput_llama4m":
-        runs = ", ".join(f"batch {x['batch']}: {x['tokens_per_second']:,.0f} tok/s" for x in r["runs"]
+        runs = ", ".join(f"batch {x['batch']} {x['mode']}: {x['tokens_per_second']:,.0f} tok/s" for x in r["runs"]
                          if "tokens_per_second" in x)
         check = r.get("compile_check", {})
         return runs + ("" if "agrees" not in check else f"; compiled = eager: {check['agrees']}")

@@ -8,6 +8,7 @@ sections (resumed run, bf16 divergence) are in `gpu_suite_training`; the runner 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -17,7 +18,6 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -30,6 +30,7 @@ from wattscale.flops import FLOP_COUNTINGS
 from wattscale.hardware import peak_flops
 from wattscale.model import ModelConfig, count_parameters, flops_per_token
 from wattscale.train import summed_loss_fn, training_step
+from wattscale.train.loop import LossFn
 
 DATASHEET_BF16_PEAK_FLOPS = 989e12  # H100 SXM / H200 dense bf16 tensor-core peak (1979 TFLOP/s with sparsity / 2)
 MFU_TARGET = 0.50
@@ -41,7 +42,7 @@ NVIDIA_SMI_FIELDS = ("name", "driver_version", "pstate", "clocks.sm", "clocks.ma
                      "temperature.gpu", "persistence_mode", "compute_mode")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SuiteSizes:
     """How big each section's work is: the device run's sizes, or the dry run's tiny ones."""
 
@@ -77,7 +78,7 @@ DRY_RUN_SIZES = SuiteSizes(
     resume_steps=8, resume_batch=4, divergence_steps=20, divergence_batch=4, synthetic_mb=0.3, eval_tokens=2048)
 
 
-@dataclass
+@dataclasses.dataclass
 class SectionContext:
     """What a section gets: device, sizes, its deadline, the work folder, what ran before, and a recorder."""
 
@@ -89,7 +90,7 @@ class SectionContext:
     compile: bool
     previous: dict  # earlier sections' results, by name (e.g. the measured matmul peak)
     record: Callable[[dict], None] = lambda partial: None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def left_s(self) -> float:
         """Seconds until the deadline."""
@@ -210,60 +211,76 @@ def first_batch_that_fits(batches: tuple[int, ...], attempt: Callable[[int], dic
 
 
 def measure_training(ctx: SectionContext, preset: str, seq_len: int, batch: int) -> dict:
-    """Tokens/s of wattscale's training step (bf16 autocast, the trainer's loss, compiled when ctx.compile):
-    the first step (compilation) timed apart, then `timed_steps` back to back with one sync at the end."""
-    device, sizes = ctx.device, ctx.sizes
+    """Tokens/s and MFU of wattscale's training step (bf16 autocast, the trainer's chunked loss) on one model:
+    eager first (a figure even if compilation then overruns the deadline), then compiled when ctx.compile.
+    The headline figures are the compiled ones when they exist. An out-of-memory error in the eager steps
+    propagates (the caller tries a smaller batch); a compiled mode that fails is recorded beside the eager one."""
+    device = ctx.device
     config, model, optimizer = build_ours(preset, seq_len, batch, device, lr=1e-4)
-    loss_fn = summed_loss_fn(model, compile_model=ctx.compile)
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, config.model.vocab_size, (batch, seq_len + 1), generator=g)
     inputs, targets = data[:, :-1], data[:, 1:]
-    n_tok = inputs.numel()
-
-    def step() -> None:
-        training_step(loss_fn, model, optimizer, inputs, targets, n_tok, batch, device, torch.bfloat16, 1.0)
-
+    fpt = {counting: flops_per_token(config.model, seq_len, counting) for counting in FLOP_COUNTINGS}
+    machine = ctx.previous.get("machine", {})
+    peak = machine.get("datasheet_bf16_peak_flops") or (DATASHEET_BF16_PEAK_FLOPS if device.type == "cuda" else None)
+    measured = machine.get("matmul", {}).get("flops_per_second")
+    out: dict = {"preset": preset, "batch": batch, "seq_len": seq_len, "tokens_per_step": inputs.numel(),
+                 "precision": "bf16 autocast", "flops_per_token": fpt, "datasheet_peak_flops": peak,
+                 "measured_matmul_flops": measured, "mfu_target": MFU_TARGET}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    out: dict = {"preset": preset, "batch": batch, "seq_len": seq_len, "tokens_per_step": n_tok,
-                 "compile": ctx.compile, "precision": "bf16 autocast"}
-    first = time_steps(step, 1, device)  # compilation (or the eager first step's allocations) happens here
-    out["first_step_seconds"] = first
-    ctx.record({"partial": out})
-    for _ in range(max(0, sizes.warmup_steps - 1)):
+    for mode in ("eager", "compiled") if ctx.compile else ("eager",):
+        loss_fn = summed_loss_fn(model, compile_model=mode == "compiled")
+
+        def step(loss_fn: LossFn = loss_fn) -> None:
+            training_step(loss_fn, model, optimizer, inputs, targets, inputs.numel(), batch, device, torch.bfloat16,
+                          1.0)
+
+        try:
+            out[mode] = _time_steps(ctx, step, inputs.numel(), fpt["with_head"], peak, measured,
+                                    ctx.sizes.timed_steps if mode == "compiled" or not ctx.compile
+                                    else max(2, ctx.sizes.timed_steps // 2))
+        except Exception as exc:
+            if mode == "eager":
+                raise
+            out[mode] = {"error": error_text(exc)}
+        ctx.record({"partial": out})
+    best = out["compiled"] if "tokens_per_second" in out.get("compiled", {}) else out["eager"]
+    out.update({k: best[k] for k in ("tokens_per_second", "steady_seconds_per_step", "timed_steps", "mfu_datasheet",
+                                     "mfu_measured_matmul", "achieved_flops_per_second")})
+    out["mode"] = "compiled" if best is out.get("compiled") else "eager"
+    first = out.get("compiled", {}).get("first_step_seconds")
+    out["compile_seconds"] = max(0.0, first - best["steady_seconds_per_step"]) if out["mode"] == "compiled" else None
+    if device.type == "cuda":
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def _time_steps(ctx: SectionContext, step: Callable[[], None], n_tok: int, flops_per_token_: float,
+                peak: float | None, measured: float | None, timed_steps: int) -> dict:
+    """The first step timed apart (compilation, allocation), warm-up, then `timed_steps` back to back with one
+    sync at the end (stopping early, and saying so, when the section's deadline comes near)."""
+    device = ctx.device
+    out: dict = {"first_step_seconds": time_steps(step, 1, device)}
+    for _ in range(max(0, ctx.sizes.warmup_steps - 1)):
         step()
     sync(device)
-    done, t0 = 0, time.perf_counter()
-    per_step_guess = None
-    while done < sizes.timed_steps:
-        if per_step_guess is not None and ctx.left_s() < 3 * per_step_guess + 5:
-            out["truncated"] = f"stopped after {done} of {sizes.timed_steps} timed steps: section deadline"
+    done, t0, per_step = 0, time.perf_counter(), None
+    while done < timed_steps:
+        if per_step is not None and ctx.left_s() < 3 * per_step + 5:
+            out["truncated"] = f"stopped after {done} of {timed_steps} timed steps: section deadline"
             break
         step()
         done += 1
         if done == 1:
             sync(device)
-            per_step_guess = time.perf_counter() - t0
+            per_step = time.perf_counter() - t0
     sync(device)
-    elapsed = time.perf_counter() - t0
-    steady = elapsed / done
+    steady = (time.perf_counter() - t0) / done
+    achieved = n_tok / steady * flops_per_token_
     out.update(timed_steps=done, steady_seconds_per_step=steady, tokens_per_second=n_tok / steady,
-               compile_seconds=max(0.0, first - steady) if ctx.compile else None,
-               per_step_median_seconds=time_steps(step, 3, device) if ctx.left_s() > 3 * steady + 5 else None)
-    if device.type == "cuda":
-        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    fpt = {counting: flops_per_token(config.model, seq_len, counting) for counting in FLOP_COUNTINGS}
-    out["flops_per_token"] = fpt
-    achieved = out["tokens_per_second"] * fpt["with_head"]
-    out["achieved_flops_per_second"] = achieved
-    datasheet = ctx.previous.get("machine", {}).get("datasheet_bf16_peak_flops")
-    peak = datasheet or (DATASHEET_BF16_PEAK_FLOPS if device.type == "cuda" else None)
-    measured = ctx.previous.get("machine", {}).get("matmul", {}).get("flops_per_second")
-    out["mfu_datasheet"] = achieved / peak if peak else None
-    out["datasheet_peak_flops"] = peak
-    out["mfu_measured_matmul"] = achieved / measured if measured else None
-    out["measured_matmul_flops"] = measured
-    out["mfu_target"] = MFU_TARGET
+               achieved_flops_per_second=achieved, mfu_datasheet=achieved / peak if peak else None,
+               mfu_measured_matmul=achieved / measured if measured else None)
     return out
 
 
