@@ -235,14 +235,12 @@ class Runner:
         cache = self.work / f"compile-cache-{self.compile_cache_generation}"
         process = multiprocessing.get_context(self.start_method).Process(target=_child,
                                                                           args=(name, ctx_args, part, final, cache))
-        self.current = process
-        try:
-            process.start()
-            process.join(allowed + GRACE_S)
-            timed_out = process.is_alive()
-            _stop(process)
-        finally:
-            self.current = None
+        self.current = process  # what terminate() stops if the runner itself is stopped while it runs
+        process.start()
+        process.join(allowed + GRACE_S)
+        timed_out = process.is_alive()
+        _stop(process)
+        self.current = None
         if timed_out or (process.exitcode or 0) < 0:
             self.compile_cache_generation += 1
         return self._collect(process, part, final, timed_out, allowed)
@@ -269,11 +267,11 @@ class Runner:
                      "fake_limit_now_mw": self.nvml_fake.nvmlDeviceGetPowerManagementLimit(0)}
         return entry
 
-    def terminate(self) -> None:
-        """On the runner's own SIGTERM: stop the running section, restore the limit, say so in the record."""
+    def terminate(self, why: str) -> None:
+        """On the runner's own SIGTERM or Ctrl-C: stop the running section, restore the limit, say so."""
         if self.current is not None:
             _stop(self.current)
-        self.record["terminated"] = f"runner got SIGTERM after {time.monotonic() - self.t0:.0f} s"
+        self.record["terminated"] = f"runner got {why} after {time.monotonic() - self.t0:.0f} s"
         if self.args.power_limit_sweep:
             self.record["runner_restore_on_terminate"] = self.restore_power_limit()
         self.save()
@@ -292,6 +290,8 @@ def summary_rows(record: dict) -> list[tuple[str, str, str]]:
         text = entry.get("reason") or entry.get("error") or ""
         if status == "ok":
             text = _headline(name, r)
+        elif entry.get("partial"):
+            text += "; its partial figures are in the JSON"
         rows.append((name, status, text))
     return rows
 
@@ -363,7 +363,8 @@ def preload() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the suite; 0 when every section ran or was skipped on purpose, 1 otherwise, 143 on SIGTERM."""
+    """Run the suite; 0 when every section ran or was skipped on purpose, 1 otherwise, 143 on SIGTERM, 130 on
+    Ctrl-C."""
     args = parse_args(argv)
     # torch.cuda.is_available() then asks NVML instead of initialising CUDA here, where it must never be.
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
@@ -379,8 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         record = runner.run()
         code = 0 if all(e["status"] in ("ok", "skipped") for e in record["sections"].values()) else 1
     except SuiteTerminated:
-        runner.terminate()
+        runner.terminate("SIGTERM")
         code = 143
+    except KeyboardInterrupt:
+        runner.terminate("SIGINT")
+        code = 130
     print_table(runner.record, runner.path)
     return code
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -145,3 +146,32 @@ def test_tinyllama_at_batch_8_fits_an_h200_by_the_estimate() -> None:
 
     need = sec.training_memory_gib(ModelConfig.from_name("tinyllama-1.1b"), 8, 2048)
     assert 40 < need < sec.MEMORY_HEADROOM * 139  # 17.6 GB of states + ~30 GiB of activations, not more than fits
+
+
+def test_a_runner_stopped_mid_sweep_restores_the_limit_and_writes_its_record(tmp_path: Path) -> None:
+    """SIGTERM (what `timeout 420` sends) while the sweep holds a lowered limit: the runner stops the section,
+    the limit goes back to what it was, and the JSON and the table still come out."""
+    work = tmp_path / "work"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "gpu_suite.py"), "--dry-run",
+                             "--power-limit-sweep", "--sections", "power_limit_sweep", "--out", str(tmp_path),
+                             "--work-dir", str(work)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    card_file, deadline = work / "fake_nvml.json", time.monotonic() + 120
+
+    def limit_mw() -> int:
+        return json.loads(card_file.read_text())["limit_mw"] if card_file.exists() else fakes.DEFAULT_LIMIT_MW
+
+    while limit_mw() == fakes.DEFAULT_LIMIT_MW and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the sweep has lowered the limit (its second point, 525 W)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stdout[-2000:] + stderr[-2000:]
+    record = json.loads((tmp_path / "gpu_suite_dryrun.json").read_text())
+    assert record["terminated"].startswith("runner got SIGTERM")
+    card = json.loads(card_file.read_text())
+    assert card["limit_mw"] == fakes.DEFAULT_LIMIT_MW and card["set_calls"][-1] == fakes.DEFAULT_LIMIT_MW
+    assert 525_000 in card["set_calls"] and record["runner_restore_on_terminate"]["restored"]
+    lines = stdout.strip().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("== gpu_suite (dry run)"))
+    assert [line.split()[0] for line in lines[header + 1:]] == list(SECTIONS[:4])  # skipped; the sweep never ended
