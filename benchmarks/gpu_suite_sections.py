@@ -74,7 +74,7 @@ class SuiteSizes:
 DRY_RUN_SIZES = SuiteSizes(
     big_preset="llama-tiny", big_seq_len=64, big_batches=(4, 2), small_preset="llama-tiny", small_seq_len=64,
     small_batches=(4,), warmup_steps=1, timed_steps=3, matmul_size=256, matmul_reps=3, nvml_warm_s=0.1,
-    nvml_window_s=0.6, sweep_fractions=(1.0, 0.75, 0.55), sweep_batch=4, sweep_steps=3, train_preset="llama-tiny",
+    nvml_window_s=1.0, sweep_fractions=(1.0, 0.75, 0.55), sweep_batch=4, sweep_steps=3, train_preset="llama-tiny",
     resume_steps=8, resume_batch=4, divergence_steps=20, divergence_batch=4, synthetic_mb=0.3, eval_tokens=2048)
 
 
