@@ -291,9 +291,18 @@ def summary_rows(record: dict) -> list[tuple[str, str, str]]:
         if status == "ok":
             text = _headline(name, r)
         elif entry.get("partial"):
-            text += "; its partial figures are in the JSON"
+            text += "; partial figures in the JSON" + _partial_headline(entry["partial"])
         rows.append((name, status, text))
     return rows
+
+
+def _partial_headline(partial: dict) -> str:
+    """A throughput section stopped while compiling still has its eager figure: say it."""
+    eager = (partial.get("partial") or {}).get("eager") or {}
+    if "tokens_per_second" not in eager:
+        return ""
+    return (f" (eager, batch {partial['partial']['batch']}: {eager['tokens_per_second']:,.0f} tok/s, MFU "
+            f"{_pct(eager.get('mfu_datasheet'))} of datasheet)")
 
 
 def _pct(x: float | None) -> str:

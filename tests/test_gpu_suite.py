@@ -175,3 +175,13 @@ def test_a_runner_stopped_mid_sweep_restores_the_limit_and_writes_its_record(tmp
     lines = stdout.strip().splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("== gpu_suite (dry run)"))
     assert [line.split()[0] for line in lines[header + 1:]] == list(SECTIONS[:4])  # skipped; the sweep never ended
+
+
+def test_a_section_stopped_while_compiling_still_shows_its_eager_figure() -> None:
+    partial = {"partial": {"batch": 8, "eager": {"tokens_per_second": 41_000.0, "mfu_datasheet": 0.31}}}
+    record = {"sections": {"throughput_tinyllama": {"status": "timed_out", "reason": "stopped at its deadline (140 s)",
+                                                    "partial": partial}}}
+    ((name, status, text),) = gpu_suite.summary_rows(record)
+    assert (name, status) == ("throughput_tinyllama", "timed_out")
+    assert text == ("stopped at its deadline (140 s); partial figures in the JSON (eager, batch 8: 41,000 tok/s, "
+                    "MFU 31.0% of datasheet)")
