@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+import gpu_suite_energy as energy
 import gpu_suite_fakes
 import gpu_suite_sections as sec
 import gpu_suite_training as trn
@@ -67,8 +68,8 @@ SECTIONS = (
     Section("machine", sec.section_machine, 30, 30),
     Section("throughput_tinyllama", sec.section_throughput_big, 140, 30),
     Section("throughput_llama4m", sec.section_throughput_small, 60, 30),
-    Section("nvml_energy", sec.section_nvml, 35, 20),
-    Section("power_limit_sweep", sec.section_power_limit_sweep, 60, 30),
+    Section("nvml_energy", energy.section_nvml, 35, 20),
+    Section("power_limit_sweep", energy.section_power_limit_sweep, 60, 30),
     Section("resume", trn.section_resume, 60, 60),
     Section("bf16_divergence", trn.section_bf16_divergence, 50, 40),
 )
@@ -198,7 +199,7 @@ class Runner:
         if section.name not in self.args.sections:
             return self._skip("not in --sections")
         if section.name == "power_limit_sweep" and not self.args.power_limit_sweep:
-            return self._skip(sec.SWEEP_FORBIDDEN)
+            return self._skip(energy.SWEEP_FORBIDDEN)
         left = self.deadline - time.monotonic()
         if left < 10:
             return self._skip(f"suite time budget spent ({left:.0f} s of {self.args.budget_s:.0f} s left)")
@@ -260,8 +261,8 @@ class Runner:
         journal = self.work / "power_limit_journal.json"
         if not journal.exists():
             return None
-        nvml = self.nvml_fake if self.nvml_fake is not None else sec.import_pynvml()
-        entry = sec.restore_power_limit(nvml, journal)
+        nvml = self.nvml_fake if self.nvml_fake is not None else energy.import_pynvml()
+        entry = energy.restore_power_limit(nvml, journal)
         if self.nvml_fake is not None:
             entry = {**entry, "fake_set_calls_mw": self.nvml_fake.set_calls(),
                      "fake_limit_now_mw": self.nvml_fake.nvmlDeviceGetPowerManagementLimit(0)}

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import gpu_suite  # noqa: E402
+import gpu_suite_energy as energy  # noqa: E402
 import gpu_suite_fakes as fakes  # noqa: E402
 import gpu_suite_sections as sec  # noqa: E402
 
@@ -109,14 +110,14 @@ def test_the_sweep_is_off_unless_asked_for(tmp_path: Path, monkeypatch: pytest.M
 def test_a_limit_left_set_by_a_killed_sweep_is_restored_once(tmp_path: Path) -> None:
     nvml = fakes.FakeNvml(tmp_path / "card.json")
     journal = tmp_path / "journal.json"
-    control = sec.PowerLimits(nvml, 0, journal)
+    control = energy.PowerLimits(nvml, 0, journal)
     control.set_w(400)
     control.set_w(300)  # the journal keeps the limit from before the first change
     assert nvml.nvmlDeviceGetPowerManagementLimit(0) == 300_000  # the process dies here
-    entry = sec.restore_power_limit(nvml, journal)
+    entry = energy.restore_power_limit(nvml, journal)
     assert entry["restored"] and entry["original_mw"] == fakes.DEFAULT_LIMIT_MW
     assert nvml.nvmlDeviceGetPowerManagementLimit(0) == fakes.DEFAULT_LIMIT_MW
-    assert sec.restore_power_limit(nvml, journal)["restored"]
+    assert energy.restore_power_limit(nvml, journal)["restored"]
     assert nvml.set_calls() == [400_000, 300_000, fakes.DEFAULT_LIMIT_MW]  # restored once, not twice
 
 
