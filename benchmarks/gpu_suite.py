@@ -18,9 +18,10 @@ NVML that integrates a synthetic power signal, a fake Zeus). Sections, in order:
 - ``resume``: train() N steps vs N/2 + checkpoint + resume, bit for bit (default and deterministic torch).
 - ``bf16_divergence``: per-step loss of bf16 autocast vs fp32 over 200 steps of llama-4m.
 
-Every section runs in its own forked process group with a deadline (a share of the 400 s budget); one that
-overruns is stopped (its partial figures kept) and the rest still run. The JSON goes to ``--out`` (default
-``$OUT``, else benchmarks/results/) after every section; a short table is printed last.
+Every section runs in its own forked process group with a deadline (a share of the 390 s budget, counted once
+the runner's imports are done); one that overruns is stopped (its partial figures kept) and the rest still run.
+The JSON goes to ``--out`` (default ``$OUT``, else benchmarks/results/) after every section; a short table is
+printed last.
 
     python benchmarks/gpu_suite.py --dry-run --power-limit-sweep --out /tmp/suite   # rehearsal, CPU
     bash benchmarks/gpu_suite.sh                                                   # on the device machine
@@ -88,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--power-limit-sweep", action="store_true",
                    help="change the GPU's power limit (3 limits, restored after); off: this workplace forbids it")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="seconds for the whole suite (default 400 on the device, 180 in the dry run)")
+                   help="seconds for the whole suite (default 390 on the device, 180 in the dry run)")
     p.add_argument("--cap-scale", type=float, default=1.0,
                    help="multiply every section's time cap (e.g. to rehearse compilation on a slow CPU)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -105,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTION_NAMES)}")
     args.sections = chosen
-    args.budget_s = args.budget_s or (180.0 if args.dry_run else 400.0)
+    args.budget_s = args.budget_s or (180.0 if args.dry_run else 390.0)
     args.compile = (not args.dry_run) if args.compile is None else args.compile
     args.out = args.out or Path(os.environ.get("OUT") or RESULTS)
     return args

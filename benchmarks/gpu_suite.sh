@@ -5,8 +5,9 @@
 #   bash benchmarks/gpu_suite.sh                 # JSON and log to $OUT (else benchmarks/results/)
 #   bash benchmarks/gpu_suite.sh --dry-run       # the CPU rehearsal through the same script
 #
-# Extra arguments go to gpu_suite.py. The suite keeps to its own 400 s budget; `timeout 420` bounds it anyway
-# (SIGTERM: the runner stops the running section, restores any power limit, writes the JSON and the table).
+# Extra arguments go to gpu_suite.py. The suite keeps to its own 390 s budget (after ~10 s of imports); `timeout 420`
+# bounds it anyway (SIGTERM: the runner stops the running section, restores any power limit, writes the JSON and
+# the table).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT:-benchmarks/results}
