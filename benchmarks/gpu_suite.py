@@ -317,11 +317,14 @@ def _headline(name: str, r: dict) -> str:
         return (f"{r.get('gpu', r.get('device'))}, torch {r.get('torch')}, CUDA {r.get('cuda')}; "
                 f"bf16 matmul {mm.get('flops_per_second', 0) / 1e12:.1f} TFLOP/s")
     if name == "throughput_tinyllama":
-        compile_s = r.get("compile_seconds")
-        return (f"batch {r['batch']} {r['mode']}: {r['tokens_per_second']:,.0f} tok/s, MFU "
+        text = (f"batch {r['batch']} {r['mode']}: {r['tokens_per_second']:,.0f} tok/s, MFU "
                 f"{_pct(r.get('mfu_datasheet'))} of datasheet (target 50%), {_pct(r.get('mfu_measured_matmul'))} of "
-                f"measured matmul; eager {r['eager']['tokens_per_second']:,.0f} tok/s; compile "
-                + ("n/a" if compile_s is None else f"{compile_s:.0f} s"))
+                "measured matmul")
+        if r["mode"] == "compiled":
+            text += f"; eager {r['eager']['tokens_per_second']:,.0f} tok/s; compile {r['compile_seconds']:.0f} s"
+        elif "compiled" in r:
+            text += f"; compiled: {r['compiled'].get('error')}"
+        return text
     if name == "throughput_llama4m":
         runs = ", ".join(f"batch {x['batch']} {x['mode']}: {x['tokens_per_second']:,.0f} tok/s" for x in r["runs"]
                          if "tokens_per_second" in x)
