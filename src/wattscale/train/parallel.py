@@ -119,6 +119,15 @@ def all_reduce_sum(ctx: DistributedContext, value: float) -> float:
     return float(total.item())
 
 
+def sum_over_ranks(ctx: DistributedContext, value: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor summed over ranks, on the device, without a host sync (float64, as `all_reduce_sum`)."""
+    if ctx.world_size == 1:
+        return value
+    total = value.detach().to(torch.float64).reshape(1)
+    dist.all_reduce(total)
+    return total[0]
+
+
 def broadcast_object(ctx: DistributedContext, obj: T) -> T:
     """Rank 0's `obj` (any picklable object) on every rank."""
     if ctx.world_size == 1:

@@ -57,7 +57,6 @@ from wattscale.train.metering import RunMetering
 from wattscale.train.parallel import (
     DistributedContext,
     ParallelModel,
-    all_reduce_sum,
     broadcast_object,
     full_weights,
     init_distributed,
@@ -70,6 +69,7 @@ from wattscale.train.parallel import (
     reshard_after_eval,
     save_checkpoint_on_rank0,
     shutdown,
+    sum_over_ranks,
     wrap_model,
 )
 from wattscale.train.run_folder import folder_error, lock_busy, move_checkpoints
@@ -368,17 +368,19 @@ class _Session:
                            meta.best_loss_ema) if meta else LoopPosition()
         next_eval = next_boundary(pos.tokens_seen, self.eval_interval)
         next_ckpt = next_boundary(pos.tokens_seen, self.checkpoint_interval)
-        def one_step(first: int, n_seq: int, n_tok: int) -> tuple[float, float]:
+        def one_step(first: int, n_seq: int, n_tok: int) -> tuple[torch.Tensor, torch.Tensor]:
             return self._optimizer_step(loss_fn, model, optimizer, first, n_seq, n_tok)
 
         loop = StepLoop(plan, tc.lr, tc.schedule, self.warmup_steps, tc.min_lr_ratio, tc.decay_fraction,
-                        tc.divergence_factor, optimizer, one_step)
+                        tc.divergence_factor, optimizer, one_step, log_interval_steps=tc.log_interval_steps,
+                        device=self.device)
         start_tokens, start = pos.tokens_seen, metering.job_seconds()
 
-        def on_step(n_tok: int, loss: float) -> None:
+        def on_step(n_tok: int, loss: float | None) -> None:
             metering.step(n_tok)
             rate = (pos.tokens_seen - start_tokens) / max(1e-9, metering.job_seconds() - start)
-            progress.update(pos.tokens_seen, loss, rate)
+            if loss is not None:
+                progress.update(pos.tokens_seen, loss, rate)
 
         if tc.eval_at_start and pos.step == 0:
             self._evaluate(model, pos, progress)
@@ -402,8 +404,9 @@ class _Session:
         return self._finish(model, pos)
 
     def _optimizer_step(self, loss_fn: LossFn, model: Llama, optimizer: torch.optim.Optimizer,
-                        first_sequence: int, n_seq: int, n_tok: int) -> tuple[float, float]:
-        """One optimiser step on the next `n_seq` sequences of the training stream; returns the global loss.
+                        first_sequence: int, n_seq: int, n_tok: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on the next `n_seq` sequences of the training stream; returns the global loss and
+        the gradient norm as device tensors (no host sync).
 
         Each rank takes its contiguous share of the sequences; together they are the whole step.
         """
@@ -418,7 +421,7 @@ class _Session:
         loss, grad_norm = training_step(loss_fn, model, optimizer, inputs, targets, n_tok, self.micro_batch,
                                         self.device, self.autocast_dtype, self.config.train.grad_clip,
                                         defer_sync=self.parallel.defer_sync, grad_scale=self.parallel.grad_scale)
-        return all_reduce_sum(ctx, loss), grad_norm
+        return sum_over_ranks(ctx, loss), grad_norm
 
     def _evaluate(self, model: Llama, pos: LoopPosition, progress: TrainingProgress) -> Evaluation:
         with self.metering.phase("eval"):
@@ -515,10 +518,17 @@ def _result_from_record(record: dict, run_dir: Path, already_done: bool) -> Trai
 
 
 def config_hash_for(resolved: dict) -> str:
-    """The runs.config_hash of a resolved config: sha256 of its JSON without train.run_root and train.track
-    (locations).
+    """The runs.config_hash of a resolved config: sha256 of its JSON without train.run_root, train.track
+    (locations) and train.log_interval_steps (how often the loss is read), and without settings added later
+    while they hold the value that reproduces the runs stored before them (train.deterministic = false).
 
     Runs stored before this rule keep the hash they were stored with: a resume never compares it.
     """
-    located = {**resolved, "train": {k: v for k, v in resolved["train"].items() if k not in ("run_root", "track")}}
+    located = {**resolved, "train": {k: v for k, v in resolved["train"].items()
+                                     if k not in _NOT_HASHED and _ADDED_LATER.get(k, _KEEP) != v}}
     return hashlib.sha256(json.dumps(located, sort_keys=True).encode()).hexdigest()
+
+
+_NOT_HASHED = ("run_root", "track", "log_interval_steps")
+_ADDED_LATER = {"deterministic": False}  # setting: the value every run stored before it had
+_KEEP = object()
