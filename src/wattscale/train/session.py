@@ -43,6 +43,7 @@ from wattscale.train.checkpoints import (
     write_energy_state,
     write_weights,
 )
+from wattscale.train.determinism import determinism_record, deterministic_kernels
 from wattscale.train.loop import (
     Diverged,
     LoopPosition,
@@ -112,8 +113,9 @@ def train(config: RunConfig, store_url: str, *, show_progress: bool = True,
     with torch_threads(config.train.threads):
         ctx = init_distributed(config.train.device)
         try:
-            return _train(config, store_url, ctx, show_progress and ctx.is_main, cache_dir, experiment,
-                          progress_hooks)
+            with deterministic_kernels(config.train.deterministic, ctx.device.type):
+                return _train(config, store_url, ctx, show_progress and ctx.is_main, cache_dir, experiment,
+                              progress_hooks)
         finally:
             shutdown(ctx)
 
@@ -345,6 +347,7 @@ class _Session:
             # MFU divides by the peak of every device the run uses.
             record["device_info_json"] = json.dumps({
                 **device_info(self.device), "world_size": self.ctx.world_size, "matmul": self.matmul,
+                "determinism": determinism_record(self.config.train.deterministic, self.device.type),
                 **run_peak_flops(self.device, self.precision, devices_used=self.ctx.world_size)})
             if self.store.create_run(record, only_new=True) is not None:
                 # Another process claimed the run under another run root since this one looked.
