@@ -170,3 +170,28 @@ def test_log_interval_steps_must_be_positive(run_cli_in_process) -> None:
     bad = run_cli_in_process("train", "--preset", "llama-tiny", "--tokens", "1000", *TINY_DATA, "--no-progress",
                              "--log-interval-steps", "0")
     assert bad.returncode == 2 and "train.log_interval_steps: 0 must be a whole number >= 1" in bad.stderr
+
+
+def test_compilation_lands_in_the_warmup_phase_not_in_a_training_step(tmp_path: Path, cache_dir: Path,
+                                                                      monkeypatch) -> None:
+    """A compiled run whose last step is shorter: its compilation (the first step's shapes and the last
+    step's) is in the warm-up phase; no training step's time holds a compilation."""
+    import torch._inductor.config as inductor_config
+
+    for cache in ("fx_graph_cache", "autograd_cache"):  # compile for real, not from an earlier run's disk cache
+        if hasattr(inductor_config, cache):
+            monkeypatch.setattr(inductor_config, cache, False)
+    config = build_run_config(overrides={
+        "model": {"preset": "llama-tiny", "n_layers": 1},
+        "train": {"tokens": 1000, "batch_size": 4, "seq_len": 32, "eval_interval_tokens": 0, "compile": True,
+                  "run_root": str(tmp_path / "runs"), "eval_tokens": 512},  # 7 steps of 4 rows, then 4 rows of 8
+        "data": {"source": "synthetic", "synthetic_mb": 0.3}, "meter": {"idle_seconds": 0.0, "kinds": ("none",)}})
+    result = train(config, str(tmp_path / "w.db"), show_progress=False, cache_dir=cache_dir)
+    with open_store(str(tmp_path / "w.db")) as store:
+        record = store.get_run(result.run_id)
+        seconds = [row["step_seconds"] for row in store.train_steps(result.run_id)]
+    phases = record["phases"]
+    assert phases["warmup"]["tokens"] == 128 and phases["train"]["tokens"] == 1000 - 128  # one step, then 7
+    train_steps = seconds[1:]  # the steps of the train phase, the last (shorter, newly shaped) one included
+    assert phases["warmup"]["seconds"] > 10 * max(train_steps), (phases["warmup"]["seconds"], seconds)
+    assert phases["train"]["seconds"] < phases["warmup"]["seconds"] / 4

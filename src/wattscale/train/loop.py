@@ -161,7 +161,44 @@ def summed_loss_fn(model: Llama | ParallelModel, compile_model: bool = False) ->
     `ParallelModel`'s `loss` is the same function, through DDP when gradients must be all-reduced.
     """
     fn = functools.partial(model.loss, reduction="sum", ignore_index=IGNORE_INDEX)
-    return torch.compile(fn) if compile_model else fn
+    if not compile_model:
+        return fn
+    compiled = torch.compile(fn)
+
+    def static_rows(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # One static graph per micro-batch row count (a run has at most three: the full micro-batch, a step's
+        # remainder, the last step's): the steady graph never changes when another shape is compiled, so
+        # compiling the last step's shape early (`compile_shapes`) leaves every step's arithmetic as it was.
+        torch._dynamo.mark_static(inputs, 0)
+        torch._dynamo.mark_static(targets, 0)
+        return compiled(inputs, targets)
+
+    return static_rows
+
+
+def micro_batch_rows(rows: int, micro_batch: int) -> list[int]:
+    """The row counts of the micro-batches `training_step` cuts `rows` rows into."""
+    return [min(micro_batch, rows - start) for start in range(0, rows, micro_batch)]
+
+
+def compile_shapes(loss_fn: LossFn, model: torch.nn.Module, layouts: list[list[int]], seq_len: int,
+                   device: torch.device, autocast_dtype: torch.dtype | None) -> None:
+    """Run the loss forward and backward once per micro-batch of each layout (row counts), on fully masked
+    rows, then drop the gradients: a compiled loss compiles those shapes here, in the warm-up phase, instead of
+    inside a measured step (the last, shorter step of a budget would otherwise recompile in ``train``).
+
+    Every rank must pass layouts with the same number of micro-batches (DDP and FSDP reduce in each
+    backward); the masked rows count no tokens and the weights, optimiser and RNG states are untouched.
+    """
+    for layout in layouts:
+        for rows in layout:
+            x = torch.zeros(rows, seq_len, dtype=torch.long, device=device)  # [rows, T]
+            y = torch.full_like(x, IGNORE_INDEX)  # [rows, T]: nothing counted
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                loss = loss_fn(x, y)
+            loss.backward()
+    model.zero_grad(set_to_none=True)
 
 
 def training_step(loss_fn: LossFn, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -49,7 +49,9 @@ from wattscale.train.loop import (
     LoopPosition,
     LossFn,
     StepLoop,
+    compile_shapes,
     make_optimizer,
+    micro_batch_rows,
     next_boundary,
     summed_loss_fn,
     training_step,
@@ -388,9 +390,14 @@ class _Session:
         if tc.eval_at_start and pos.step == 0:
             self._evaluate(model, pos, progress)
         last_eval_tokens = -1
+        shapes_due = tc.compile
         while pos.step < plan.total_steps:
             try:
                 with metering.phase("train"):
+                    if shapes_due:  # in the warm-up phase: before the session's first step is counted
+                        compile_shapes(loss_fn, model, self._layouts(pos.step), self.config.seq_len, self.device,
+                                       self.autocast_dtype)
+                        shapes_due = False
                     loop.run_until(pos, min(next_eval, next_ckpt), metering.job_seconds, on_step)
             finally:  # a diverged run keeps its steps up to the divergence
                 self._flush(pos.pending_rows)
@@ -425,6 +432,20 @@ class _Session:
                                         self.device, self.autocast_dtype, self.config.train.grad_clip,
                                         defer_sync=self.parallel.defer_sync, grad_scale=self.parallel.grad_scale)
         return sum_over_ranks(ctx, loss), grad_norm
+
+    def _layouts(self, first_step: int) -> list[list[int]]:
+        """This rank's micro-batch row counts of the session's first step and of the plan's last step (when that
+        is shorter): every shape a compiled loss meets in the session. Every rank gets as many micro-batches."""
+        ctx, plan = self.ctx, self.plan
+        last = plan.total_steps - 1
+        steps = [first_step] + ([last] if plan.sequences_in_step(last) != plan.sequences_in_step(first_step) else [])
+        layouts = []
+        for step in steps:
+            n_seq = plan.sequences_in_step(step)
+            start, stop = rank_rows(n_seq, ctx.rank, ctx.world_size)
+            rows = max(stop - start, lockstep_rows(n_seq, ctx.world_size, self.micro_batch))  # as pad_rows pads
+            layouts.append(micro_batch_rows(rows, self.micro_batch))
+        return layouts
 
     def _evaluate(self, model: Llama, pos: LoopPosition, progress: TrainingProgress) -> Evaluation:
         with self.metering.phase("eval"):
