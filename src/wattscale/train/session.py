@@ -75,6 +75,7 @@ from wattscale.train.parallel import (
     sum_over_ranks,
     wrap_model,
 )
+from wattscale.train.prefetch import BatchPrefetcher
 from wattscale.train.run_folder import folder_error, lock_busy, move_checkpoints
 
 __all__ = ["DEFAULT_CACHE_DIR", "TrainResult", "make_optimizer", "summed_loss_fn", "train", "training_step"]
@@ -218,6 +219,7 @@ class _Session:
         self._last_eval: Evaluation | None = None
         self.metering: RunMetering | None = None
         self.parallel: ParallelModel | None = None
+        self.batches: BatchPrefetcher | None = None
         self.matmul = matmul  # what apply_matmul_precision set, for the run record
 
     def run(self, existing: dict | None) -> TrainResult:
@@ -290,6 +292,8 @@ class _Session:
         finally:
             progress.close()
             self.metering.close()
+            if self.batches is not None:
+                self.batches.close()
 
     def _failed(self, exc: Exception) -> Exception:
         """Mark the run failed (unless its store is gone) and return the error to raise: a one-line
@@ -373,8 +377,12 @@ class _Session:
                            meta.best_loss_ema) if meta else LoopPosition()
         next_eval = next_boundary(pos.tokens_seen, self.eval_interval)
         next_ckpt = next_boundary(pos.tokens_seen, self.checkpoint_interval)
+        # Made one step ahead from pinned memory on CUDA; as before on a CPU.
+        self.batches = batches = BatchPrefetcher.for_device(plan, self._rank_batch, self.device)
+
         def one_step(first: int, n_seq: int, n_tok: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return self._optimizer_step(loss_fn, model, optimizer, first, n_seq, n_tok)
+            inputs, targets = batches.batch(pos.step, first)
+            return self._optimizer_step(loss_fn, model, optimizer, inputs, targets, n_tok)
 
         loop = StepLoop(plan, tc.lr, tc.schedule, self.warmup_steps, tc.min_lr_ratio, tc.decay_fraction,
                         tc.divergence_factor, optimizer, one_step, log_interval_steps=tc.log_interval_steps,
@@ -413,12 +421,9 @@ class _Session:
         assert last_eval_tokens == pos.tokens_seen == tc.tokens, "the loop must end on the exact budget"
         return self._finish(model, pos)
 
-    def _optimizer_step(self, loss_fn: LossFn, model: Llama, optimizer: torch.optim.Optimizer,
-                        first_sequence: int, n_seq: int, n_tok: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step on the next `n_seq` sequences of the training stream; returns the global loss and
-        the gradient norm as device tensors (no host sync).
-
-        Each rank takes its contiguous share of the sequences; together they are the whole step.
+    def _rank_batch(self, first_sequence: int, n_seq: int, n_tok: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows of the step of `n_seq` sequences from `first_sequence`: its contiguous share,
+        masked past the budget, padded for lockstep; int64 [rows, T] each, on the host.
         """
         ctx, seq_len = self.ctx, self.config.seq_len
         start, stop = rank_rows(n_seq, ctx.rank, ctx.world_size)
@@ -427,11 +432,17 @@ class _Session:
         # The budget masks the step's tokens in row-major order, so a share counts what its rows hold of
         # the first n_tok; every rank divides by the whole step's n_tok.
         targets = mask_targets(targets, max(0, n_tok - start * seq_len))
-        inputs, targets = pad_rows(inputs, targets, lockstep_rows(n_seq, ctx.world_size, self.micro_batch))
+        return pad_rows(inputs, targets, lockstep_rows(n_seq, ctx.world_size, self.micro_batch))
+
+    def _optimizer_step(self, loss_fn: LossFn, model: Llama, optimizer: torch.optim.Optimizer,
+                        inputs: torch.Tensor, targets: torch.Tensor, n_tok: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on this rank's rows of a step (`_rank_batch`); returns the global loss and the
+        gradient norm as device tensors (no host sync). Together the ranks' rows are the whole step.
+        """
         loss, grad_norm = training_step(loss_fn, model, optimizer, inputs, targets, n_tok, self.micro_batch,
                                         self.device, self.autocast_dtype, self.config.train.grad_clip,
                                         defer_sync=self.parallel.defer_sync, grad_scale=self.parallel.grad_scale)
-        return sum_over_ranks(ctx, loss), grad_norm
+        return sum_over_ranks(self.ctx, loss), grad_norm
 
     def _layouts(self, first_step: int) -> list[list[int]]:
         """This rank's micro-batch row counts of the session's first step and of the plan's last step (when that
