@@ -67,6 +67,11 @@ class TrainConfig:
     `parallel` is how a run started with torchrun on several processes spreads the model: "ddp"
     (replicas) or "fsdp" (FSDP2 sharding, for models that do not fit one device). Both compute the
     same run, so it is not part of the run id; one process ignores it.
+
+    `log_interval_steps` is how often the trainer reads the loss and gradient norm from the device (the
+    only host syncs of the step loop; divergence is caught within one interval; not part of the run id).
+    `deterministic` asks for deterministic kernels (see `wattscale.train.determinism`); part of the run id
+    when true.
     """
 
     tokens: int | None = identity_field(None)
