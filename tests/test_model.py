@@ -403,6 +403,38 @@ def test_loss_chunks_across_many_rows_and_without_grad(monkeypatch):
         model.loss(ids, targets, reduction="none")
 
 
+def test_loss_chunk_rows_are_per_device():
+    from wattscale.model import loss_chunk_rows
+
+    assert loss_chunk_rows(32_000, "cpu") == (1 << 22) // 32_000 == 131  # today's CPU size, cache-sized
+    # CUDA: 32 x the CPU's rows; a 16k-token micro-batch at vocab 32,000 is 4 chunks, not 126
+    assert loss_chunk_rows(32_000, "cuda") == (1 << 27) // 32_000
+    assert -(-16_384 // loss_chunk_rows(32_000, "cuda")) == 4 and -(-16_384 // loss_chunk_rows(32_000, "cpu")) == 126
+    assert loss_chunk_rows(512, "cuda") >= 16 * 2048  # tiny vocabularies: one chunk for any micro-batch
+    assert loss_chunk_rows(10**9, "cpu") == loss_chunk_rows(10**9, "cuda") == 1  # never zero rows
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 64, 100, 10**6])
+def test_loss_values_and_gradients_do_not_depend_on_the_chunk_size(monkeypatch, chunk_rows):
+    """Whatever rows per chunk a device gets (one row, ragged, exact, one chunk for all), the loss and its
+    gradients equal F.cross_entropy of the full logits."""
+    import wattscale.model as model_module
+
+    monkeypatch.setattr(model_module, "loss_chunk_rows", lambda vocab, device_type: chunk_rows)
+    model = make("llama-tiny").double()
+    ids, targets = torch.randint(0, 512, (2, 50)), torch.randint(0, 512, (2, 50))
+    targets[1, 30:] = -100
+    reference = F.cross_entropy(model(ids).flatten(0, 1), targets.flatten(), reduction="sum")
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    loss = model.loss(ids, targets, reduction="sum")
+    loss.backward()
+    torch.testing.assert_close(loss, reference, rtol=1e-12, atol=1e-12)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-9, atol=1e-12, msg=n)
+
+
 def test_loss_under_bf16_autocast_is_close_to_float32():
     model = make("llama-tiny")
     ids, targets = torch.randint(0, 512, (2, 64)), torch.randint(0, 512, (2, 64))

@@ -159,7 +159,8 @@ def test_a_marked_new_field_enters_the_run_id(section: str) -> None:
 CHANGES = {  # one marked field of each config and a value other than the default case's
     "model": {"n_layers": 3, "rope_base": 20000.0, "name": "renamed", "init_std": 0.01},
     "train": {"tokens": 20_000, "seed": 1, "repeat": 1, "lr": 1e-3, "schedule": "constant", "eval_tokens": 1024,
-              "device": "cpu", "precision": "fp32", "compile": True, "divergence_factor": 3.0},
+              "device": "cpu", "precision": "fp32", "compile": True, "divergence_factor": 3.0,
+              "deterministic": True},
     "data": {"source": "other.txt", "synthetic_mb": 2.0, "synthetic_seed": 1, "val_fraction": 0.1},
 }
 
@@ -176,4 +177,5 @@ def test_the_identity_fields_are_marked_on_the_dataclasses() -> None:
     assert set(identity_names(ModelConfig)) == {f.name for f in dataclasses.fields(ModelConfig)}
     assert set(identity_names(DataConfig)) == {f.name for f in dataclasses.fields(DataConfig)}
     not_identity = {f.name for f in dataclasses.fields(TrainConfig)} - set(identity_names(TrainConfig))
-    assert not_identity == {"checkpoint_interval_tokens", "run_root", "name", "threads", "parallel", "track"}
+    assert not_identity == {"checkpoint_interval_tokens", "run_root", "name", "threads", "parallel", "track",
+                            "log_interval_steps"}

@@ -67,6 +67,11 @@ class TrainConfig:
     `parallel` is how a run started with torchrun on several processes spreads the model: "ddp"
     (replicas) or "fsdp" (FSDP2 sharding, for models that do not fit one device). Both compute the
     same run, so it is not part of the run id; one process ignores it.
+
+    `log_interval_steps` is how often the trainer reads the loss and gradient norm from the device (the
+    only host syncs of the step loop; divergence is caught within one interval; not part of the run id).
+    `deterministic` asks for deterministic kernels (see `wattscale.train.determinism`); part of the run id
+    when true.
     """
 
     tokens: int | None = identity_field(None)
@@ -97,10 +102,16 @@ class TrainConfig:
     device: str = identity_field("auto")
     precision: str = identity_field("auto")
     compile: bool = identity_field(False)
+    # Deterministic kernels (torch.use_deterministic_algorithms, math attention on CUDA); added later, so a run
+    # without it keeps the id it had.
+    deterministic: bool = identity_field(False, since=False)
     run_root: str = "wattscale_runs"
     name: str | None = None
     threads: int | None = None
     parallel: str = "ddp"
+    # Steps between reads of the loss and gradient norm from the device (one host sync each): the progress
+    # line's loss and the divergence check lag by at most this many steps; the stored rows are the same.
+    log_interval_steps: int = 10
     # Trackers fed live at each evaluation ("mlflow:URI", "tensorboard:DIR"); where results also go, not what a
     # run computes, so not part of the run id.
     track: tuple[str, ...] = ()
@@ -160,6 +171,10 @@ def _train_problems(c: TrainConfig) -> list[str]:
     for name in ("batch_size", "eval_tokens"):
         if getattr(c, name) <= 0:
             p.append(f"train.{name}: {getattr(c, name)!r} must be positive")
+    if not isinstance(c.log_interval_steps, int) or isinstance(c.log_interval_steps, bool) \
+            or c.log_interval_steps < 1:
+        p.append(f"train.log_interval_steps: {c.log_interval_steps!r} must be a whole number >= 1 (1 reads the loss "
+                 "after every step)")
     for name in ("micro_batch_size", "seq_len", "threads"):
         value = getattr(c, name)
         if value is not None and value <= 0:

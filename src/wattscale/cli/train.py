@@ -35,8 +35,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "tokens", "data_tokens", "epochs", "repeat", "seed", "batch_size", "micro_batch_size", "seq_len",
             "lr", "schedule",
             "warmup_fraction", "eval_interval_tokens", "eval_tokens", "checkpoint_interval_tokens",
-            "device", "precision", "run_root", "name", "threads", "parallel")} | {"compile": args.compile or None,
-                                                                                 "track": args.track or None},
+            "device", "precision", "run_root", "name", "threads", "parallel", "log_interval_steps")}
+        | {"compile": args.compile or None, "deterministic": args.deterministic or None, "track": args.track or None},
         "data": {"source": args.data, "tokenizer": args.tokenizer, "synthetic_mb": args.synthetic_mb,
                  "val_source": args.val_data, "text_field": args.text_field},
         "meter": {"sample_hz": args.sample_hz, "cpu_tdp_w_per_core": args.cpu_tdp_w_per_core,
@@ -146,6 +146,13 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, help="auto (default: fp32 on CPU, bf16 autocast on CUDA), "
                    "fp32, bf16, or tf32 (fp32 weights with TF32 tensor-core matmuls; CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels only (torch.use_deterministic_algorithms; math attention on CUDA): "
+                        "identical bits for identical seeds on the same GPU model and software, slower; "
+                        "part of the run id")
+    p.add_argument("--log-interval-steps", type=int,
+                   help="steps between reads of the loss from the device (default 10): the progress line and the "
+                        "divergence check lag by at most this many steps; the stored per-step rows are the same")
     p.add_argument("--run-root", help="folder for checkpoints and final weights (default wattscale_runs)")
     p.add_argument("--name", help="a free-text name stored with the run")
     p.add_argument("--threads", type=int, help="torch CPU threads")

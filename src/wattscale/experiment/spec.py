@@ -78,7 +78,8 @@ SEED_MODES = ("per-repetition", "same")
 ORDER_DESIGNS = ("random-blocks", "williams", "as-written")
 DERIVED_TRAIN_KEYS = ("steps", "batch_tokens")
 # Training settings that change how runs execute, not what they compute (run ids ignore them too).
-EXECUTION_TRAIN_KEYS = ("run_root", "name", "checkpoint_interval_tokens", "threads", "parallel", "track")
+EXECUTION_TRAIN_KEYS = ("run_root", "name", "checkpoint_interval_tokens", "threads", "parallel", "track",
+                        "log_interval_steps")
 # Keys a grid may not vary: seeds come from [experiment], and these do not change what a run
 # computes, so two conditions would be one run.
 _NOT_FACTORS = {"train.seed": "set seeds in [experiment] (base_seed, seeds)",

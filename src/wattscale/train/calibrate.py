@@ -177,8 +177,9 @@ def _measure(config: Any, device: torch.device, precision: str, settings: Calibr
     n_tok = inputs.numel()
 
     def step() -> None:
-        training_step(loss_fn, model, optimizer, inputs, targets, n_tok, micro, device, autocast,
-                      config.train.grad_clip)  # returns the loss with .item(): the device is synchronised
+        loss, _ = training_step(loss_fn, model, optimizer, inputs, targets, n_tok, micro, device, autocast,
+                                config.train.grad_clip)
+        loss.item()  # a step's time includes its device work: synchronise
 
     gpus: Any = "auto" if device.type == "cuda" else []
     rates, repeat_power = [], []

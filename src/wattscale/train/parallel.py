@@ -40,12 +40,17 @@ from wattscale.model import Llama, ModelConfig, rope_tables
 
 T = TypeVar("T")
 
-# DDP's switch for re-broadcasting buffers before each forward: torch 2.13 calls it forward_sync_buffers and
-# deprecates broadcast_buffers (FutureWarning); torch 2.12 has only broadcast_buffers, whose False also
-# skips the buffers' sync at construction. Harmless here: every rank derives the RoPE tables from the same config.
-_DDP_BUFFER_SYNC_ARG = ("forward_sync_buffers"
-                        if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
-                        else "broadcast_buffers")
+
+def ddp_no_buffer_sync(ddp_class: type | None = None) -> dict[str, bool]:
+    """DDP's keyword for "do not re-broadcast buffers before each forward", as this torch spells it.
+
+    torch 2.13 calls it forward_sync_buffers and deprecates broadcast_buffers (FutureWarning); torch 2.12
+    and older (the GPU image's 2.11) have only broadcast_buffers, whose False also skips the buffers' sync
+    at construction. Harmless here: every rank derives the RoPE tables from the same config.
+    """
+    parameters = inspect.signature(ddp_class or nn.parallel.DistributedDataParallel).parameters
+    name = "forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers"
+    return {name: False}
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,15 @@ def all_reduce_sum(ctx: DistributedContext, value: float) -> float:
     total = torch.tensor([value], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(total)
     return float(total.item())
+
+
+def sum_over_ranks(ctx: DistributedContext, value: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor summed over ranks, on the device, without a host sync (float64, as `all_reduce_sum`)."""
+    if ctx.world_size == 1:
+        return value
+    total = value.detach().to(torch.float64).reshape(1)
+    dist.all_reduce(total)
+    return total[0]
 
 
 def broadcast_object(ctx: DistributedContext, obj: T) -> T:
@@ -281,7 +295,7 @@ def wrap_model(model: Llama, ctx: DistributedContext, parallel: str) -> Parallel
     # The RoPE tables are the only buffers and are derived from the config: no need to sync them per step.
     ddp = nn.parallel.DistributedDataParallel(
         _LossModule(model), device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-        **{_DDP_BUFFER_SYNC_ARG: False})
+        **ddp_no_buffer_sync())
     return ParallelModel(ddp, ddp.no_sync, float(ctx.world_size))
 
 

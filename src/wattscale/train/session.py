@@ -43,12 +43,15 @@ from wattscale.train.checkpoints import (
     write_energy_state,
     write_weights,
 )
+from wattscale.train.determinism import determinism_record, deterministic_kernels
 from wattscale.train.loop import (
     Diverged,
     LoopPosition,
     LossFn,
     StepLoop,
+    compile_shapes,
     make_optimizer,
+    micro_batch_rows,
     next_boundary,
     summed_loss_fn,
     training_step,
@@ -57,7 +60,6 @@ from wattscale.train.metering import RunMetering
 from wattscale.train.parallel import (
     DistributedContext,
     ParallelModel,
-    all_reduce_sum,
     broadcast_object,
     build_model,
     evaluate_on_ranks,
@@ -69,7 +71,9 @@ from wattscale.train.parallel import (
     rank0_first,
     rank_rows,
     shutdown,
+    sum_over_ranks,
 )
+from wattscale.train.prefetch import BatchPrefetcher
 from wattscale.train.run_checkpoints import load_newest_checkpoint, save_run_checkpoint
 from wattscale.train.run_folder import folder_error, lock_busy, move_checkpoints
 
@@ -111,8 +115,9 @@ def train(config: RunConfig, store_url: str, *, show_progress: bool = True,
     with torch_threads(config.train.threads):
         ctx = init_distributed(config.train.device)
         try:
-            return _train(config, store_url, ctx, show_progress and ctx.is_main, cache_dir, experiment,
-                          progress_hooks)
+            with deterministic_kernels(config.train.deterministic, ctx.device.type):
+                return _train(config, store_url, ctx, show_progress and ctx.is_main, cache_dir, experiment,
+                              progress_hooks)
         finally:
             shutdown(ctx)
 
@@ -213,6 +218,7 @@ class _Session:
         self._last_eval: Evaluation | None = None
         self.metering: RunMetering | None = None
         self.parallel: ParallelModel | None = None
+        self.batches: BatchPrefetcher | None = None
         self.matmul = matmul  # what apply_matmul_precision set, for the run record
 
     def run(self, existing: dict | None) -> TrainResult:
@@ -231,6 +237,11 @@ class _Session:
                     close_tracker(tracker, "failed")
 
     def _run(self, existing: dict | None, trackers: list[Tracker]) -> TrainResult:
+        if self.config.train.compile:
+            # Each run compiles afresh. Dynamo's caches live as long as the process, and a study that trains
+            # many runs of different shapes in one process would pass its recompile limit (8) and silently
+            # fall back to eager for the rest; a reset also puts every run's compilation in its own warm-up.
+            torch._dynamo.reset()
         # Before the optimiser is built: FSDP replaces the parameters with sharded ones.
         model, self.parallel = build_model(self.config.model, self.config.train.seed, self.ctx,
                                            self.config.train.parallel, self.precision, self.config.train.compile)
@@ -286,6 +297,8 @@ class _Session:
         finally:
             progress.close()
             self.metering.close()
+            if self.batches is not None:
+                self.batches.close()
 
     def _failed(self, exc: Exception) -> Exception:
         """Mark the run failed (unless its store is gone) and return the error to raise: a one-line
@@ -346,6 +359,7 @@ class _Session:
             # MFU divides by the peak of every device the run uses.
             record["device_info_json"] = json.dumps({
                 **device_info(self.device), "world_size": self.ctx.world_size, "matmul": self.matmul,
+                "determinism": determinism_record(self.config.train.deterministic, self.device.type),
                 **run_peak_flops(self.device, self.precision, devices_used=self.ctx.world_size)})
             if self.store.create_run(record, only_new=True) is not None:
                 # Another process claimed the run under another run root since this one looked.
@@ -369,24 +383,35 @@ class _Session:
                            meta.best_loss_ema) if meta else LoopPosition()
         next_eval = next_boundary(pos.tokens_seen, self.eval_interval)
         next_ckpt = next_boundary(pos.tokens_seen, self.checkpoint_interval)
-        def one_step(first: int, n_seq: int, n_tok: int) -> tuple[float, float]:
-            return self._optimizer_step(loss_fn, model, optimizer, first, n_seq, n_tok)
+        # Made one step ahead from pinned memory on CUDA; as before on a CPU.
+        self.batches = batches = BatchPrefetcher.for_device(plan, self._rank_batch, self.device)
+
+        def one_step(first: int, n_seq: int, n_tok: int) -> tuple[torch.Tensor, torch.Tensor]:
+            inputs, targets = batches.batch(pos.step, first)
+            return self._optimizer_step(loss_fn, model, optimizer, inputs, targets, n_tok)
 
         loop = StepLoop(plan, tc.lr, tc.schedule, self.warmup_steps, tc.min_lr_ratio, tc.decay_fraction,
-                        tc.divergence_factor, optimizer, one_step)
+                        tc.divergence_factor, optimizer, one_step, log_interval_steps=tc.log_interval_steps,
+                        device=self.device)
         start_tokens, start = pos.tokens_seen, metering.job_seconds()
 
-        def on_step(n_tok: int, loss: float) -> None:
+        def on_step(n_tok: int, loss: float | None) -> None:
             metering.step(n_tok)
             rate = (pos.tokens_seen - start_tokens) / max(1e-9, metering.job_seconds() - start)
-            progress.update(pos.tokens_seen, loss, rate)
+            if loss is not None:
+                progress.update(pos.tokens_seen, loss, rate)
 
         if tc.eval_at_start and pos.step == 0:
             self._evaluate(model, pos, progress)
         last_eval_tokens = -1
+        shapes_due = tc.compile
         while pos.step < plan.total_steps:
             try:
                 with metering.phase("train"):
+                    if shapes_due:  # in the warm-up phase: before the session's first step is counted
+                        compile_shapes(loss_fn, model, self._layouts(pos.step), self.config.seq_len, self.device,
+                                       self.autocast_dtype)
+                        shapes_due = False
                     loop.run_until(pos, min(next_eval, next_ckpt), metering.job_seconds, on_step)
             finally:  # a diverged run keeps its steps up to the divergence
                 self._flush(pos.pending_rows)
@@ -402,11 +427,9 @@ class _Session:
         assert last_eval_tokens == pos.tokens_seen == tc.tokens, "the loop must end on the exact budget"
         return self._finish(model, pos)
 
-    def _optimizer_step(self, loss_fn: LossFn, model: Llama, optimizer: torch.optim.Optimizer,
-                        first_sequence: int, n_seq: int, n_tok: int) -> tuple[float, float]:
-        """One optimiser step on the next `n_seq` sequences of the training stream; returns the global loss.
-
-        Each rank takes its contiguous share of the sequences; together they are the whole step.
+    def _rank_batch(self, first_sequence: int, n_seq: int, n_tok: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows of the step of `n_seq` sequences from `first_sequence`: its contiguous share,
+        masked past the budget, padded for lockstep; int64 [rows, T] each, on the host.
         """
         ctx, seq_len = self.ctx, self.config.seq_len
         start, stop = rank_rows(n_seq, ctx.rank, ctx.world_size)
@@ -415,11 +438,31 @@ class _Session:
         # The budget masks the step's tokens in row-major order, so a share counts what its rows hold of
         # the first n_tok; every rank divides by the whole step's n_tok.
         targets = mask_targets(targets, max(0, n_tok - start * seq_len))
-        inputs, targets = pad_rows(inputs, targets, lockstep_rows(n_seq, ctx.world_size, self.micro_batch))
+        return pad_rows(inputs, targets, lockstep_rows(n_seq, ctx.world_size, self.micro_batch))
+
+    def _optimizer_step(self, loss_fn: LossFn, model: Llama, optimizer: torch.optim.Optimizer,
+                        inputs: torch.Tensor, targets: torch.Tensor, n_tok: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on this rank's rows of a step (`_rank_batch`); returns the global loss and the
+        gradient norm as device tensors (no host sync). Together the ranks' rows are the whole step.
+        """
         loss, grad_norm = training_step(loss_fn, model, optimizer, inputs, targets, n_tok, self.micro_batch,
                                         self.device, self.autocast_dtype, self.config.train.grad_clip,
                                         defer_sync=self.parallel.defer_sync, grad_scale=self.parallel.grad_scale)
-        return all_reduce_sum(ctx, loss), grad_norm
+        return sum_over_ranks(self.ctx, loss), grad_norm
+
+    def _layouts(self, first_step: int) -> list[list[int]]:
+        """This rank's micro-batch row counts of the session's first step and of the plan's last step (when that
+        is shorter): every shape a compiled loss meets in the session. Every rank gets as many micro-batches."""
+        ctx, plan = self.ctx, self.plan
+        last = plan.total_steps - 1
+        steps = [first_step] + ([last] if plan.sequences_in_step(last) != plan.sequences_in_step(first_step) else [])
+        layouts = []
+        for step in steps:
+            n_seq = plan.sequences_in_step(step)
+            start, stop = rank_rows(n_seq, ctx.rank, ctx.world_size)
+            rows = max(stop - start, lockstep_rows(n_seq, ctx.world_size, self.micro_batch))  # as pad_rows pads
+            layouts.append(micro_batch_rows(rows, self.micro_batch))
+        return layouts
 
     def _evaluate(self, model: Llama, pos: LoopPosition, progress: TrainingProgress) -> Evaluation:
         with self.metering.phase("eval"):
@@ -515,10 +558,17 @@ def _result_from_record(record: dict, run_dir: Path, already_done: bool) -> Trai
 
 
 def config_hash_for(resolved: dict) -> str:
-    """The runs.config_hash of a resolved config: sha256 of its JSON without train.run_root and train.track
-    (locations).
+    """The runs.config_hash of a resolved config: sha256 of its JSON without train.run_root, train.track
+    (locations) and train.log_interval_steps (how often the loss is read), and without settings added later
+    while they hold the value that reproduces the runs stored before them (train.deterministic = false).
 
     Runs stored before this rule keep the hash they were stored with: a resume never compares it.
     """
-    located = {**resolved, "train": {k: v for k, v in resolved["train"].items() if k not in ("run_root", "track")}}
+    located = {**resolved, "train": {k: v for k, v in resolved["train"].items()
+                                     if k not in _NOT_HASHED and _ADDED_LATER.get(k, _KEEP) != v}}
     return hashlib.sha256(json.dumps(located, sort_keys=True).encode()).hexdigest()
+
+
+_NOT_HASHED = ("run_root", "track", "log_interval_steps")
+_ADDED_LATER = {"deterministic": False}  # setting: the value every run stored before it had
+_KEEP = object()
