@@ -79,7 +79,7 @@ class GpuConfig:
 def static_problems(gpu: GpuConfig, device: str) -> list[str]:
     """Problems known from the settings alone: a GPU setting on a run that asks for the CPU."""
     if gpu.active and device == "cpu":
-        return [f"{gpu.first_field()}: needs a CUDA device, but train.device is 'cpu'; run on a GPU "
+        return [f"{gpu.first_field()}: needs a CUDA device, but train.device is 'cpu'; set train.device to cuda "
                 "(--device cuda) or remove the setting"]
     return []
 
