@@ -81,7 +81,8 @@ def fake_pynvml(gpus: list[FakeGpu] | None = None, log_path: Path | None = None)
         if not gpu(handle).root:
             raise NVMLError_NoPermission()
 
-    def by_uuid(uuid: str) -> int:
+    def by_uuid(uuid: str | bytes) -> int:
+        uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
         for i, g in enumerate(gpus):
             if g.uuid == uuid:
                 return i

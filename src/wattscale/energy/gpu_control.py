@@ -119,7 +119,8 @@ class GpuControl:
         self._started_at: str | None = None
         self._previous_handler: Any = None
         self._handler_installed = False
-        self._lock = threading.Lock()
+        self._nvml_open = False
+        self._lock = threading.RLock()  # re-entrant: SIGTERM may arrive while the main thread is in restore()
 
     # --- the context ---------------------------------------------------------------------------------
 
@@ -207,7 +208,7 @@ class GpuControl:
         return nvml
 
     def _close_nvml(self) -> None:
-        if getattr(self, "_nvml_open", False):
+        if self._nvml_open:
             self._nvml_open = False
             try:
                 self._nvml.nvmlShutdown()
@@ -217,7 +218,7 @@ class GpuControl:
     def _inspect(self, uuid: str) -> _Gpu:
         nvml = self._nvml
         try:
-            handle = nvml.nvmlDeviceGetHandleByUUID(uuid)
+            handle = nvml.nvmlDeviceGetHandleByUUID(uuid.encode())  # bytes: what every nvidia-ml-py accepts
             name = _text(nvml.nvmlDeviceGetName(handle))
         except nvml.NVMLError as exc:
             raise ConfigError(f"{self.settings.first_field()}: NVML cannot open GPU {uuid} ({_reason(nvml, exc)}); "
