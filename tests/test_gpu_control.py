@@ -172,6 +172,29 @@ def test_sigterm_restores_then_ends_as_before(tmp_path: Path, mode: str, status:
         ("reset_clocks", "GPU-0000"), ("set_power_limit", "GPU-0000", 700_000), ("shutdown",)]
 
 
+def test_sigterm_while_setting_restores_what_was_set_and_sets_nothing_more() -> None:
+    """A SIGTERM between two GPUs' settings (its previous handler ignoring it): the first is put back, the second
+    is never touched."""
+    nvml = fake_pynvml([FakeGpu(), FakeGpu(uuid="GPU-0001")])
+    set_limit = nvml.nvmlDeviceSetPowerManagementLimit
+
+    def set_then_signal(handle: int, limit_mw: int) -> None:
+        set_limit(handle, limit_mw)
+        if limit_mw == 300_000:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    nvml.nvmlDeviceSetPowerManagementLimit = set_then_signal
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with GpuControl(GpuConfig(power_limit_w=300), ["GPU-0000", "GPU-0001"], nvml) as control:
+            assert [g.limit_mw for g in nvml.gpus] == [700_000, 700_000]
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert _sets(nvml) == [("set_power_limit", "GPU-0000", 300_000), ("set_power_limit", "GPU-0000", 700_000)]
+    assert control.record()["state"] == "restored"
+
+
 # --- refusals ---------------------------------------------------------------------------------------------------
 
 

@@ -126,8 +126,12 @@ class GpuControl:
 
     def __enter__(self) -> GpuControl:
         if self.settings.active:
-            self.apply()
-            self._install_sigterm()
+            self._install_sigterm()  # first: a SIGTERM while the values are being set restores those already set
+            try:
+                self.apply()
+            except BaseException:
+                self._uninstall_sigterm()
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -148,6 +152,8 @@ class GpuControl:
                 self._check(gpu)
             self._state = "applied"  # from here on, restore() undoes whatever was set
             for gpu in self._gpus:
+                if self._state != "applied":
+                    return  # restored by a SIGTERM meanwhile (its previous handler ignored it): set nothing more
                 self._set(gpu)
                 gpu.after = self._read(gpu)
         except BaseException:
@@ -285,19 +291,22 @@ class GpuControl:
 
     def _set(self, gpu: _Gpu) -> None:
         nvml, where = self._nvml, f"{gpu.uuid} ({gpu.name})"
+        # Each flag is raised before its call, so that a SIGTERM the moment the call returns still restores it.
         if self.settings.power_limit_w is not None:
+            gpu.power_set = True
             try:
                 nvml.nvmlDeviceSetPowerManagementLimit(gpu.handle, round(self.settings.power_limit_w * 1000))
             except nvml.NVMLError as exc:
+                gpu.power_set = False
                 raise _refusal(nvml, exc, "power_limit_w", where) from None
-            gpu.power_set = True
         if self.settings.sm_clock_mhz is not None:
             clock = self.settings.sm_clock_mhz
+            gpu.clocks_locked = True
             try:
                 nvml.nvmlDeviceSetGpuLockedClocks(gpu.handle, clock, clock)
             except nvml.NVMLError as exc:
+                gpu.clocks_locked = False
                 raise _refusal(nvml, exc, "sm_clock_mhz", where) from None
-            gpu.clocks_locked = True
 
     def _try(self, errors: list[str], what: str, call: Callable[..., Any], *args: Any) -> None:
         try:
