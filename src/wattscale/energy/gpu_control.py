@@ -150,7 +150,10 @@ class GpuControl:
             self._gpus = [self._inspect(uuid) for uuid in self._uuids]
             for gpu in self._gpus:
                 self._check(gpu)
-            self._state = "applied"  # from here on, restore() undoes whatever was set
+            with self._lock:
+                if self._state != "new":
+                    return  # restored by a SIGTERM meanwhile (its previous handler ignored it): set nothing
+                self._state = "applied"  # from here on, restore() undoes whatever was set
             for gpu in self._gpus:
                 if self._state != "applied":
                     return  # restored by a SIGTERM meanwhile (its previous handler ignored it): set nothing more
