@@ -173,7 +173,7 @@ def test_changing_a_marked_field_changes_the_run_id(section: str, key: str, valu
 
 
 def test_the_identity_fields_are_marked_on_the_dataclasses() -> None:
-    assert identity_names(RunConfig) == ("model", "train", "data")
+    assert identity_names(RunConfig) == ("model", "train", "data", "gpu")
     assert set(identity_names(ModelConfig)) == {f.name for f in dataclasses.fields(ModelConfig)}
     assert set(identity_names(DataConfig)) == {f.name for f in dataclasses.fields(DataConfig)}
     not_identity = {f.name for f in dataclasses.fields(TrainConfig)} - set(identity_names(TrainConfig))

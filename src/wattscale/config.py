@@ -14,6 +14,9 @@ batch_size = 16
 source = "synthetic"
 ```
 
+Two more tables are optional: `[meter]` (MeterConfig: how energy is measured) and `[gpu]` (GpuConfig: a
+power limit or locked SM clock applied while the run trains, see `wattscale.energy.gpu_control`).
+
 Every problem in a file is collected and raised as one `ConfigError` that names each bad key.
 """
 
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from wattscale.data import DataConfig
+from wattscale.energy.gpu_control import GpuConfig, static_problems
 from wattscale.energy.meter import MeterConfig
 from wattscale.errors import ConfigError
 from wattscale.identity import identity_field, identity_values
@@ -221,6 +225,9 @@ class RunConfig:
     train: TrainConfig = identity_field()
     data: DataConfig = identity_field(default_factory=DataConfig)
     meter: MeterConfig = field(default_factory=MeterConfig)
+    # GPU power limit / SM clock: part of the id when set, absent from it (and from to_dict) when not, so
+    # the runs stored before the [gpu] table keep their ids and config hashes.
+    gpu: GpuConfig = identity_field(default_factory=GpuConfig, since=GpuConfig())
 
     @property
     def seq_len(self) -> int:
@@ -239,6 +246,7 @@ class RunConfig:
             "train": dataclasses.asdict(self.train),
             "data": dataclasses.asdict(self.data),
             "meter": dataclasses.asdict(self.meter),
+            **({"gpu": dataclasses.asdict(self.gpu)} if self.gpu.active else {}),
         }
 
 
@@ -256,7 +264,7 @@ def run_id_for(config: RunConfig, data_fingerprint: str) -> str:
 
 def validate_run(config: RunConfig) -> None:
     """Cross-field checks that need both the model and the training settings."""
-    problems = []
+    problems = static_problems(config.gpu, config.train.device)
     if config.seq_len > config.model.context_length:
         problems.append(f"train.seq_len: {config.seq_len} exceeds the model's context_length "
                         f"{config.model.context_length}; lower --seq-len")
@@ -343,9 +351,10 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"--config: cannot read {str(path)!r}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config: {str(path)!r} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"model", "train", "data", "meter"})
+    unknown = sorted(set(data) - {"model", "train", "data", "meter", "gpu"})
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown table in {str(path)!r}; use [model], [train], [data] and [meter]")
+        raise ConfigError(f"{unknown[0]}: unknown table in {str(path)!r}; use [model], [train], [data], [meter] "
+                          "and [gpu]")
     return data
 
 
@@ -370,6 +379,7 @@ def build_run_config(file_tables: dict[str, Any] | None = None,
     train = _build(TrainConfig, tables.get("train", {}), "train")
     data = _build(DataConfig, tables.get("data", {}), "data")
     meter = _build(MeterConfig, tables.get("meter", {}), "meter")
-    config = RunConfig(model=model, train=train, data=data, meter=meter)
+    gpu = _build(GpuConfig, tables.get("gpu", {}), "gpu")
+    config = RunConfig(model=model, train=train, data=data, meter=meter, gpu=gpu)
     validate_run(config)
     return config

@@ -119,7 +119,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML file with [model], [train] and [data] tables; flags override it")
+    p.add_argument("--config", help="TOML file with [model], [train] and [data] tables (optional: [meter], and "
+                   "[gpu] for a power limit or locked SM clock); flags override it")
     p.add_argument("--preset", help="model preset (see `wattscale presets`)")
     p.add_argument("--tokens", type=int, help="exact training-token budget")
     p.add_argument("--data-tokens", type=int,

@@ -22,6 +22,7 @@ from typing import Any
 
 from wattscale.config import PARALLEL_MODES, PRECISIONS, SCHEDULES, TrainConfig
 from wattscale.data import DataConfig
+from wattscale.energy.gpu_control import GpuConfig
 from wattscale.energy.meter import METER_KINDS, TOTAL_RULES, MeterConfig
 from wattscale.footprint import MAX_PUE, FootprintSettings
 from wattscale.model import PRESETS, ModelConfig
@@ -49,12 +50,15 @@ def experiment_schema() -> dict[str, Any]:
         "train": _table_schema(TrainConfig, "train", skip=("seed", "repeat")),
         "data": _table_schema(DataConfig, "data"),
         "meter": _table_schema(MeterConfig, "meter"),
+        "gpu": _table_schema(GpuConfig, "gpu"),
         "footprint": _table_schema(FootprintSettings, "footprint"),
     }
     footprint = tables["footprint"]["properties"]
     footprint["pue"].update(minimum=1.0, maximum=MAX_PUE)
     for key in ("carbon_intensity_g_per_kwh", "price_per_kwh"):
         footprint[key]["minimum"] = 0
+    tables["gpu"]["properties"]["power_limit_w"]["exclusiveMinimum"] = 0
+    tables["gpu"]["properties"]["sm_clock_mhz"]["minimum"] = 1
     tables["model"]["properties"]["preset"] = {
         "type": "string", "enum": list(PRESETS), "description": "a model preset (`wattscale presets`); "
         "the other [model] keys override its fields"}
@@ -150,7 +154,7 @@ def _field_comments(cls: type) -> dict[str, str]:
 def _grid_schema(tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Grid factors: "section.key" = [values]; a bare key is accepted where exactly one table has it."""
     properties = {}
-    for section in ("model", "train", "data"):
+    for section in ("model", "train", "data", "gpu"):
         for key, prop in tables[section]["properties"].items():
             if section == "train" and key in EXECUTION_TRAIN_KEYS:
                 continue  # execution settings cannot be factors

@@ -17,6 +17,7 @@ epochs = 1
 [data]
 [meter]
 sample_hz = 10
+[gpu]                         # optional: power_limit_w, sm_clock_mhz (see wattscale.energy.gpu_control)
 
 [footprint]                   # optional: carbon and cost inputs (no run changes; flags and WATTSCALE_* win)
 carbon_intensity_csv = "grid.csv"   # or carbon_intensity_g_per_kwh = 350; a relative path is read from here
@@ -49,7 +50,7 @@ Relative data paths (data.source, data.val_source, data.tokenizer) are read from
 one that does not exist is refused when the runs are planned, naming the key, the `--set` that
 replaces it and the variants of the file that do without it (`missing_input_error`).
 
-Besides every field of [model], [train], [data] and [meter], two derived training keys exist in
+Besides every field of [model], [train], [data], [meter] and [gpu], two derived training keys exist in
 experiment files: `train.steps` (tokens = steps x batch_size x seq_len) and `train.batch_tokens`
 (batch_size = batch_tokens / seq_len), so a grid can be written in steps and tokens per batch.
 """
@@ -67,12 +68,13 @@ from typing import Any
 
 from wattscale.config import TrainConfig, unknown_key_message
 from wattscale.data import DataConfig
+from wattscale.energy.gpu_control import GpuConfig
 from wattscale.energy.meter import MeterConfig
 from wattscale.errors import ConfigError
 from wattscale.footprint import FootprintSettings
 from wattscale.model import ModelConfig
 
-RUN_TABLES = ("model", "train", "data", "meter")
+RUN_TABLES = ("model", "train", "data", "meter", "gpu")
 FILE_TABLES = ("experiment", *RUN_TABLES, "footprint", "grid", "variants")
 SEED_MODES = ("per-repetition", "same")
 ORDER_DESIGNS = ("random-blocks", "williams", "as-written")
@@ -145,7 +147,9 @@ class ExperimentSpec:
         design = asdict(self.design)
         if isinstance(self.design.seeds, tuple):
             design["seeds"] = list(self.design.seeds)
-        return {"experiment": design, **{t: self.tables.get(t, {}) for t in RUN_TABLES},
+        # An empty [gpu] is left out, so the studies written before it keep their hash (and run order).
+        return {"experiment": design, **{t: self.tables.get(t, {}) for t in RUN_TABLES
+                                         if t != "gpu" or self.tables.get(t)},
                 "grid": {key: list(values) for key, values in self.grid}, "variant": self.variant}
 
     def spec_hash(self) -> str:
@@ -337,7 +341,7 @@ def _run_table_fields() -> dict[str, set[str]]:
     model = {f.name for f in fields(ModelConfig) if f.name != "name"} | {"preset"}
     train = {f.name for f in fields(TrainConfig)} | set(DERIVED_TRAIN_KEYS)
     return {"model": model, "train": train, "data": {f.name for f in fields(DataConfig)},
-            "meter": {f.name for f in fields(MeterConfig)}}
+            "meter": {f.name for f in fields(MeterConfig)}, "gpu": {f.name for f in fields(GpuConfig)}}
 
 
 def _build_spec(raw: dict[str, Any], variant: str | None, source_path: str) -> ExperimentSpec:

@@ -25,6 +25,7 @@ from wattscale import __version__
 from wattscale.budget import StepPlan, mask_targets
 from wattscale.config import RunConfig, run_id_for
 from wattscale.data import PreparedData, TokenShard, prepare_data, sequence_batch, training_subset
+from wattscale.energy.gpu_control import control_gpus, record_gpu_control
 from wattscale.errors import ConfigError, DataError, StoreError, StoreFileGone, WattscaleError
 from wattscale.evaluate import Evaluation, validation_windows
 from wattscale.hardware import apply_matmul_precision, device_info, git_revision, resolve_precision, run_peak_flops
@@ -140,6 +141,8 @@ def _train(config: RunConfig, store_url: str, ctx: DistributedContext, show_prog
     val_windows = validation_windows(data.val, config.seq_len, config.train.eval_tokens)
     run_id = run_id_for(config, data.cache_key)
     with ExitStack() as stack:
+        # [gpu] power limit / SM clock: set before the store is opened (a refusal writes nothing), restored on exit.
+        gpu = stack.enter_context(control_gpus(config.gpu, ctx.device))
         store: Store | None = None
 
         def claim() -> _Claim:
@@ -153,7 +156,11 @@ def _train(config: RunConfig, store_url: str, ctx: DistributedContext, show_prog
             return decision.done
         session = _Session(config, store, data, train_shard, val_windows, ctx, precision, matmul, run_id,
                            decision.run_dir, experiment, show_progress, progress_hooks)
-        return session.run(decision.existing)
+        try:
+            return session.run(decision.existing)
+        finally:
+            gpu.restore()
+            record_gpu_control(store, run_id, gpu)
 
 
 def _claim_run(stack: ExitStack, store: Store, run_id: str, run_root: Path) -> _Claim:
