@@ -73,13 +73,13 @@ def test_a_deterministic_run_is_recorded_and_cpu_eager_bits_do_not_depend_on_it(
     import wattscale.train.session as session
 
     seen = []
-    real_evaluate = session.evaluate
+    real_evaluate = session.evaluate_on_ranks
 
     def evaluate(*args, **kwargs):
         seen.append(torch.are_deterministic_algorithms_enabled())
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(session, "evaluate", evaluate)
+    monkeypatch.setattr(session, "evaluate_on_ranks", evaluate)
     plain, det = _config(tmp_path / "a"), _config(tmp_path / "b", deterministic=True)
     assert run_id_for(det, "fp") != run_id_for(plain, "fp")
     results = [train(config, str(tmp_path / "w.db"), show_progress=False, cache_dir=cache_dir)
