@@ -264,6 +264,40 @@ def test_torch_compile_trains_like_eager(tmp_path: Path, cache_dir: Path) -> Non
     assert compiled.final_val_loss == pytest.approx(eager.final_val_loss, rel=1e-3)
 
 
+# Ctrl-C delivered while the garbage collector runs a weakref callback (SQLAlchemy's event registry has them):
+# CPython prints "Exception ignored in" and drops the KeyboardInterrupt. Here the callback sends the signal itself.
+_SWALLOWED_CTRL_C = """
+import os, signal, sys, weakref
+from wattscale.cli import main
+from wattscale.train import loop
+
+real_learning_rate, calls = loop.learning_rate, []
+
+def learning_rate(*args):
+    calls.append(1)
+    if len(calls) == 5:
+        class Garbage: ...
+        garbage = Garbage()
+        ref = weakref.ref(garbage, lambda _: os.kill(os.getpid(), signal.SIGINT))
+        del garbage
+    return real_learning_rate(*args)
+
+loop.learning_rate = learning_rate
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_ctrl_c_the_garbage_collector_swallows_still_stops_the_run(tmp_path: Path, cache_dir: Path) -> None:
+    args = ["--store", "w.db", "train", *TINY, "--tokens", "40000", "--cache-dir", str(cache_dir)]
+    proc = subprocess.run([sys.executable, "-c", _SWALLOWED_CTRL_C, *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, preexec_fn=default_sigint)
+    assert "Exception ignored in" in proc.stderr and "KeyboardInterrupt" in proc.stderr  # it was swallowed
+    assert proc.returncode == 130 and "re-run the same command to resume" in proc.stderr, proc.stderr
+    with open_store(str(tmp_path / "w.db")) as store:
+        (run,) = store.list_runs()
+    assert run["status"] == "interrupted"  # not trained on to its 40,000 tokens
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_is_recorded_and_resumable(tmp_path: Path, cache_dir: Path, sig: signal.Signals) -> None:
     args = [*TINY, "--tokens", "40000", "--checkpoint-interval-tokens", "2048", "--cache-dir", str(cache_dir)]

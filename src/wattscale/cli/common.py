@@ -21,6 +21,7 @@ from typing import Any
 
 from wattscale.errors import ConfigError, WattscaleError
 from wattscale.footprint import FootprintSettings, load_intensity_csv, resolve_footprint
+from wattscale.interrupts import recorded_interrupts
 from wattscale.limits import MAX_INT64
 
 DEFAULT_STORE = "./wattscale.db"
@@ -219,18 +220,12 @@ def fmt_loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run_command(args: argparse.Namespace) -> int:
     """Call the command; turn user errors into one line and exit 2, an interrupt into 130, a bug into 1."""
-    import signal
-
     # SIGTERM (e.g. a cluster scheduler) is handled like Ctrl-C: the run is marked interrupted.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        return args.func(args)
+        with recorded_interrupts():
+            return args.func(args)
     except MissingStoreError as exc:
         print(f"wattscale {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -26,6 +26,7 @@ import torch
 
 from wattscale.budget import IGNORE_INDEX, StepPlan
 from wattscale.config import RunConfig
+from wattscale.interrupts import raise_if_interrupted
 from wattscale.model import Llama
 from wattscale.schedule import learning_rate
 from wattscale.train.parallel import ParallelModel
@@ -99,6 +100,7 @@ class StepLoop:
         """
         plan = self.plan
         while pos.step < plan.total_steps and pos.tokens_seen < stop_at_tokens:
+            raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt the garbage collector swallowed
             lr = learning_rate(pos.step, plan.total_steps, *self.lr_args)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
