@@ -29,10 +29,12 @@ XDIST_GROUPS = {
     "test_laws_cli.py": "laws-cli",
     "test_report_laws.py": "report-laws",
     "test_data.py": "data",
+    "test_fsdp.py": "fsdp",  # two ranks' models, built once (a module fixture)
+    "test_gpu_suite.py": "gpu-suite",  # one --dry-run of the whole suite
+    "test_study_exports.py": "study-exports",  # one study trained and exported
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist appends the group to each test's id
 def default_sigint() -> None:
     """`preexec_fn` for a child that a test stops with SIGINT, as a user's Ctrl-C would.
 
@@ -44,6 +46,7 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist appends the group to each test's id
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         group = XDIST_GROUPS.get(item.path.name)

@@ -16,6 +16,13 @@ RUN_JSON_KEYS = {"run_id", "status", "preset", "params", "tokens_seen", "seed", 
                  "joules", "energy_source"}
 
 
+@pytest.fixture
+def run_cli(run_cli_in_process):
+    """The CLI's main() in this process: these tests are about what commands print, exit and store, which the
+    console script does the same way (the process itself is under test in test_cli_grammar, test_train)."""
+    return run_cli_in_process
+
+
 def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())

@@ -149,15 +149,13 @@ def test_fsdp_trains_the_same_run_and_writes_sharded_checkpoints(one_process, fs
                                    rtol=0.0, atol=1e-3 * state["exp_avg"].abs().max().item())
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_killed_rank_stops_the_job_and_a_rerun_resumes_exactly(request: pytest.FixtureRequest, parallel: str,
-                                                               tmp_path: Path, cache_dir: Path) -> None:
+def test_killed_rank_stops_the_job_and_a_rerun_resumes_exactly(two_ranks, tmp_path: Path, cache_dir: Path) -> None:
     """Rank 0 SIGKILLed, and its newest checkpoint then truncated (as a power loss could): the rerun resumes
-    from the checkpoint before it, and ends with exactly the weights of the uninterrupted run. Under FSDP
-    every rank writes its shards (torch.distributed.checkpoint) and it is rank 1's that is cut short."""
-    _, uninterrupted = request.getfixturevalue("two_ranks" if parallel == "ddp" else "fsdp_ranks")
+    from the checkpoint before it, and ends with exactly the weights of the uninterrupted run. (FSDP's sharded
+    checkpoints, one rank's shard cut short, resume exactly in test_fsdp.py, without the processes' start-up.)"""
+    _, uninterrupted = two_ranks
     run_dir = tmp_path / "runs" / uninterrupted["run_id"]
-    cmd = _command(tmp_path, "w.db", "runs", cache_dir, 2, "--parallel", parallel)
+    cmd = _command(tmp_path, "w.db", "runs", cache_dir, 2)
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and len(list(run_dir.glob("checkpoints/step-*"))) < 2:
@@ -167,13 +165,12 @@ def test_killed_rank_stops_the_job_and_a_rerun_resumes_exactly(request: pytest.F
     with open_store(str(tmp_path / "w.db")) as store:
         assert store.get_run(uninterrupted["run_id"])["status"] == "running", "the kill must land mid-run"
     *_, previous, newest = sorted(run_dir.glob("checkpoints/step-*"))  # three if killed before pruning
-    weights = newest / "model.safetensors" if parallel == "ddp" else newest / "sharded" / "__1_0.distcp"
+    weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
     resumed = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    reason = "model.safetensors: SafetensorError" if parallel == "ddp" else "sharded: rank"
-    assert f"skipped checkpoint {newest.name} ({reason}" in resumed.stderr
+    assert f"skipped checkpoint {newest.name} (model.safetensors: SafetensorError" in resumed.stderr
     assert f"resuming from {previous.name}" in resumed.stderr
     assert not newest.exists() and (newest.parent / f"corrupt-{newest.name}").is_dir()
     out = json.loads(resumed.stdout)

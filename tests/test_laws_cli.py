@@ -1,4 +1,4 @@
-"""`wattscale fit`, `plan-compute`, `plan-energy` through real subprocesses, from a store and from CSV files."""
+"""`wattscale fit`, `plan-compute`, `plan-energy` through the CLI's main(), from a store and from CSV files."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ import pandas as pd
 import pytest
 
 from law_fixtures import SEQ_LEN, TRUTH, write_law_store
+
+
+@pytest.fixture
+def run_cli(run_cli_in_process):
+    """In this process: the commands' output and exit codes are under test, not the interpreter."""
+    return run_cli_in_process
 
 
 @pytest.fixture(scope="module")

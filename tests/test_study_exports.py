@@ -95,7 +95,10 @@ def test_export_holds_the_study_and_loads_back_value_for_value(exported: Path) -
     for run in analysed:
         row = runs.loc[run["run_id"]]
         assert run["final_val_loss"] == row["final_val_loss"]
-        assert run["tokens_per_joule"] == pytest.approx(row["train_tokens"] / row["train_energy_j"], rel=1e-12)
+        if row["train_energy_j"] > 0:
+            assert run["tokens_per_joule"] == pytest.approx(row["train_tokens"] / row["train_energy_j"], rel=1e-12)
+        else:  # a training phase of a few ms can read 0 J at the CPU estimate's 10 ms resolution: no ratio
+            assert run["tokens_per_joule"] is None
 
 
 def test_import_refuses_a_changed_file_and_a_store_that_has_the_runs(exported: Path, tmp_path: Path) -> None:
