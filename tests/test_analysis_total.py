@@ -192,7 +192,7 @@ LAW_ROW = st.tuples(st.sampled_from(["1e6", "3e6", "1e7", "3e7"]), st.sampled_fr
 LAW_TABLES = corrupted(st.lists(LAW_ROW, max_size=12), 3, ["", "0", "-1", "abc", "nan", "inf"])
 
 
-@settings(FAST, max_examples=16)
+@settings(FAST, max_examples=10)
 @given(LAW_TABLES)
 def test_fit_csv_on_any_table_gives_a_fit_or_one_line(rows) -> None:
     with tempfile.TemporaryDirectory() as tmp:

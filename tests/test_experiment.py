@@ -433,7 +433,7 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path: Path, cache_dir: Path, 
 
 def test_killed_sweep_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path, cache_dir: Path) -> None:
     """SIGKILL a sweep at random moments, re-run until it completes: each run once, complete, bit-identical."""
-    text = TINY_STUDY.replace("[2048, 4096, 8192]", "[16384, 32768]").replace(
+    text = TINY_STUDY.replace("[2048, 4096, 8192]", "[8192, 16384]").replace(
         "eval_tokens = 2048", "eval_tokens = 2048\neval_interval_tokens = 4096\ncheckpoint_interval_tokens = 2048")
     write(tmp_path, text)
     command = [sys.executable, "-m", "wattscale", "--store", "killed.db", "run", "study.toml", "--cache-dir",

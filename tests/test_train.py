@@ -299,8 +299,10 @@ def test_a_ctrl_c_the_garbage_collector_swallows_still_stops_the_run(tmp_path: P
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_is_recorded_and_resumable(tmp_path: Path, cache_dir: Path, sig: signal.Signals) -> None:
-    args = [*TINY, "--tokens", "40000", "--checkpoint-interval-tokens", "2048", "--cache-dir", str(cache_dir)]
+def test_interrupt_is_recorded_and_resumable(run_cli_in_process, tmp_path: Path, cache_dir: Path,
+                                            sig: signal.Signals) -> None:
+    budget = 20_000
+    args = [*TINY, "--tokens", str(budget), "--checkpoint-interval-tokens", "2048", "--cache-dir", str(cache_dir)]
     cmd = [sys.executable, "-m", "wattscale", "--store", "w.db", "train", *args]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=default_sigint)
@@ -313,11 +315,11 @@ def test_interrupt_is_recorded_and_resumable(tmp_path: Path, cache_dir: Path, si
     assert "re-run the same command to resume" in stderr
     with open_store(str(tmp_path / "w.db")) as store:
         (run,) = store.list_runs()
-    assert run["status"] == "interrupted" and run["tokens_seen"] < 40000
-    resumed = subprocess.run([*cmd, "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run["status"] == "interrupted" and run["tokens_seen"] < budget
+    resumed = run_cli_in_process("--store", "w.db", "train", *args, "--json")  # the resume: in this process
     assert resumed.returncode == 0, resumed.stderr
     out = json.loads(resumed.stdout)
-    assert out["status"] == "finished" and out["resumed"] and out["tokens_seen"] == 40000
+    assert out["status"] == "finished" and out["resumed"] and out["tokens_seen"] == budget
     # Energy continues across the resume: one run row, evaluation intervals (split by phase) that tile the
     # budget, phases that add up to the run, a trace without overlapping times, and the run's energy equal
     # to what its intervals add up to (but for the final save, which comes after the last interval).
@@ -326,7 +328,7 @@ def test_interrupt_is_recorded_and_resumable(tmp_path: Path, cache_dir: Path, si
         samples = store.power_samples(out["run_id"])
     (run_row,) = [r for r in rows if r["scope"] == "run"]
     spans = sorted({(r["start_tokens"], r["end_tokens"]) for r in rows if r["scope"] == "interval"})
-    assert [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]] and spans[-1][1] == 40000
+    assert [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]] and spans[-1][1] == budget
     assert run_row["energy_j"] == out["energy_j"]
     phases = {r["phase"]: r["energy_j"] for r in rows if r["scope"] == "phase"}
     assert sum(phases.values()) == pytest.approx(run_row["energy_j"], rel=1e-9)
