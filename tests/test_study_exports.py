@@ -148,6 +148,11 @@ def test_json_paths_select_by_index_and_field() -> None:
     result = {"statistics": [{"metric": "loss", "rm_anova": {"f": 3.5}}, {"metric": "tpj", "rm_anova": {"f": 9.0}}]}
     assert resolve_json_path(result, "statistics[metric=tpj].rm_anova.f") == 9.0
     assert resolve_json_path(result, "statistics[-1].metric") == "tpj"
+    conditions = {"conditions": [{"metric": m, "level": lv, "mean": i} for i, (m, lv) in
+                                 enumerate([("loss", "bf16"), ("loss", "fp32"), ("tpj", "bf16")])]}
+    assert resolve_json_path(conditions, "conditions[metric=loss,level=fp32].mean") == 1  # every field must match
+    with pytest.raises(KeyError, match="matches 2 elements"):
+        resolve_json_path(conditions, "conditions[metric=loss].mean")
     with pytest.raises(KeyError, match="matches 0 elements"):
         resolve_json_path(result, "statistics[metric=joules].rm_anova")
     with pytest.raises(KeyError, match="no key 'anova'"):

@@ -16,7 +16,8 @@
 ``command`` is a `wattscale` command line without ``--store`` (the checker adds the store the study was imported
 into) that prints JSON; ``path`` walks that JSON: dot-separated keys, each optionally followed by selectors,
 ``[3]`` or ``[-1]`` (a list index) and ``[field=value]`` (the one element of a list whose ``field`` is
-``value``). A number matches when ``|actual - value| <= tolerance`` (default 0: exact); anything else must be
+``value``; ``[metric=final_val_loss,level=bf16]``: the one whose fields have all of those values). A number
+matches when ``|actual - value| <= tolerance`` (default 0: exact); anything else must be
 equal. `wattscale check-study FOLDER` and tests/test_study_exports.py check every finding of a folder.
 """
 
@@ -121,13 +122,14 @@ def resolve_json_path(value: Any, path: str) -> Any:
 def _select(items: Any, selector: str, segment: str) -> Any:
     if not isinstance(items, list):
         raise KeyError(f"[{selector}] in {segment!r} needs a list, found {type(items).__name__}")
-    field, eq, wanted = selector.partition("=")
-    if not eq:
+    if "=" not in selector:
         try:
             return items[int(selector)]
         except (ValueError, IndexError):
             raise KeyError(f"[{selector}] in {segment!r}: not an index of a list of {len(items)}") from None
-    hits = [item for item in items if isinstance(item, dict) and str(item.get(field)) == wanted]
+    wanted = [condition.partition("=")[::2] for condition in selector.split(",")]
+    hits = [item for item in items
+            if isinstance(item, dict) and all(str(item.get(field)) == value for field, value in wanted)]
     if len(hits) != 1:
         raise KeyError(f"[{selector}] in {segment!r} matches {len(hits)} elements, not one")
     return hits[0]
