@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -169,3 +170,30 @@ def test_committed_study_states_only_what_its_data_give(study: Path, tmp_path: P
     assert machine["commands"] and machine["wall_time"]["runs_wall_seconds"] > 0 and machine["machines"]
     report = json_of(tmp_path, "check-study", str(study))
     assert report["failed"] == 0 and report["checked"] >= 1, [f for f in report["findings"] if not f["ok"]]
+
+
+def shown_as(value: float, tolerance: float) -> set[str]:
+    """How a page writes `value` to the precision its tolerance (half a unit of the last digit) implies."""
+    if tolerance == 0:
+        return {str(value), f"{value:,}"}
+    decimals = max(0, -math.floor(math.log10(2 * tolerance) + 1e-9))
+    return {f"{value:.{decimals}f}", f"{value:,.{decimals}f}"}
+
+
+def test_shown_as_follows_the_tolerance() -> None:
+    assert shown_as(3.2518, 0.00005) == {"3.2518"} and "1,234" in shown_as(1234, 0) and shown_as(0.617, 0.0005) == {
+        "0.617"}
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=[p.name for p in STUDIES])
+def test_committed_study_page_states_each_finding_with_its_number(study: Path) -> None:
+    """The docs page a study names quotes each finding's statement, and each statement shows its stated number."""
+    raw = json.loads((study / "findings.json").read_text())
+    assert "page" in raw, f"{study.name}: findings.json names its docs page (\"page\": \"docs/studies/...\")"
+    page = (REPO / raw["page"]).read_text(encoding="utf-8")
+    for finding in raw["findings"]:
+        assert finding["statement"] in page, f"{raw['page']} does not quote finding {finding['name']!r}"
+        value = finding["value"]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            forms = shown_as(value, finding.get("tolerance", 0.0))
+            assert any(form in finding["statement"] for form in forms), (finding["name"], forms)

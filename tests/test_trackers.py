@@ -5,6 +5,7 @@ compared with the store's rows (or, for the fake meter, with watts x seconds).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -13,17 +14,28 @@ from typing import Any
 
 import pytest
 
+from fake_meters import ConstantMeter
 from wattscale import Monitor
 from wattscale.cli import main
 from wattscale.store import open_store
 from wattscale.trackers import MonitorFeed, TrackerError, TrackerSpec, open_trackers, parse_spec, tracker_from_spec
 
-mlflow = pytest.importorskip("mlflow")
-pytest.importorskip("tensorboard")
-from mlflow import MlflowClient  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+# mlflow and tensorboard are imported by the tests that use them, not when every xdist worker collects this file.
+if importlib.util.find_spec("mlflow") is None or importlib.util.find_spec("tensorboard") is None:
+    pytest.skip("mlflow or tensorboard is not installed: pip install -e '.[mlflow,tensorboard]'",
+                allow_module_level=True)
 
-from fake_meters import ConstantMeter  # noqa: E402
+
+def MlflowClient(tracking_uri: str) -> Any:  # noqa: N802 - mlflow's class, imported on first use
+    from mlflow import MlflowClient as client_class
+
+    return client_class(tracking_uri)
+
+
+def EventAccumulator(path: str) -> Any:  # noqa: N802 - tensorboard's class, imported on first use
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator as accumulator_class
+
+    return accumulator_class(path)
 
 TINY = ["--preset", "llama-tiny", "--batch-size", "4", "--seq-len", "32", "--data", "synthetic", "--synthetic-mb",
         "0.3", "--eval-tokens", "1024", "--idle-seconds", "0", "--tokens", "1536", "--eval-interval-tokens", "512",
@@ -82,11 +94,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[s
                 "samples": store.power_samples(run_id)}
 
 
-def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
+def _history(client: Any, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
-def _only_run(client: MlflowClient, experiment: str) -> Any:
+def _only_run(client: Any, experiment: str) -> Any:
     found = client.get_experiment_by_name(experiment)
     (run,) = client.search_runs([found.experiment_id])
     return run
