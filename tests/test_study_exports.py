@@ -71,7 +71,7 @@ def test_export_holds_the_study_and_loads_back_value_for_value(exported: Path) -
     folder = exported / "study"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["experiment"] == EXPERIMENT
-    assert set(manifest["figures"]) == {"val_loss.png", "final_loss_energy.png"}
+    assert set(manifest["figures"]) == {"val_loss.png", "train_loss.png", "final_loss_energy.png"}
     for name, entry in manifest["tables"].items():  # each file holds what the manifest says (read by pandas)
         assert len(pd.read_parquet(folder / entry["file"])) == entry["rows"], name
     assert manifest["tables"]["runs"]["rows"] == 8 and manifest["tables"]["experiment_runs"]["rows"] == 8

@@ -4,7 +4,7 @@
 
 - ``<table>.parquet`` for each of `wattscale.studies.tables.STUDY_TABLES` (runs, evaluations, train_steps,
   energy_measurements, experiments, experiment_runs; no raw power samples);
-- ``val_loss.png`` and ``final_loss_energy.png`` (`wattscale.studies.figures`);
+- ``val_loss.png``, ``train_loss.png`` and ``final_loss_energy.png`` (`wattscale.studies.figures`);
 - ``machine.json``: the machines and software the runs used, the commands that ran them, and the wall time;
 - ``manifest.json``: the experiment, the store schema version and each table's file, row count and sha256
   (`import_study` refuses a file whose bytes changed);
@@ -199,9 +199,9 @@ def readme_text(experiment: str, rows: dict[str, list[dict[str, Any]]], machine:
         "", "## What is here", "",
         "| file | rows |", "|---|---|",
         *(f"| `{name}.parquet` | {len(rows[name]):,} |" for name in STUDY_TABLES),
-        "", "Figures: `val_loss.png`, `final_loss_energy.png`. Machine, software, commands and wall time: "
-        "`machine.json`. Files, row counts and checksums: `manifest.json`. The findings a page states, each with "
-        "the command and JSON path that give it: `findings.json` (written by the study's author).", "",
+        "", "Figures: `val_loss.png`, `train_loss.png`, `final_loss_energy.png`. Machine, software, commands and "
+        "wall time: `machine.json`. Files, row counts and checksums: `manifest.json`. The findings a page states, "
+        "each with the command and JSON path that give it: `findings.json` (written by the study's author).", "",
         "## Runs, machine and time", "",
         "- runs: " + ", ".join(f"{n} {k}" for k, n in machine["runs"].items()),
         f"- source file: `{spec_row.get('source_path')}`" + (f", variant `{spec['variant']}`"

@@ -1,17 +1,22 @@
-"""The two PNG figures of a study export, drawn from the exported rows only (matplotlib, Agg backend).
+"""The PNG figures of a study export, drawn from the exported rows only (matplotlib, Agg backend).
 
 - ``val_loss.png``: validation loss against tokens seen, one line per run, coloured by condition.
+- ``train_loss.png``: training loss against tokens seen, one line per run, each point the mean of a window of
+  steps (a fiftieth of the run's steps; 1 for runs of under 100 steps), so a spike or a setback shows where a
+  study evaluates rarely.
 - ``final_loss_energy.png``: each finished run's final validation loss and training-phase energy against its
   tokens seen (log axes), coloured by condition; the energy axis names the runs' energy source.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 MAX_LEGEND = 12  # conditions named in a legend; more are coloured without one
+TRAIN_LOSS_WINDOWS = 50  # points per run in train_loss.png (each the mean of its window of steps)
 
 
 def _conditions(plan: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) -> dict[str, str]:
@@ -65,6 +70,29 @@ def write_figures(folder: Path, rows: dict[str, list[dict[str, Any]]], title: st
     _legend(ax, colours)
     fig.tight_layout()
     written.append(_save(fig, folder / "val_loss.png"))
+
+    steps: dict[str, list[tuple[int, float]]] = {}
+    for row in rows["train_steps"]:
+        if row["loss"] is not None and math.isfinite(row["loss"]):
+            steps.setdefault(row["run_id"], []).append((row["tokens_seen"], row["loss"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    shown = set()
+    for run in finished:
+        points = sorted(steps.get(run["run_id"], []))
+        if not points:
+            continue
+        window = max(1, len(points) // TRAIN_LOSS_WINDOWS)
+        means = [(points[i + window - 1][0], sum(loss for _, loss in points[i:i + window]) / window)
+                 for i in range(0, len(points) - window + 1, window)]
+        label = condition[run["run_id"]]
+        ax.plot([t for t, _ in means], [m for _, m in means], lw=1, color=colours[label],
+                label=None if label in shown else label, alpha=0.8)
+        shown.add(label)
+    ax.set(xlabel="tokens seen", ylabel="training loss (nats/token)",
+           title=f"{title}: training loss, means of 1/{TRAIN_LOSS_WINDOWS} of each run's steps")
+    _legend(ax, colours)
+    fig.tight_layout()
+    written.append(_save(fig, folder / "train_loss.png"))
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     sources = sorted({str(r.get("energy_source")) for r in finished if r.get("train_energy_j") is not None})
