@@ -29,6 +29,9 @@ def _colours(labels: Sequence[str]) -> dict[str, Any]:
     import matplotlib
 
     names = sorted(set(labels))
+    if len(names) <= 10:  # distinct hues that all read on white (viridis ends in a pale yellow)
+        cmap = matplotlib.colormaps["tab10"]
+        return {name: cmap(i) for i, name in enumerate(names)}
     cmap = matplotlib.colormaps["viridis"]
     return {name: cmap(i / max(1, len(names) - 1)) for i, name in enumerate(names)}
 
