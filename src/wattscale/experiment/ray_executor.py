@@ -33,6 +33,7 @@ from typing import Any
 
 from wattscale.config import RunConfig
 from wattscale.errors import ConfigError, WattscaleError
+from wattscale.interrupts import raise_if_interrupted
 from wattscale.locking import run_lock
 from wattscale.store import Store, open_store
 from wattscale.train import DEFAULT_CACHE_DIR, TrainResult, train
@@ -228,6 +229,7 @@ class _Sweep:
     def _wait(self) -> None:
         last_poll = time.monotonic()
         while self.in_flight:
+            raise_if_interrupted()  # a Ctrl-C the garbage collector swallowed (wattscale.interrupts)
             ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=POLL_SECONDS)
             for ref in ready:
                 self._end(ref)

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from wattscale.analysis.study.data import condition_of
 from wattscale.errors import ConfigError
+from wattscale.interrupts import raise_if_interrupted
 from wattscale.report.queries import interval_energy, latest_evaluation, latest_power, latest_train_step
 from wattscale.store import Store, open_store
 from wattscale.store_schema import FINAL_STATUSES
@@ -126,5 +127,6 @@ def watch(store_url: str, experiment: str | None = None, interval_s: float = 2.0
                 if idle_since is not None and time.monotonic() - idle_since >= grace_s:
                     return
                 time.sleep(interval_s)
+                raise_if_interrupted()  # a Ctrl-C the garbage collector swallowed (wattscale.interrupts)
                 snapshot = watch_snapshot(store, experiment)
                 live.update(render_snapshot(snapshot), refresh=True)
