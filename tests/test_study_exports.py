@@ -197,3 +197,19 @@ def test_committed_study_page_states_each_finding_with_its_number(study: Path) -
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             forms = shown_as(value, finding.get("tolerance", 0.0))
             assert any(form in finding["statement"] for form in forms), (finding["name"], forms)
+
+
+def test_the_rerun_command_names_the_file_within_its_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wattscale.studies.export import run_commands
+
+    clone = tmp_path / "elsewhere" / "wattscale"
+    (clone / "experiments").mkdir(parents=True)
+    (clone / ".git").write_text("gitdir: /somewhere/.git/worktrees/run\n")  # a worktree's .git is a file
+    rows = [{"source_path": str(clone / "experiments" / "study.toml"), "spec_json": json.dumps({"variant": "smoke"})}]
+    monkeypatch.chdir(tmp_path)
+    assert run_commands(rows) == ["wattscale run experiments/study.toml --variant smoke"]  # from the clone's root
+    (clone / ".git").unlink()  # no checkout: relative to the working directory, else absolute
+    assert run_commands(rows) == ["wattscale run elsewhere/wattscale/experiments/study.toml --variant smoke"]
+    monkeypatch.chdir(clone / "experiments")
+    outside = [{"source_path": str(tmp_path / "here.toml"), "spec_json": None}]
+    assert run_commands(outside) == [f"wattscale run {tmp_path / 'here.toml'}"]

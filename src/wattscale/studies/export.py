@@ -169,19 +169,29 @@ def machine_record(rows: dict[str, list[dict[str, Any]]], command_line: str | No
 
 
 def run_commands(experiment_rows: list[dict[str, Any]]) -> list[str]:
-    """`wattscale run FILE [--variant V]` of the experiment file the runs were planned from (relative when below
-    the working directory); the spec it recorded holds every setting, --set ones included."""
+    """`wattscale run FILE [--variant V]` of the experiment file the runs were planned from (relative to the root
+    of the git checkout it lies in, so that the command holds in any clone, else to the working directory); the
+    spec it recorded holds every setting, --set ones included."""
     commands = []
     for row in experiment_rows:
         source = row.get("source_path")
         if not source:
             continue
-        path = Path(source)
-        with contextlib.suppress(ValueError):
-            path = path.relative_to(Path.cwd())
+        path = _shown_path(Path(source))
         variant = json.loads(row["spec_json"]).get("variant") if row.get("spec_json") else None
         commands.append(f"wattscale run {path.as_posix()}" + (f" --variant {variant}" if variant else ""))
     return commands
+
+
+def _shown_path(path: Path) -> Path:
+    """`path` relative to the root of the git checkout holding it (a `.git` folder or, in a worktree, file), else
+    to the working directory, else as it is."""
+    for folder in path.parents:
+        if (folder / ".git").exists():
+            return path.relative_to(folder)
+    with contextlib.suppress(ValueError):
+        return path.relative_to(Path.cwd())
+    return path
 
 
 def readme_text(experiment: str, rows: dict[str, list[dict[str, Any]]], machine: dict[str, Any],
