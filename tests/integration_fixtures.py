@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from fake_meters import ConstantMeter  # noqa: F401  (the tests import it from here)
 
@@ -28,7 +29,10 @@ class Recorder:
         self.closed += 1
 
 
-def tiny_model() -> LlamaForCausalLM:
+def tiny_model() -> Any:
+    """A 2-layer LlamaForCausalLM (transformers imported here: collecting the tests needs no transformers)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=64, tie_word_embeddings=False)

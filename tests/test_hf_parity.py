@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 
 import pytest
@@ -19,12 +21,14 @@ from wattscale.hf import (
 )
 from wattscale.model import Llama, ModelConfig
 
-transformers = pytest.importorskip("transformers")
+if importlib.util.find_spec("transformers") is None:
+    pytest.skip("transformers is not installed: pip install -e '.[hf]'", allow_module_level=True)
 
 TOLERANCE = 1e-4
 # transformers 4.56 renamed the loaders' torch_dtype argument to dtype (the old name warns in 5.x); the hf
-# extra's floor, 4.45, knows only torch_dtype.
-_DTYPE_ARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+# extra's floor, 4.45, knows only torch_dtype. (Read from its metadata: transformers itself is imported by the
+# tests, not when every xdist worker collects this file.)
+_DTYPE_ARG = "dtype" if Version(importlib.metadata.version("transformers")) >= Version("4.56") else "torch_dtype"
 FLOAT32 = {_DTYPE_ARG: torch.float32}
 
 # name -> (preset, overrides): tied GQA (4 heads, 2 KV heads), the same untied, and multi-query (1 KV head)
@@ -49,6 +53,8 @@ def build(variant: str, seed: int = 0) -> Llama:
 
 
 def hf_model(config: ModelConfig, attn_implementation: str):
+    import transformers
+
     hf_config = transformers.LlamaConfig(**hf_config_dict(config))
     model = transformers.LlamaForCausalLM._from_config(
         hf_config, attn_implementation=attn_implementation, **FLOAT32
@@ -100,6 +106,8 @@ def test_export_loads_with_from_pretrained(variant, tmp_path):
     out = export_hf(ours, tmp_path / "export", tokenizer_json=tokenizer)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+
+    import transformers
 
     hf, info = transformers.LlamaForCausalLM.from_pretrained(
         out, output_loading_info=True, attn_implementation="eager", local_files_only=True, **FLOAT32
@@ -168,6 +176,8 @@ def test_state_dict_input_needs_config_and_mismatch_is_named():
 
 def test_hf_config_round_trips_through_transformers_config():
     config = ModelConfig.from_name("tinyllama-1.1b")
+    import transformers
+
     hf_config = transformers.LlamaConfig(**hf_config_dict(config))
     back = model_config_from_hf(hf_config.to_dict(), name="tinyllama-1.1b")
     assert back == config

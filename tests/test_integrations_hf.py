@@ -5,41 +5,46 @@ references (the attention masks fed, the model's own parameter count)."""
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+if importlib.util.find_spec("transformers") is None:
+    pytest.skip("transformers is not installed: pip install -e '.[hf]'", allow_module_level=True)
 
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
-from transformers.data.data_collator import default_data_collator  # noqa: E402
-
+# transformers is imported by the tests that use it (through these helpers), not when every xdist worker
+# collects this file: it costs seconds per process.
 from integration_fixtures import SEQ, VOCAB, ConstantMeter, Recorder, mask_tokens, rows, tiny_model  # noqa: E402
 from wattscale.errors import ConfigError  # noqa: E402
 from wattscale.flops import flops_per_token_from_config  # noqa: E402
 from wattscale.integrations.common import EnergySession, count_tokens, model_facts  # noqa: E402
-from wattscale.integrations.hf import WattscaleCallback  # noqa: E402
 from wattscale.store import open_store  # noqa: E402
 
 
-class Stop(TrainerCallback):
-    """Raises `error` at the end of optimizer step `step`."""
+def stop_at(error: BaseException, step: int) -> Any:
+    """A TrainerCallback that raises `error` at the end of optimizer step `step`."""
+    from transformers import TrainerCallback
 
-    def __init__(self, error: BaseException, step: int) -> None:
-        self.error, self.step = error, step
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise error
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise self.error
+    return Stop()
 
 
-def trainer_for(tmp_path: Path, train: list, val: list, report_to: list[str] | None = None, **overrides) -> Trainer:
+def trainer_for(tmp_path: Path, train: list, val: list, report_to: list[str] | None = None, **overrides) -> Any:
+    from transformers import Trainer, TrainingArguments
+    from transformers.data.data_collator import default_data_collator
+
     args = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
                 per_device_eval_batch_size=4, max_steps=4, eval_strategy="steps", eval_steps=2,
                 save_strategy="steps", save_steps=2, logging_steps=1, report_to=report_to or [], use_cpu=True,
@@ -49,7 +54,9 @@ def trainer_for(tmp_path: Path, train: list, val: list, report_to: list[str] | N
                    data_collator=default_data_collator)
 
 
-def callback(tmp_path: Path, **kwargs) -> WattscaleCallback:
+def callback(tmp_path: Path, **kwargs) -> Any:
+    from wattscale.integrations.hf import WattscaleCallback
+
     return WattscaleCallback(store=str(tmp_path / "runs.db"), meters=[ConstantMeter()], sample_hz=50,
                              idle_seconds=0, host_registry=str(tmp_path / "host"), **kwargs)
 
@@ -66,7 +73,9 @@ def test_count_tokens_reads_masks_ids_and_tuples() -> None:
     ids = torch.ones(2, 5, dtype=torch.long)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     assert count_tokens({"input_ids": ids, "attention_mask": mask}) == 8
-    assert count_tokens(transformers.BatchEncoding({"input_ids": ids, "attention_mask": mask})) == 8
+    from transformers import BatchEncoding
+
+    assert count_tokens(BatchEncoding({"input_ids": ids, "attention_mask": mask})) == 8
     assert count_tokens({"input_ids": ids}) == 10
     assert count_tokens((ids, ids)) == 10 and count_tokens([{"input_ids": ids, "attention_mask": mask}]) == 8
     assert count_tokens(ids) == 10 and count_tokens(torch.zeros(2, 3)) == 0 and count_tokens("text") == 0
@@ -79,6 +88,8 @@ def test_model_facts_match_wattscale_flops_for_a_llama_and_say_why_not_otherwise
     shape = {"d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64, "vocab_size": VOCAB,
              "context_length": 64, "tie_embeddings": False}
     assert facts.params == params and facts.flops_per_token == flops_per_token_from_config(shape, seq_len=SEQ)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     biased = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                           intermediate_size=64, vocab_size=VOCAB, attention_bias=True))
     other = model_facts(biased, SEQ)
@@ -207,7 +218,7 @@ def test_a_callback_given_to_the_trainer_warns_that_reporters_miss_the_metrics(t
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "interrupted")])
 def test_training_that_raises_keeps_the_partial_run(tmp_path: Path, error: BaseException, status: str) -> None:
     trainer = trainer_for(tmp_path, rows(32, seed=7), rows(4, seed=8), eval_strategy="no", save_strategy="no")
-    trainer.add_callback(Stop(error, step=2))
+    trainer.add_callback(stop_at(error, step=2))
     cb = callback(tmp_path).attach(trainer)
     with pytest.raises(type(error)):
         trainer.train()

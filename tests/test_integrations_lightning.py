@@ -4,46 +4,66 @@ masks fed, the model's own parameter count)."""
 
 from __future__ import annotations
 
+import functools
 import glob
+import importlib.util
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-pl = pytest.importorskip("lightning.pytorch")
-pytest.importorskip("transformers")
+if importlib.util.find_spec("lightning") is None or importlib.util.find_spec("transformers") is None:
+    pytest.skip("lightning or transformers is not installed: pip install -e '.[lightning,hf]'",
+                allow_module_level=True)
 
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+# lightning and transformers are imported by the tests that use them (through these helpers), not when every
+# xdist worker collects this file: they cost seconds per process.
 from torch.utils.data import DataLoader  # noqa: E402
 
 from integration_fixtures import ConstantMeter, Recorder, mask_tokens, rows, tiny_model  # noqa: E402
 from wattscale.integrations.common import model_facts  # noqa: E402
-from wattscale.integrations.lightning import WattscaleCallback  # noqa: E402
 from wattscale.store import open_store  # noqa: E402
 
 
-class TinyLlama(pl.LightningModule):
-    def __init__(self, fail_at_step: int | None = None, error: BaseException | None = None) -> None:
-        super().__init__()
-        self.model = tiny_model()
-        self.fail_at_step, self.error = fail_at_step, error
+@functools.cache
+def tiny_llama_class() -> type:
+    """A LightningModule around the tiny LlamaForCausalLM that can raise at a chosen step."""
+    import lightning.pytorch as pl
 
-    def training_step(self, batch, batch_idx):
-        if self.fail_at_step is not None and self.global_step == self.fail_at_step:
-            raise self.error
-        return self.model(**batch).loss
+    class TinyLlama(pl.LightningModule):
+        def __init__(self, fail_at_step: int | None = None, error: BaseException | None = None) -> None:
+            super().__init__()
+            self.model = tiny_model()
+            self.fail_at_step, self.error = fail_at_step, error
 
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", self.model(**batch).loss)
+        def training_step(self, batch, batch_idx):
+            if self.fail_at_step is not None and self.global_step == self.fail_at_step:
+                raise self.error
+            return self.model(**batch).loss
 
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", self.model(**batch).loss)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    return TinyLlama
 
 
-def fit(tmp_path: Path, train: list, val: list, module: TinyLlama | None = None, trackers=(), ckpt_path=None,
+def TinyLlama(**kwargs: Any) -> Any:  # noqa: N802 - reads as the class it builds
+    return tiny_llama_class()(**kwargs)
+
+
+def fit(tmp_path: Path, train: list, val: list, module: Any = None, trackers=(), ckpt_path=None,
         **trainer_args):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from wattscale.integrations.lightning import WattscaleCallback
+
     cb = WattscaleCallback(store=str(tmp_path / "runs.db"), name="tiny-pl", trackers=trackers,
                            meters=[ConstantMeter()], sample_hz=50, idle_seconds=0, host_registry=str(tmp_path / "h"))
     settings = dict(max_steps=4, accumulate_grad_batches=2, val_check_interval=4, num_sanity_val_steps=0,
