@@ -97,8 +97,8 @@ def test_watch_follows_a_real_training_run(tmp_path: Path, cache_dir: Path) -> N
         [sys.executable, "-m", "wattscale", "--store", "live.db", "train", "--preset", "llama-tiny",
          "--tokens", "2000000", "--batch-size", "4", "--seq-len", "32", "--eval-interval-tokens", "2048",
          "--threads", "1", "--sample-hz", "20", "--run-root", "runs", "--cache-dir", str(cache_dir),
-         "--no-progress", *TINY_DATA], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        preexec_fn=default_sigint)
+         "--no-progress", *TINY_DATA], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "train.err").open("w"), preexec_fn=default_sigint)
     seen = None
     try:
         deadline = time.monotonic() + 120
@@ -112,11 +112,16 @@ def test_watch_follows_a_real_training_run(tmp_path: Path, cache_dir: Path) -> N
                     seen = running[0]
                     break
             time.sleep(0.5)
-        assert seen is not None, "watch never saw the run running with an evaluation, power and energy"
+        assert seen is not None, ("watch never saw the run running with an evaluation, power and energy",
+                                  train.poll(), (tmp_path / "train.err").read_text()[-3000:])
         assert 0 < seen["progress"] < 1 and seen["tokens_budget"] == 2_000_000
         assert seen["power_total_w"] > 0 and seen["energy_j"] > 0 and seen["train_loss"] is not None
         train.send_signal(signal.SIGINT)
-        assert train.wait(timeout=120) == 130  # recorded as interrupted
+        try:
+            code = train.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 130, (code, (tmp_path / "train.err").read_text()[-3000:])  # recorded as interrupted
         live = subprocess.run([sys.executable, "-m", "wattscale", "--store", "live.db", "watch", "--interval-s",
                                "0.5", "--grace-s", "1"], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=180)
