@@ -50,6 +50,7 @@ from sqlalchemy.schema import CreateTable
 
 from wattscale import __version__
 from wattscale.errors import StoreError, StoreFileGone
+from wattscale.interrupts import deferred_interrupts
 from wattscale.store_schema import (
     END_STATUSES,
     EXPORT_TABLES,
@@ -114,7 +115,8 @@ def open_store(url: str | os.PathLike[str], create: bool = True) -> Store:
         ) from None
     store = Store(engine, sa_url.render_as_string(hide_password=False), display)
     try:
-        _retry_while_busy(lambda: _prepare_schema(store, create))
+        with deferred_interrupts():  # creating or migrating the tables is not cut in two by a Ctrl-C
+            _retry_while_busy(lambda: _prepare_schema(store, create))
         store.remember_file()
     except DBAPIError as exc:
         store.close()
@@ -443,15 +445,18 @@ class Store:
     @contextmanager
     def _tx(self, what: str, *, write: bool = True) -> Iterator[Connection]:
         engine = self.write_engine if write else self.engine
-        if write:
-            self.check_file()
-        try:
-            with engine.begin() as conn:
-                yield conn
-                if write:
-                    self.check_file()  # before the commit: a write that would be lost is rolled back
-        except (OperationalError, IntegrityError, DataError) as exc:
-            raise StoreError(f"store {self.display_url}: {what} failed: {_first_line(exc.orig)}") from exc
+        # A Ctrl-C inside is raised when the transaction has ended: raised mid-way, it could leave the write
+        # transaction open, holding the write lock, while the run records itself interrupted (wattscale.interrupts).
+        with deferred_interrupts():
+            if write:
+                self.check_file()
+            try:
+                with engine.begin() as conn:
+                    yield conn
+                    if write:
+                        self.check_file()  # before the commit: a write that would be lost is rolled back
+            except (OperationalError, IntegrityError, DataError) as exc:
+                raise StoreError(f"store {self.display_url}: {what} failed: {_first_line(exc.orig)}") from exc
 
     def _insert(self, table: Table) -> Any:
         return postgresql_insert(table) if self.backend == "postgresql" else sqlite_insert(table)
