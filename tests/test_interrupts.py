@@ -41,9 +41,10 @@ def test_an_ignored_sigint_stays_ignored() -> None:
 
 
 def test_a_ctrl_c_at_the_end_of_a_store_write_leaves_no_write_lock(tmp_path: Path) -> None:
-    """The signal lands in contextlib's __exit__ of the store's transaction block, before the block's generator
-    resumes (the window that kept SQLite's write lock while a run recorded itself interrupted): the write still
-    commits, the KeyboardInterrupt comes after it, and another writer gets the lock at once."""
+    """The signal (SIGTERM, handled as Ctrl-C) lands in contextlib's __exit__ of the store's transaction block,
+    before the block's generator resumes (the window that kept SQLite's write lock while a run recorded itself
+    interrupted): the write still commits, the KeyboardInterrupt comes after it, and another writer gets the
+    lock at once."""
     exit_code = contextlib._GeneratorContextManager.__exit__.__code__
     transaction_code = Store._tx.__wrapped__.__code__
     armed = [True]
@@ -52,7 +53,7 @@ def test_a_ctrl_c_at_the_end_of_a_store_write_leaves_no_write_lock(tmp_path: Pat
         in_window = event == "call" and frame.f_code is exit_code
         if armed and in_window and frame.f_locals["self"].gen.gi_code is transaction_code:
             armed.clear()
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)  # the same handler as Ctrl-C's (xdist workers ignore SIGINT)
 
     path = tmp_path / "s.db"
     with open_store(path) as store, recorded_interrupts():
