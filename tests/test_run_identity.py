@@ -7,15 +7,19 @@ The golden values were computed with the code before identity was marked on the 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from wattscale.config import RunConfig, TrainConfig, build_run_config, load_toml, run_id_for
-from wattscale.data import DataConfig
+from wattscale.config import RunConfig, TrainConfig, build_run_config, earlier_run_ids, load_toml, run_id_for
+from wattscale.data import DataConfig, data_fingerprint
+from wattscale.data.sources import open_source
 from wattscale.experiment import load_experiment, plan_experiment
 from wattscale.identity import identity_field, identity_names
 from wattscale.model import ModelConfig
+from wattscale.store import open_store
 from wattscale.train.session import config_hash_for
 
 FINGERPRINT = "fp0"
@@ -179,3 +183,117 @@ def test_the_identity_fields_are_marked_on_the_dataclasses() -> None:
     not_identity = {f.name for f in dataclasses.fields(TrainConfig)} - set(identity_names(TrainConfig))
     assert not_identity == {"checkpoint_interval_tokens", "run_root", "name", "threads", "parallel", "track",
                             "log_interval_steps"}
+
+
+# --- data paths: their content counts, not where they lie ----------------------------------------------
+
+LOCAL_DATA = {"source": "/data/stories/train.txt", "val_source": "/data/stories/val.txt", "tokenizer": "/data/tok.json"}
+
+
+def test_a_local_data_path_enters_the_id_as_local_and_its_earlier_id_is_found_again() -> None:
+    config = _config(data=LOCAL_DATA)
+    # Computed with the code before (commit fff5295), when the absolute paths entered the id.
+    assert earlier_run_ids(config, FINGERPRINT) == ("be5f32d4236cbc6f",)
+    assert run_id_for(config, FINGERPRINT) == "c752072abf322866"
+    moved = _config(data={key: value.replace("/data/", "/elsewhere/") for key, value in LOCAL_DATA.items()})
+    assert run_id_for(moved, FINGERPRINT) == run_id_for(config, FINGERPRINT)
+    assert earlier_run_ids(moved, FINGERPRINT) != earlier_run_ids(config, FINGERPRINT)
+    assert run_id_for(moved, "other content") != run_id_for(config, FINGERPRINT)
+    assert earlier_run_ids(_config(), FINGERPRINT) == ()  # synthetic data: the id never changed
+
+
+def _corpus(path: Path, mb: float = 0.3, seed: int = 0) -> Path:
+    """A text file of generated stories (the built-in corpus, written out as a local file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    documents = open_source("synthetic", synthetic_mb=mb, synthetic_seed=seed).iter_documents()
+    path.write_text("\n\n".join(documents) + "\n", encoding="utf-8")
+    return path
+
+
+def test_the_same_text_in_another_folder_is_the_same_run(tmp_path: Path) -> None:
+    here, there = _corpus(tmp_path / "a" / "stories.txt"), tmp_path / "b" / "stories.txt"
+    there.parent.mkdir()
+    shutil.copyfile(here, there)
+    vocab = _config().model.vocab_size
+    fingerprints = [data_fingerprint(DataConfig(source=str(path)), vocab) for path in (here, there)]
+    assert fingerprints[0] == fingerprints[1]
+    ids = [run_id_for(_config(data={"source": str(path)}), fingerprint)
+           for path, fingerprint in zip((here, there), fingerprints, strict=True)]
+    assert ids[0] == ids[1]
+    there.write_text(there.read_text(encoding="utf-8") + "One more story.\n", encoding="utf-8")
+    assert data_fingerprint(DataConfig(source=str(there)), vocab) != fingerprints[0]
+
+
+TRAIN_ARGS = ("--preset", "llama-tiny", "--tokens", "2048", "--batch-size", "4", "--seq-len", "32",
+              "--eval-tokens", "2048", "--idle-seconds", "0", "--no-progress", "--json")
+
+
+def test_a_run_stored_under_its_earlier_id_is_renamed_not_trained_again(run_cli_in_process, tmp_path: Path,
+                                                                        cache_dir: Path) -> None:
+    """A store written before the change: `train` and `run` find its runs under their earlier ids."""
+    source = _corpus(tmp_path / "data" / "stories.txt")
+    common = ("--store", "s.db", "train", *TRAIN_ARGS, "--cache-dir", str(cache_dir))
+    first = run_cli_in_process(*common, "--data", str(source))
+    assert first.returncode == 0, first.stderr
+    run_id = json.loads(first.stdout)["run_id"]
+    config = _config(data={"source": str(source)},
+                     train={"tokens": 2048, "seq_len": 32, "eval_tokens": 2048})
+    fingerprint = data_fingerprint(DataConfig(source=str(source)), config.model.vocab_size)
+    (earlier,) = earlier_run_ids(config, fingerprint)
+    with open_store(tmp_path / "s.db") as store:
+        assert store.rename_run(run_id, earlier)  # as the code before stored it
+        steps = len(store.train_steps(earlier))
+
+    again = run_cli_in_process(*common, "--data", str(source))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["already_done"] is True
+    assert f"run {earlier} is now run {run_id}" in again.stderr
+    with open_store(tmp_path / "s.db") as store:
+        assert [r["run_id"] for r in store.list_runs()] == [run_id] and len(store.train_steps(run_id)) == steps
+
+    moved = tmp_path / "copy" / "stories.txt"
+    moved.parent.mkdir()
+    shutil.copyfile(source, moved)
+    elsewhere = run_cli_in_process(*common, "--data", str(moved))
+    assert elsewhere.returncode == 0 and json.loads(elsewhere.stdout)["already_done"] is True
+
+
+STUDY_ON_A_FILE = """
+[experiment]
+name = "on-a-file"
+repetitions = 1
+[model]
+preset = "llama-tiny"
+[train]
+batch_size = 4
+seq_len = 32
+eval_tokens = 2048
+[data]
+source = "data/stories.txt"
+[meter]
+idle_seconds = 0
+[grid]
+"train.tokens" = [1024, 2048]
+"""
+
+
+def test_an_experiment_stored_under_earlier_ids_resumes_where_it_was(run_cli_in_process, tmp_path: Path,
+                                                                     cache_dir: Path) -> None:
+    _corpus(tmp_path / "data" / "stories.txt")
+    (tmp_path / "study.toml").write_text(STUDY_ON_A_FILE, encoding="utf-8")
+    command = ("--store", "s.db", "run", "study.toml", "--cache-dir", str(cache_dir), "--no-progress")
+    assert run_cli_in_process(*command).returncode == 0
+    plan = plan_experiment(load_experiment(tmp_path / "study.toml"), cache_dir, prepare=False)
+    with open_store(tmp_path / "s.db") as store:
+        for run in plan.runs:  # the store as the code before wrote it: runs and plan under the earlier ids
+            assert store.rename_run(run.run_id, run.earlier_run_ids[0])
+    planned = json.loads(run_cli_in_process("--store", "s.db", "plan", "study.toml", "--cache-dir", str(cache_dir),
+                                            "--json").stdout)
+    assert planned["done_runs"] == 2  # plan reads them under their earlier ids (and writes nothing)
+
+    again = run_cli_in_process(*command)
+    assert again.returncode == 0 and "(2 were already done)" in again.stdout
+    assert again.stderr.count("is now run") == 2
+    with open_store(tmp_path / "s.db") as store:
+        assert [r["run_id"] for r in store.experiment_runs("on-a-file")] == [r.run_id for r in plan.runs]
+        assert {r["run_id"] for r in store.list_runs()} == {r.run_id for r in plan.runs}

@@ -523,6 +523,40 @@ def test_delete_run_removes_its_rows(store: Store) -> None:
     assert scalar(store, "SELECT COUNT(*) FROM train_steps WHERE run_id = 'run-b'") == 3
 
 
+def test_rename_run_moves_every_row_and_its_places_in_plans(store: Store) -> None:
+    store.create_run(run_record("old-id"))
+    store.add_train_steps("old-id", step_rows(range(1, 4)))
+    store.add_evaluation("old-id", eval_row(3, 1.0))
+    store.finish_run("old-id", "finished", {"final_val_loss": 1.0})
+    store.register_experiment({"name": "study", "spec_json": "{}", "spec_hash": "h", "order_design": "fixed",
+                               "order_seed": 0},
+                              [{"position": 0, "run_id": "old-id", "block": 0, "repetition": 0, "condition": "c",
+                                "condition_json": "{}"},
+                               {"position": 1, "run_id": "planned-old", "block": 0, "repetition": 0,
+                                "condition": "d", "condition_json": "{}"}])
+    before = store.get_run("old-id")
+    assert store.rename_run("old-id", "new-id") is True
+    assert store.get_run("old-id") is None
+    assert {**store.get_run("new-id"), "run_id": "old-id"} == before
+    assert [row["step"] for row in store.train_steps("new-id")] == [1, 2, 3]
+    assert [row["val_loss"] for row in store.evaluations("new-id")] == [1.0]
+    assert scalar(store, "SELECT COUNT(*) FROM train_steps WHERE run_id = 'old-id'") == 0
+    # A planned run that never started is renamed in the plan alone.
+    assert store.rename_run("planned-old", "planned-new") is True
+    assert [(row["run_id"], row["status"]) for row in store.experiment_runs("study")] == [
+        ("new-id", "finished"), ("planned-new", None)]
+    assert store.rename_run("unknown", "other") is False
+
+
+def test_rename_run_onto_an_existing_run_changes_nothing(store: Store) -> None:
+    store.create_run(run_record("run-a"))
+    store.create_run(run_record("run-b"))
+    store.add_train_steps("run-a", step_rows(range(1, 3)))
+    with pytest.raises(StoreError, match="'run-b' is already in .*; delete one of the two runs first"):
+        store.rename_run("run-a", "run-b")
+    assert len(store.train_steps("run-a")) == 2 and store.get_run("run-b") is not None
+
+
 # --- export ---------------------------------------------------------------------------------------------
 
 

@@ -174,6 +174,8 @@ def _identity(field: dataclasses.Field[Any]) -> str:
     if "omit_at" in field.metadata:
         omit = field.metadata["omit_at"]
         return "yes, unless unset" if omit is None else f"yes, unless `{omit!r}`"
+    if "identify" in field.metadata:
+        return "yes (a local path as its content only)"
     return "yes"
 
 

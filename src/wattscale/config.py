@@ -256,9 +256,22 @@ def run_id_for(config: RunConfig, data_fingerprint: str) -> str:
     Only fields marked with ``identity_field`` count: the meter settings, where a run is stored and
     how it is executed do not change what it computes, and a field added unmarked changes no run id.
     """
-    resolved = identity_values(config)
-    resolved["data_fingerprint"] = data_fingerprint
-    blob = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
+    return _hash_identity(identity_values(config), data_fingerprint)
+
+
+def earlier_run_ids(config: RunConfig, data_fingerprint: str) -> tuple[str, ...]:
+    """The ids the same run had in earlier wattscale versions, where they differ from ``run_id_for``.
+
+    Until December 2026 a local data.source, data.val_source or data.tokenizer entered the id as its
+    absolute path, so moving the files or the checkout changed the id; a store that holds a run under
+    such an id has it renamed when the run is next planned or trained (``Store.rename_run``).
+    """
+    earlier = _hash_identity(identity_values(config, earlier=True), data_fingerprint)
+    return () if earlier == run_id_for(config, data_fingerprint) else (earlier,)
+
+
+def _hash_identity(identity: dict[str, Any], data_fingerprint: str) -> str:
+    blob = json.dumps({**identity, "data_fingerprint": data_fingerprint}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -597,6 +597,29 @@ class Store:
                 deleted[table.name] = conn.execute(delete(table).where(table.c.run_id.in_(ids))).rowcount
         return deleted
 
+    def rename_run(self, old_id: str, new_id: str) -> bool:
+        """Give a run, with every row of its own and its places in experiment plans, a new id; one transaction.
+
+        Returns False (and changes nothing) when ``old_id`` is in neither ``runs`` nor ``experiment_runs``.
+        A ``new_id`` that already has a run raises StoreError and changes nothing. wattscale uses it for runs
+        stored under the ids of earlier versions (wattscale.config.earlier_run_ids).
+        """
+        with self._tx(f"rename_run({old_id!r} -> {new_id!r})") as conn:
+            if conn.execute(select(runs.c.run_id).where(runs.c.run_id == new_id)).first() is not None:
+                raise StoreError(f"store: cannot rename run {old_id!r} to {new_id!r}: {new_id!r} is already in "
+                                 f"{self.display_url}; delete one of the two runs first")
+            record = conn.execute(select(runs).where(runs.c.run_id == old_id).with_for_update()).first()
+            planned = conn.execute(update(experiment_runs).where(experiment_runs.c.run_id == old_id)
+                                   .values(run_id=new_id)).rowcount
+            if record is None:
+                return planned > 0
+            # New parent row first, children moved onto it, old parent deleted: every foreign key holds throughout.
+            conn.execute(runs.insert().values(**{**record._mapping, "run_id": new_id}))
+            for table in _run_owned_tables():
+                conn.execute(update(table).where(table.c.run_id == old_id).values(run_id=new_id))
+            conn.execute(delete(runs).where(runs.c.run_id == old_id))
+            return True
+
     def add_train_steps(self, run_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """Write training steps (step, tokens_seen, loss, lr, grad_norm, step_seconds) in one batch.
 

@@ -45,19 +45,30 @@ _ENCODE_BATCH_DOCUMENTS = 1024
 MAX_SYNTHETIC_MB = 10_000
 
 
+LOCAL_DATA = "local"  # how a file or folder enters a run's identity: its content is in the data fingerprint
+
+
+def location_free(value: str | None) -> str | None:
+    """A data setting as it enters a run's id: a local path as 'local' only (its files' names and sha256 are
+    hashed into the data fingerprint), so the same text read from another folder or checkout is the same run."""
+    if value is None or value == "synthetic" or value.startswith("hf:"):
+        return value
+    return LOCAL_DATA
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the text comes from, how it is tokenized and how validation text is held out."""
 
     # "synthetic" | a .txt/.jsonl/.parquet file or a directory of them | "hf:<dataset>[:<config>][@<split>]"
-    source: str = identity_field("synthetic")
+    source: str = identity_field("synthetic", identify=location_free)
     synthetic_mb: float = identity_field(4.0)  # size of the generated corpus, in MB (10**6 bytes)
     synthetic_seed: int = identity_field(0)  # seed of the generated corpus
     text_field: str = identity_field("text")  # jsonl field / parquet or hf column holding the text
     # path to a tokenizer.json; None -> train a byte-level BPE on the train split
-    tokenizer: str | None = identity_field(None)
+    tokenizer: str | None = identity_field(None, identify=location_free)
     val_fraction: float = identity_field(0.05)  # share of documents held out for validation (ignored with val_source)
-    val_source: str | None = identity_field(None)  # a separate validation source instead of a split
+    val_source: str | None = identity_field(None, identify=location_free)  # a separate validation source, not a split
 
     def __post_init__(self) -> None:
         problems = []

@@ -31,7 +31,7 @@ from wattscale.hardware import resolve_device
 from wattscale.model import flops_per_token
 
 from .calibrated import choose_points, estimate_from_calibration
-from .plan import ExperimentPlan
+from .plan import ExperimentPlan, PlannedRun
 
 U_RUNS_FLOOR = 0.10
 U_ONE_RUN = 0.20
@@ -86,8 +86,16 @@ def estimate_plan(plan: ExperimentPlan, inputs: EstimateInputs | list[dict]) -> 
     rates = _finished_rates(inputs.stored_runs)
     by_id = {row["run_id"]: row for row in inputs.stored_runs}
     points_cache: dict[tuple[str, str], tuple] = {}
-    return [_estimate(run.config, run.run_id, by_id.get(run.run_id), rates, inputs, points_cache)
+    return [_estimate(run.config, run.run_id, _stored_row(run, by_id), rates, inputs, points_cache)
             for run in plan.runs]
+
+
+def _stored_row(run: PlannedRun, by_id: dict[str, dict]) -> dict | None:
+    """The run's stored row, found under an id an earlier version gave it too (renamed when it next runs)."""
+    for run_id in (run.run_id, *run.earlier_run_ids):
+        if run_id in by_id:
+            return by_id[run_id]
+    return None
 
 
 def estimate_run(config: RunConfig, run_id: str, inputs: EstimateInputs) -> RunEstimate:

@@ -7,9 +7,11 @@ killed at any moment is continued by running the same command again.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wattscale.earlier_ids import adopt_earlier_id
 from wattscale.store import open_store
 from wattscale.train import DEFAULT_CACHE_DIR, train
 
@@ -35,20 +37,24 @@ class SweepResult:
         return not self.failed and self.finished + self.diverged == self.planned
 
 
-def register_plan(plan: ExperimentPlan, store_url: str) -> list[dict]:
-    """Record the experiment and its run order (once), and return its stored runs with their status."""
+def register_plan(plan: ExperimentPlan, store_url: str) -> None:
+    """Record the experiment and its run order (once), runs stored under earlier ids renamed first."""
     with open_store(store_url) as store:
+        for run in plan.runs:
+            note = adopt_earlier_id(store, run.run_id, run.earlier_run_ids)
+            if note:
+                print(f"wattscale: {note}", file=sys.stderr, flush=True)
         store.register_experiment(plan.store_record(), [run.store_row() for run in plan.runs])
-        return store.experiment_runs(plan.spec.name)
 
 
 def run_local(plan: ExperimentPlan, store_url: str, cache_dir: Path = DEFAULT_CACHE_DIR,
               show_progress: bool = True) -> SweepResult:
     """Train every planned run that has not ended, in order; a failing run is recorded and the sweep goes on."""
+    register_plan(plan, store_url)
     with open_store(store_url) as store:
         if store.backend == "sqlite":
             gather_leftovers(plan, store)  # what the tasks of a killed Ray sweep trained
-    stored = register_plan(plan, store_url)
+        stored = store.experiment_runs(plan.spec.name)
     result = SweepResult(plan.spec.name, len(plan.runs))
     progress = SweepProgress(plan, stored, enabled=show_progress)
     try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from wattscale.config import RunConfig, build_run_config, run_id_for
+from wattscale.config import RunConfig, build_run_config, earlier_run_ids, run_id_for
 from wattscale.data import PreparedData, data_fingerprint, open_cached_data, prepare_data, training_subset
 from wattscale.errors import ConfigError, WattscaleError
 from wattscale.model import ModelConfig
@@ -34,6 +34,7 @@ class PlannedRun:
     condition_label: str
     config: RunConfig
     run_id: str
+    earlier_run_ids: tuple[str, ...] = ()  # the ids earlier wattscale versions gave it (config.earlier_run_ids)
 
     @property
     def tokens(self) -> int:
@@ -102,7 +103,8 @@ def plan_experiment(spec: ExperimentSpec, cache_dir: Path, prepare: bool = True)
                 raise ConfigError(f"grid: conditions {seen[run_id]!r} and {label!r} resolve to the same run; "
                                   "a factor does not change what is trained")
             seen[run_id] = label
-            runs.append(PlannedRun(len(runs), block, block, conditions[index], label, config, run_id))
+            runs.append(PlannedRun(len(runs), block, block, conditions[index], label, config, run_id,
+                                   earlier_run_ids(config, fingerprints[index])))
     return ExperimentPlan(spec, tuple(runs), order_seed, spec_hash)
 
 

@@ -59,7 +59,7 @@ def move_checkpoints(old: Path, new: Path, run_id: str) -> str:
                 f"or copy {old / CHECKPOINT_DIR} to {new} yourself, and re-run") from None
         copied.append(path.name)
     names = ", ".join(copied) or "none needed"
-    return (f"run {run_id} moved from {old} to {new} (--run-root changed): copied checkpoints {names}; it "
+    return (f"run {run_id} moved from {old} to {new}: copied checkpoints {names}; it "
             f"continues from {found[-1].name} there, and {old} is left as it was (delete it when done)")
 
 

@@ -23,8 +23,9 @@ import torch
 
 from wattscale import __version__
 from wattscale.budget import StepPlan, mask_targets
-from wattscale.config import RunConfig, run_id_for
+from wattscale.config import RunConfig, earlier_run_ids, run_id_for
 from wattscale.data import PreparedData, TokenShard, prepare_data, sequence_batch, training_subset
+from wattscale.earlier_ids import adopt_earlier_id
 from wattscale.energy.gpu_control import control_gpus, record_gpu_control
 from wattscale.errors import ConfigError, DataError, StoreError, StoreFileGone, WattscaleError
 from wattscale.evaluate import Evaluation, validation_windows
@@ -149,6 +150,9 @@ def _train(config: RunConfig, store_url: str, ctx: DistributedContext, show_prog
             # Everything above validates; only now is the store opened and written.
             nonlocal store
             store = stack.enter_context(open_store(store_url))
+            note = adopt_earlier_id(store, run_id, earlier_run_ids(config, data.cache_key))
+            if note:
+                print(f"wattscale: {note}", file=sys.stderr, flush=True)
             return _claim_run(stack, store, run_id, Path(config.train.run_root))
 
         decision = rank0_decides(ctx, claim)
