@@ -1,6 +1,7 @@
 """The PNG figures of a study export, drawn from the exported rows only (matplotlib, Agg backend).
 
-- ``val_loss.png``: validation loss against tokens seen, one line per run, coloured by condition.
+- ``val_loss.png``: validation loss against tokens seen, one line per run, coloured by condition (by seed
+  in a study of one condition).
 - ``train_loss.png``: training loss against tokens seen, one line per run, each point the mean of a window of
   steps (a fiftieth of the run's steps; 1 for runs of under 100 steps), so a spike or a setback shows where a
   study evaluates rarely.
@@ -20,9 +21,13 @@ TRAIN_LOSS_WINDOWS = 50  # points per run in train_loss.png (each the mean of it
 
 
 def _conditions(plan: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """run_id -> condition label (the plan's, else the run's preset)."""
+    """run_id -> line label: the plan's condition (else the run's preset); by seed when all share one condition."""
     labels = {row["run_id"]: row["condition"] for row in plan}
-    return {r["run_id"]: labels.get(r["run_id"]) or str(r.get("preset")) for r in runs}
+    condition = {r["run_id"]: labels.get(r["run_id"]) or str(r.get("preset")) for r in runs}
+    seeds = [r.get("seed") for r in runs]
+    if len(set(condition.values())) == 1 and None not in seeds and len(set(seeds)) == len(runs) > 1:
+        return {r["run_id"]: f"seed {r['seed']}" for r in runs}  # one condition, many seeds: tell the seeds apart
+    return condition
 
 
 def _colours(labels: Sequence[str]) -> dict[str, Any]:
