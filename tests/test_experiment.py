@@ -431,6 +431,23 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path: Path, cache_dir: Path, 
     assert result.finished == 2 and result.failed == [(doomed, "RuntimeError: device lost")] and not result.complete
 
 
+def _kill_after_a_mid_run_checkpoint(proc: subprocess.Popen, run_root: Path) -> None:
+    """SIGKILL `proc` as soon as a new checkpoint that is not a run's last appears under `run_root`.
+
+    The study's runs take 64 and 128 steps, with a checkpoint every 16: one at a step that is not a multiple
+    of 64 has at least 16 steps of its run still to go.
+    """
+    def mid_run() -> set[Path]:
+        return {path for path in run_root.glob("*/checkpoints/step-*/meta.json")
+                if int(path.parent.name.removeprefix("step-")) % 64}
+
+    before = mid_run()
+    while proc.poll() is None and not mid_run() - before:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+
+
 def test_killed_sweep_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path, cache_dir: Path) -> None:
     """SIGKILL a sweep at random moments, re-run until it completes: each run once, complete, bit-identical."""
     text = TINY_STUDY.replace("[2048, 4096, 8192]", "[8192, 16384]").replace(
@@ -445,8 +462,11 @@ def test_killed_sweep_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path
     assert reference.returncode == 0, reference.stderr
     sweep_seconds = time.monotonic() - started
     rng = random.Random(1234)
-    for _kill in range(3):
+    for kill in range(3):
         proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if kill == 1:  # right after a checkpoint inside a run: timed kills alone can all land in start-up
+            _kill_after_a_mid_run_checkpoint(proc, tmp_path / "wattscale_runs")
+            continue
         try:  # anywhere from start-up (imports, planning) to well into the sweep
             proc.wait(timeout=rng.uniform(0.1, 0.6) * sweep_seconds)
         except subprocess.TimeoutExpired:

@@ -86,7 +86,7 @@ def test_export_holds_the_study_and_loads_back_value_for_value(exported: Path) -
     loaded = json_of(exported, "import", "study", "--store", "imported.db")
     assert loaded["rows"] == {name: entry["rows"] for name, entry in manifest["tables"].items()}
     for command in (("analyze", "--experiment", EXPERIMENT), ("fit", "--experiment", EXPERIMENT, "--form",
-                                                              "three-term", "--boot", "20")):
+                                                              "three-term", "--boot", "20", "--grid", "coarse")):
         original = json_of(exported, "--store", "tinystories_three_term_smoke.db", *command)
         again = json_of(exported, "--store", "imported.db", *command)
         assert without_timing(again) == without_timing(original), command[0]
@@ -123,7 +123,8 @@ def test_check_study_recomputes_each_finding_and_names_the_wrong_one(exported: P
     runs = pd.read_parquet(folder / "runs.parquet")
     best = runs.loc[runs["final_val_loss"].idxmin()]  # the reference: the exported table itself, read by pandas
     analyze = ["analyze", "--experiment", EXPERIMENT, "--json"]
-    fit = ["fit", "--experiment", EXPERIMENT, "--form", "three-term", "--boot", "0", "--json"]
+    fit = ["fit", "--experiment", EXPERIMENT, "--form", "three-term", "--boot", "0", "--grid", "coarse",
+           "--no-validate", "--compare", "none", "--json"]  # what the finding needs, quickly
     findings = [
         {"name": "best_loss", "statement": f"the best run reaches {best['final_val_loss']:.3f} nats",
          "command": analyze, "path": f"runs[run_id={best['run_id']}].final_val_loss",
