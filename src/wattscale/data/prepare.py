@@ -34,7 +34,7 @@ from wattscale.errors import ConfigError, DataError
 from wattscale.identity import identity_field
 
 from .shards import SHARD_FORMAT_VERSION, TokenShard, read_shard, token_dtype, write_shard
-from .sources import TextSource, file_sha256, open_source
+from .sources import TextSource, file_sha256, is_local_path, open_source
 from .tokenizer import BPE_RECIPE, check_vocab_size, end_of_text_id, load_tokenizer, train_bpe
 
 CACHE_FORMAT_VERSION = 1
@@ -51,9 +51,7 @@ LOCAL_DATA = "local"  # how a file or folder enters a run's identity: its conten
 def location_free(value: str | None) -> str | None:
     """A data setting as it enters a run's id: a local path as 'local' only (its files' names and sha256 are
     hashed into the data fingerprint), so the same text read from another folder or checkout is the same run."""
-    if value is None or value == "synthetic" or value.startswith("hf:"):
-        return value
-    return LOCAL_DATA
+    return LOCAL_DATA if is_local_path(value) else value
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from wattscale.errors import DataError
 from wattscale.units import BYTES_PER_MB
@@ -40,6 +41,11 @@ class TextSource:
     description: str
     fingerprint: str  # changes whenever the documents could change
     iter_documents: Callable[[], Iterator[str]]
+
+
+def is_local_path(value: Any) -> bool:
+    """A data setting that names a file or folder (not 'synthetic', not an hf: dataset)."""
+    return isinstance(value, str) and value != "synthetic" and not value.startswith("hf:")
 
 
 def open_source(spec: str, *, text_field: str = "text", synthetic_mb: float = 4.0, synthetic_seed: int = 0,

@@ -68,6 +68,7 @@ from typing import Any
 
 from wattscale.config import TrainConfig, unknown_key_message
 from wattscale.data import DataConfig
+from wattscale.data.sources import is_local_path
 from wattscale.energy.gpu_control import GpuConfig
 from wattscale.energy.meter import MeterConfig
 from wattscale.errors import ConfigError
@@ -208,11 +209,6 @@ def load_experiment(path: Path, variant: str | None = None,
 # those given with --set are relative to the working directory, like any command-line path.
 INPUT_PATH_KEYS = ("data.source", "data.val_source", "data.tokenizer")
 FOOTPRINT_CSV_KEY = "footprint.carbon_intensity_csv"  # relative: from the file's folder, or with --set the cwd
-
-
-def is_local_path(value: Any) -> bool:
-    """A data setting that names a file or folder (not 'synthetic', not an hf: dataset)."""
-    return isinstance(value, str) and value != "synthetic" and not value.startswith("hf:")
 
 
 def _input_variants(variants: dict[str, Any], chosen: str | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
